@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make repro   -> create .venv, install with the pins, run the DVC pipeline on the embedded default
+#   make test    -> create .venv if needed, run the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test bench clean-venv
+
+setup: $(VENV)/.installed
+
+# torch goes first and pinned: anything that admits a newer release pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+repro: setup
+	test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/preprocess.py
+
+clean-venv:
+	rm -rf $(VENV)

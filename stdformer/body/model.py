@@ -1,0 +1,274 @@
+"""`BodyModel`: the SMPL-format body (procedural or the user's SMPL) as a fixed torch module.
+
+    body = BodyModel.from_dir("data/body")
+    out = body(pose (B, 72), betas (B, 10), trans (B, 3) | None)
+    out.vertices (B, V, 3), out.joints (B, 24, 3), out.joints_h36m (B, 17, 3)
+
+Posing runs through `smplx.SMPL` (linear blend skinning with shape and pose blend shapes). The
+module holds no trainable parameters and an empty state_dict: it is a fixed asset identified by
+`body_model_id` (a digest of its arrays), so checkpoints stay small and a checkpoint can refuse a
+body it was not trained with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse
+import torch
+from scipy.spatial import cKDTree
+
+from stdformer.body.hierarchy import MeshHierarchy
+from stdformer.body.smpl_files import SMPL_KEYS, validate_smpl_arrays
+from stdformer.io import DataError, load_npz
+
+SMPL_NUM_VERTICES = 6890
+
+
+class BodyOutput(NamedTuple):
+    vertices: torch.Tensor     # (B, V, 3)
+    joints: torch.Tensor       # (B, 24, 3) SMPL joints
+    joints_h36m: torch.Tensor  # (B, 17, 3) Human3.6M joints regressed from the vertices
+
+
+def arrays_digest(groups: dict[str, dict[str, np.ndarray]], length: int = 16) -> str:
+    """Short sha256 over named groups of arrays (sorted names; dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for group in sorted(groups):
+        for key in sorted(groups[group]):
+            a = groups[group][key]
+            a = a.toarray() if scipy.sparse.issparse(a) else np.ascontiguousarray(a)
+            h.update(f"{group}/{key}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:length]
+
+
+def mirror_permutation(vertices: np.ndarray, k: int = 8) -> np.ndarray:
+    """(V,) index of each vertex's mirror image (x -> -x); an involution.
+
+    The cost |mirror(v_i) - v_j| is symmetric in i, j, so pairs are matched greedily from the
+    cheapest; a vertex left without a partner maps to itself. Exact for a symmetric mesh.
+    """
+    v = np.asarray(vertices, np.float64)
+    n = len(v)
+    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]), k=min(k, n))
+    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
+    i = np.repeat(np.arange(n), idx.shape[1])
+    j, d = idx.reshape(-1), dist.reshape(-1)
+    order = np.lexsort((np.maximum(i, j), np.minimum(i, j), d))
+    perm = np.full(n, -1, np.int64)
+    for a, b in zip(i[order], j[order]):
+        if perm[a] < 0 and perm[b] < 0:
+            perm[a], perm[b] = b, a
+    unmatched = perm < 0
+    perm[unmatched] = np.flatnonzero(unmatched)
+    return perm
+
+
+def landmark_vertex_ids(vertices: np.ndarray, weights: np.ndarray) -> dict[str, int]:
+    """Vertex ids for smplx's extra keypoints (nose, eyes, ears, finger tips, toes, heels),
+    picked from the geometry of any SMPL-like mesh (used where SMPL's own ids do not apply)."""
+    v = np.asarray(vertices)
+    part = np.argmax(weights, axis=1)
+
+    def pick(mask: np.ndarray, score: np.ndarray) -> int:
+        ids = np.flatnonzero(mask)
+        if len(ids) == 0:
+            ids, score = np.arange(len(v)), score
+            return int(np.argmax(score))
+        return int(ids[np.argmax(score[ids])])
+
+    head = part == 15
+    ids = {"nose": pick(head, v[:, 2])}
+    nose = v[ids["nose"]]
+    for name, side in (("leye", 1.0), ("reye", -1.0)):
+        target = nose + np.array([0.03 * side, 0.035, -0.02])
+        ids[name] = pick(head, -np.linalg.norm(v - target, axis=1))
+    ids["lear"] = pick(head, v[:, 0])
+    ids["rear"] = pick(head, -v[:, 0])
+    for side, sign, hand_joints in (("l", 1.0, (20, 22)), ("r", -1.0, (21, 23))):
+        tip = pick(np.isin(part, hand_joints), sign * v[:, 0])
+        for finger in ("thumb", "index", "middle", "ring", "pinky"):
+            ids[side + finger] = tip
+    for side, sign, foot_joints in (("L", 1.0, (7, 10)), ("R", -1.0, (8, 11))):
+        foot = np.isin(part, foot_joints)
+        mid = np.median(v[foot, 0]) if foot.any() else 0.0
+        inner = foot & (sign * (v[:, 0] - mid) <= 0)
+        outer = foot & (sign * (v[:, 0] - mid) > 0)
+        ids[side + "BigToe"] = pick(inner, v[:, 2])
+        ids[side + "SmallToe"] = pick(outer, v[:, 2])
+        ids[side + "Heel"] = pick(foot, -v[:, 2])
+    return ids
+
+
+def _sparse_tensor(m, dtype=torch.float32) -> torch.Tensor:
+    m = scipy.sparse.coo_matrix(m)
+    idx = torch.from_numpy(np.stack([m.row, m.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(m.data).to(dtype), m.shape,
+                                   check_invariants=True).coalesce()
+
+
+def _apply_sparse(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N, M) sparse @ x (B, M, C) -> (B, N, C)."""
+    B, M, C = x.shape
+    flat = x.permute(1, 0, 2).reshape(M, B * C)
+    out = torch.sparse.mm(m, flat.to(m.dtype))
+    return out.reshape(m.shape[0], B, C).permute(1, 0, 2).to(x.dtype)
+
+
+class BodyModel(torch.nn.Module):
+    """SMPL-format body: posing, joint regressors, mesh hierarchy, labels, flip permutation.
+
+    Attributes: body_model_id (str), num_vertices (int), faces (F, 3) long, hierarchy
+    (MeshHierarchy), part_labels (V,) long (argmax skinning weight), vertex_flip_perm (V,) long,
+    J_regressor_h36m (17, V) float, meta (dict, meta.json). The smplx module is `self.smpl`.
+    """
+
+    def __init__(self, arrays: dict, J_regressor_h36m, hierarchy: MeshHierarchy,
+                 body_model_id: str | None = None, vertex_ids: dict | None = None,
+                 source: str = "<arrays>"):
+        super().__init__()
+        import smplx
+
+        arrays = validate_smpl_arrays(arrays, source)
+        V = arrays["v_template"].shape[0]
+        h36m = J_regressor_h36m
+        h36m = h36m.toarray() if scipy.sparse.issparse(h36m) else np.asarray(h36m)
+        if h36m.shape != (17, V):
+            raise DataError(source, f"expected shape (17, {V}), got {h36m.shape}",
+                            field="J_regressor_h36m")
+        if hierarchy.num_vertices[0] != V:
+            raise DataError(source, f"hierarchy level 0 has {hierarchy.num_vertices[0]} "
+                            f"vertices, the body {V}", field="hierarchy")
+        if vertex_ids is None and V != SMPL_NUM_VERTICES:
+            vertex_ids = landmark_vertex_ids(arrays["v_template"], arrays["weights"])
+        struct_arrays = dict(arrays)
+        struct_arrays["shapedirs"] = arrays["shapedirs"][:, :, :10]
+        with contextlib.redirect_stdout(io.StringIO()):  # smplx prints on every build
+            self.smpl = smplx.SMPL(
+                model_path="", data_struct=smplx.utils.Struct(**struct_arrays),
+                vertex_ids=vertex_ids, create_betas=False, create_body_pose=False,
+                create_global_orient=False, create_transl=False, num_betas=10)
+        self.body_model_id = body_model_id or arrays_digest(
+            {"model": arrays, "regressors": {"J_regressor_h36m": h36m},
+             "hierarchy": hierarchy.to_arrays()})
+        self.meta: dict = {}  # meta.json when loaded with from_dir
+        self.num_vertices = V
+        self.num_betas = min(10, arrays["shapedirs"].shape[2])
+        self.hierarchy = hierarchy
+        self.register_buffer("faces", torch.from_numpy(arrays["f"].astype(np.int64)),
+                             persistent=False)
+        self.register_buffer("J_regressor_h36m", torch.from_numpy(h36m.astype(np.float32)),
+                             persistent=False)
+        self.register_buffer("part_labels",
+                             torch.from_numpy(np.argmax(arrays["weights"], 1).astype(np.int64)),
+                             persistent=False)
+        self.register_buffer("vertex_flip_perm",
+                             torch.from_numpy(mirror_permutation(arrays["v_template"])),
+                             persistent=False)
+        # Composite level-0 <-> level-l maps, as sparse tensors.
+        down, up = scipy.sparse.identity(V, format="csr"), scipy.sparse.identity(V, format="csr")
+        for level in range(1, hierarchy.num_levels):
+            down = hierarchy.down[level - 1] @ down
+            up = up @ hierarchy.up[level - 1]
+            self.register_buffer(f"_down_{level}", _sparse_tensor(down), persistent=False)
+            self.register_buffer(f"_up_{level}", _sparse_tensor(up), persistent=False)
+        # The smplx module's buffers are derived from the files: keep them out of state_dict.
+        for module in self.smpl.modules():
+            module._non_persistent_buffers_set.update(module._buffers.keys())
+
+    # ---- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(cls, body_dir: str | os.PathLike) -> "BodyModel":
+        """Load a directory written by `write_body_dir` (model.npz, regressors.npz,
+        hierarchy.npz, meta.json); refuses files whose digest differs from meta.json."""
+        body_dir = Path(body_dir)
+        meta_path = body_dir / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(meta_path, "file not found (run the body stage first)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(meta_path, f"not valid JSON: {e}") from e
+        model_path = body_dir / "model.npz"
+        arrays = load_npz(model_path, required=SMPL_KEYS)
+        arrays = validate_smpl_arrays(arrays, model_path)
+        reg_path = body_dir / "regressors.npz"
+        regs = load_npz(reg_path, required=("J_regressor", "J_regressor_h36m"))
+        hierarchy = MeshHierarchy.load(body_dir / "hierarchy.npz")
+        digest = arrays_digest({"model": arrays, "regressors": {
+            "J_regressor_h36m": regs["J_regressor_h36m"]}, "hierarchy": hierarchy.to_arrays()})
+        if meta.get("body_model_id") != digest:
+            raise DataError(meta_path, f"body_model_id {meta.get('body_model_id')!r} does not "
+                            f"match the arrays (digest {digest}); rebuild the body directory",
+                            field="body_model_id")
+        # smplx's extra keypoints need vertex ids; SMPL's own apply only to the real mesh.
+        vertex_ids = None
+        if meta.get("source") == "procedural":
+            vertex_ids = landmark_vertex_ids(arrays["v_template"], arrays["weights"])
+        body = cls(arrays, regs["J_regressor_h36m"], hierarchy, body_model_id=digest,
+                   vertex_ids=vertex_ids, source=str(body_dir))
+        body.meta = meta
+        return body
+
+    # ---- posing --------------------------------------------------------------------------
+
+    def forward(self, pose: torch.Tensor, betas: torch.Tensor | None = None,
+                trans: torch.Tensor | None = None) -> BodyOutput:
+        """pose (B, 72) axis-angle (global orientation first), betas (B, 10) or None (zeros),
+        trans (B, 3) or None -> BodyOutput (vertices (B, V, 3), joints (B, 24, 3),
+        joints_h36m (B, 17, 3))."""
+        if pose.ndim != 2 or pose.shape[1] != 72:
+            raise ValueError(f"pose must be (B, 72) axis-angle, got {tuple(pose.shape)}")
+        dtype = self.smpl.v_template.dtype
+        pose = pose.to(dtype)
+        B = pose.shape[0]
+        if betas is None:
+            betas = pose.new_zeros(B, self.num_betas)
+        betas = betas.to(dtype)[:, : self.num_betas]
+        out = self.smpl(betas=betas, global_orient=pose[:, :3], body_pose=pose[:, 3:72],
+                        transl=None if trans is None else trans.to(dtype), pose2rot=True)
+        vertices = out.vertices
+        return BodyOutput(vertices, out.joints[:, :24], self.regress_h36m(vertices))
+
+    def template(self, level: int = 0) -> torch.Tensor:
+        """(V_level, 3) rest-pose (T-pose, zero betas) vertices at hierarchy level `level`."""
+        return self.downsample(self.smpl.v_template.unsqueeze(0), level)[0]
+
+    def regress_h36m(self, vertices: torch.Tensor) -> torch.Tensor:
+        """vertices (B, V, 3) -> (B, 17, 3) Human3.6M joints."""
+        return torch.einsum("jv,bvc->bjc", self.J_regressor_h36m.to(vertices.dtype), vertices)
+
+    def downsample(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
+        """vertices (B, V, 3) at level 0 -> (B, V_level, 3)."""
+        if level == 0:
+            return vertices
+        return _apply_sparse(self._level_map("down", level), vertices)
+
+    def upsample(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
+        """vertices (B, V_level, 3) -> (B, V, 3) at level 0 (barycentric, fixed)."""
+        if level == 0:
+            return vertices
+        return _apply_sparse(self._level_map("up", level), vertices)
+
+    def _level_map(self, kind: str, level: int) -> torch.Tensor:
+        if not 0 < level < self.hierarchy.num_levels:
+            raise ValueError(f"level must be in [0, {self.hierarchy.num_levels}), got {level}")
+        return getattr(self, f"_{kind}_{level}")
+
+    def flip_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Mirror meshes (B, V, 3) left/right: negate x and swap mirror vertices."""
+        flipped = vertices[:, self.vertex_flip_perm]
+        return flipped * flipped.new_tensor([-1.0, 1.0, 1.0])
+
+    def extra_repr(self) -> str:
+        return (f"id={self.body_model_id}, vertices={self.num_vertices}, "
+                f"levels={self.hierarchy.num_vertices}")

@@ -1,0 +1,142 @@
+"""Typed, validated `params.yaml` sections.
+
+Each library module owns a dataclass describing its section (e.g. `SynthesizeConfig`); this
+module turns a mapping into that dataclass, refusing unknown keys (with a did-you-mean hint) and
+values of the wrong type, and naming the file and the dotted field in every error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from stdformer.io import DataError
+
+T = TypeVar("T")
+
+PARAMS_FILE = "params.yaml"
+
+
+def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(path, f"not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a mapping of sections at the top level")
+    return data
+
+
+def load_section(section: str, cls: type[T], path: str | os.PathLike = PARAMS_FILE) -> T:
+    """Read one section of params.yaml into `cls` (a dataclass), validating every field."""
+    params = read_params(path)
+    if section not in params:
+        hint = _did_you_mean(section, params)
+        raise DataError(path, f"missing section{hint}", field=section)
+    return from_dict(cls, params[section] or {}, source=str(path), prefix=section)
+
+
+def from_dict(cls: type[T], data: Any, source: str = "<dict>", prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping; nested dataclasses and Optional/list/dict types are
+    checked recursively. Missing fields take their defaults."""
+    if not isinstance(data, dict):
+        raise DataError(source, f"expected a mapping, got {type(data).__name__}", field=prefix)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        raise DataError(source, f"unknown key{_did_you_mean(key, fields)}",
+                        field=_join(prefix, key))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], source, _join(prefix, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise DataError(source, "required key is missing", field=_join(prefix, name))
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(source, str(e), field=prefix or None) from e
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _coerce(tp: Any, value: Any, source: str, field: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, source, field)
+            except DataError as e:
+                errors.append(e.problem)
+        raise DataError(source, " or ".join(errors), field=field)
+    if origin is typing.Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise DataError(source, f"must be one of {choices}, got {value!r}", field=field)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, field)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise DataError(source, f"expected a list, got {value!r}", field=field)
+        item = args[0] if args else Any
+        items = [_coerce(item, v, source, f"{field}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DataError(source, f"expected a mapping, got {value!r}", field=field)
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(kt, k, source, field): _coerce(vt, v, source, f"{field}.{k}")
+                for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(source, f"expected a number, got {value!r}", field=field)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(source, f"expected an integer, got {value!r}", field=field)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise DataError(source, f"expected true or false, got {value!r}", field=field)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise DataError(source, f"expected a string, got {value!r}", field=field)
+        return value
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _did_you_mean(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,427 @@
+"""The clip shard contract: writer, manifest and a webdataset reader.
+
+One sample = one clip of S frames of one actor track, stored as tar members sharing a key
+(`{sequence}__a{actor}__{start:05d}`, sortable and unique):
+
+    <key>.json          meta: key, sequence, actor, split, source, clip_start, num_frames,
+                        frame_ids (img_frame_ids of the S frames), crop_size, body_model_id
+    <key>.f00.jpg ...   the S crops, JPEG (crop_size x crop_size, colour)
+    <key>.targets.npz   arrays (camera frame, metres, 3D root-relative on the SMPL pelvis):
+        vertices    (S,V,3)  float16
+        joints3d    (S,24,3) float32  SMPL joints
+        joints_h36m (S,17,3) float32  H36M-17 regressed from the mesh
+        joints2d    (S,17,3) float32  H36M-17 projected into crop pixels + visibility
+        keypoints2d (S,18,3) float32  COCO-18 detections in crop pixels + confidence
+        pose        (S,72)   float32  axis-angle, global orientation in the camera frame
+        betas       (S,10)   float32
+        valid       (S,)     bool     frame usable (camera pose valid, person found, image ok)
+      optional extras written by preprocess: affine (S,2,3) image->crop, root_cam (S,3) pelvis
+      position in the camera (add it back for absolute camera-frame coordinates),
+      intrinsics (3,3).
+
+Shards hold `samples_per_shard` clips each (`shard-%06d.tar`); their bytes depend only on the
+samples (fixed mtime/owner/mode, members sorted by name). `manifest.parquet` has one row per clip.
+Plain `webdataset.WebDataset(url, shardshuffle=False)` reads the shards; `decode_clip` turns such a
+raw sample into tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import webdataset as wds
+
+from stdformer.io import DataError, npz_bytes, write_bytes_atomic
+
+SHARD_PATTERN = "shard-%06d.tar"
+MANIFEST_NAME = "manifest.parquet"
+
+# name -> (shape with "S" for the clip length and None for "any", dtype)
+TARGET_SPECS: dict[str, tuple[tuple, np.dtype]] = {
+    "vertices": (("S", None, 3), np.dtype(np.float16)),
+    "joints3d": (("S", 24, 3), np.dtype(np.float32)),
+    "joints_h36m": (("S", 17, 3), np.dtype(np.float32)),
+    "joints2d": (("S", 17, 3), np.dtype(np.float32)),
+    "keypoints2d": (("S", 18, 3), np.dtype(np.float32)),
+    "pose": (("S", 72), np.dtype(np.float32)),
+    "betas": (("S", 10), np.dtype(np.float32)),
+    "valid": (("S",), np.dtype(bool)),
+}
+META_FIELDS = ("key", "sequence", "actor", "split", "source", "clip_start", "num_frames",
+               "frame_ids", "crop_size", "body_model_id")
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+    ("sequence", pa.string()), ("actor", pa.int32()), ("frame_start", pa.int32()),
+    ("frame_end", pa.int32()), ("num_frames", pa.int32()), ("num_valid", pa.int32()),
+    ("source", pa.string()),
+])
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding one clip
+
+
+def clip_key(sequence: str, actor: int, start: int) -> str:
+    """`{sequence}__a{actor}__{start:05d}`; characters webdataset would split on ('.', '/')
+    and anything else unusual become '-'."""
+    return f"{_UNSAFE.sub('-', sequence)}__a{int(actor)}__{int(start):05d}"
+
+
+def frame_member(index: int, num_frames: int) -> str:
+    """Member suffix of frame `index`: f00.jpg .. (zero-padded to sort in frame order)."""
+    width = max(2, len(str(num_frames - 1)))
+    return f"f{index:0{width}d}.jpg"
+
+
+def check_targets(targets: Mapping[str, np.ndarray], num_frames: int, where: str = "<clip>"
+                  ) -> dict[str, np.ndarray]:
+    """Cast the contract arrays to their dtypes, checking shapes; extras pass through."""
+    out = {}
+    for name, (shape, dtype) in TARGET_SPECS.items():
+        if name not in targets:
+            raise DataError(where, "missing target array", field=name)
+        arr = np.asarray(targets[name])
+        want = tuple(num_frames if s == "S" else s for s in shape)
+        if arr.ndim != len(want) or any(
+                w is not None and w != a for w, a in zip(want, arr.shape, strict=True)):
+            raise DataError(where, f"expected shape {want}, got {arr.shape}", field=name)
+        out[name] = arr.astype(dtype, copy=False)
+    for name in sorted(set(targets) - set(TARGET_SPECS)):
+        out[name] = np.asarray(targets[name])
+    return out
+
+
+def encode_clip(key: str, frames_jpeg: Sequence[bytes], targets: Mapping[str, np.ndarray],
+                meta: Mapping[str, Any]) -> dict[str, bytes | str]:
+    """Build the webdataset sample dict (member suffix -> bytes) of one clip."""
+    num_frames = len(frames_jpeg)
+    arrays = check_targets(targets, num_frames, where=key)
+    missing = [f for f in META_FIELDS if f not in meta and f not in ("key", "num_frames")]
+    if missing:
+        raise DataError(key, "missing meta field", field=missing[0])
+    meta = {**meta, "key": key, "num_frames": num_frames}
+    sample: dict[str, bytes | str] = {"__key__": key}
+    sample["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    for i, jpg in enumerate(frames_jpeg):
+        sample[frame_member(i, num_frames)] = bytes(jpg)
+    sample["targets.npz"] = npz_bytes(arrays, compress=False)
+    return sample
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards
+
+
+class ShardSeriesWriter:
+    """Write samples into `directory/shard-%06d.tar`, `samples_per_shard` per shard.
+
+    Each shard is written to a hidden temp name and renamed when complete, so a crash never
+    leaves a truncated shard under a final name. Use as a context manager; `write` returns the
+    shard file name the sample went to.
+    """
+
+    def __init__(self, directory: str | os.PathLike, samples_per_shard: int):
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.samples_per_shard = samples_per_shard
+        self.shards: list[str] = []  # completed shard names, in order
+        self._index = 0
+        self._count = 0
+        self._file = None
+        self._tar = None
+        self._tmp: Path | None = None
+
+    def write(self, sample: Mapping[str, Any]) -> str:
+        if self._tar is None:
+            self._open()
+        self._tar.write(dict(sample))
+        name = SHARD_PATTERN % self._index
+        self._count += 1
+        if self._count == self.samples_per_shard:
+            self._finish()
+        return name
+
+    def _open(self) -> None:
+        name = SHARD_PATTERN % self._index
+        self._tmp = self.directory / f".{name}.tmp"
+        self._file = open(self._tmp, "wb")
+        # Fixed owner, mode and mtime: the tar bytes depend only on the samples.
+        self._tar = wds.TarWriter(self._file, user="", group="", mode=0o444, mtime=0,
+                                  encoder=False)
+
+    def _finish(self) -> None:
+        self._tar.close()
+        self._file.close()
+        name = SHARD_PATTERN % self._index
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.directory / name)
+        self.shards.append(name)
+        self._tar = self._file = self._tmp = None
+        self._index += 1
+        self._count = 0
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._finish()
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            with contextlib.suppress(Exception):  # flushes into a file about to be deleted
+                self._tar.close()
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._file = self._tmp = None
+
+    def __enter__(self) -> ShardSeriesWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_shards(directory: str | os.PathLike, samples: Iterable[Mapping[str, Any]],
+                 samples_per_shard: int) -> list[tuple[str, str]]:
+    """Write all samples; returns [(key, shard name)] in write order."""
+    placed = []
+    with ShardSeriesWriter(directory, samples_per_shard) as writer:
+        for sample in samples:
+            placed.append((sample["__key__"], writer.write(sample)))
+    return placed
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+
+
+def manifest_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Parquet bytes of the manifest rows (columns of MANIFEST_SCHEMA, row order kept)."""
+    columns = {f.name: [row[f.name] for row in rows] for f in MANIFEST_SCHEMA}
+    table = pa.table(columns, schema=MANIFEST_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=False)
+    return sink.getvalue().to_pybytes()
+
+
+def write_manifest(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    write_bytes_atomic(path, manifest_bytes(rows))
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, list]:
+    """Manifest columns (name -> list, one entry per clip). `path`: the parquet file or the
+    preprocess output directory holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(path, f"not a readable parquet file: {e}") from e
+    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise DataError(path, "missing column", field=missing[0])
+    return table.to_pydict()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def list_shards(source: str | os.PathLike | Sequence[str], split: str | None = None
+                ) -> list[str]:
+    """Shard URLs from a preprocess output dir (with `split`), a dir of shards, a brace
+    pattern (`a/shard-{000000..000009}.tar`) or an explicit list. Sorted for dirs."""
+    if isinstance(source, (list, tuple)):
+        urls = [str(u) for u in source]
+    else:
+        text = str(source)
+        path = Path(text)
+        if path.is_dir():
+            directory = path if split is None else path / split
+            if not directory.is_dir():
+                raise DataError(path, f"no directory for split '{split}'", field="split")
+            urls = sorted(str(p) for p in directory.glob("shard-*.tar"))
+        else:
+            urls = list(wds.shardlists.expand_urls(text))
+    if not urls:
+        raise DataError(str(source), "no shards found")
+    return urls
+
+
+def _decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(where, "frame is not a readable JPEG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32") -> dict[str, Any]:
+    """A raw webdataset sample (member suffix -> bytes) -> decoded clip.
+
+    Returns {"key": str, "frames": (S,3,H,W) RGB tensor (float32 in [0,1] or uint8),
+    "targets": {name: tensor} (floats as float32, valid as bool), "meta": dict}.
+    """
+    key = sample["__key__"]
+    where = f"{sample.get('__url__', '<sample>')}[{key}]"
+    meta = sample.get("json")
+    if meta is None:
+        raise DataError(where, "missing member", field="json")
+    if isinstance(meta, (bytes, bytearray)):
+        meta = json.loads(meta)
+    frame_names = sorted(k for k in sample if re.fullmatch(r"f\d+\.jpg", k))
+    if not frame_names:
+        raise DataError(where, "no frames", field="f00.jpg")
+    frames = np.stack([_decode_jpeg_rgb(sample[k], f"{where}.{k}") for k in frame_names])
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (S,3,H,W) uint8
+    if frames_dtype == "float32":
+        frames = frames.float().div_(255.0)
+    elif frames_dtype != "uint8":
+        raise ValueError(f"frames_dtype must be 'float32' or 'uint8', got {frames_dtype!r}")
+    raw = sample.get("targets.npz")
+    if raw is None:
+        raise DataError(where, "missing member", field="targets.npz")
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays = check_targets(arrays, len(frame_names), where=where)
+    targets = {}
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        targets[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    return {"key": key, "frames": frames, "targets": targets, "meta": meta}
+
+
+def collate_clips(clips: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack decoded clips: frames (B,S,3,H,W), targets[name] (B,...), meta/key as lists."""
+    return {
+        "key": [c["key"] for c in clips],
+        "frames": torch.stack([c["frames"] for c in clips]),
+        "targets": {name: torch.stack([c["targets"][name] for c in clips])
+                    for name in clips[0]["targets"]},
+        "meta": [c["meta"] for c in clips],
+    }
+
+
+def rank_shards(urls: Sequence[str], rank: int, world_size: int, shuffle: bool, seed: int,
+                epoch: int) -> list[str]:
+    """The shards one rank reads: one permutation shared by all ranks (seeded by seed and
+    epoch, so ranks agree without talking), then every world_size-th shard from `rank`."""
+    urls = list(urls)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(urls))
+        urls = [urls[i] for i in order]
+    if len(urls) < world_size:
+        raise ValueError(f"{len(urls)} shards cannot feed {world_size} ranks; write smaller "
+                         "shards (preprocess.samples_per_shard)")
+    return urls[rank::world_size]
+
+
+class ClipDataset(torch.utils.data.IterableDataset):
+    """Decoded clips from shards, split disjointly by rank (shards) and DataLoader worker.
+
+    With shuffle, shard order is permuted per epoch and samples pass a shuffle buffer seeded by
+    (seed, epoch, rank, worker): the same seed gives the same order. Call `set_epoch` before
+    each epoch (takes effect when the loader starts its workers, i.e. without
+    persistent_workers).
+    """
+
+    def __init__(self, urls: Sequence[str], *, shuffle: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
+                 frames_dtype: str = "float32", transform: Callable | None = None,
+                 epoch: int = 0):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.urls = list(urls)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.frames_dtype = frames_dtype
+        self.transform = transform
+        rank_shards(self.urls, rank, world_size, shuffle, seed, epoch)  # fail early
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _decode(self, sample):
+        clip = decode_clip(sample, self.frames_dtype)
+        return self.transform(clip) if self.transform is not None else clip
+
+    def pipeline(self) -> wds.DataPipeline:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        urls = rank_shards(self.urls, self.rank, self.world_size, self.shuffle, self.seed,
+                           self.epoch)
+        stages: list[Any] = [wds.SimpleShardList(urls), _split_by_torch_worker,
+                             wds.tarfile_to_samples()]
+        if self.shuffle and self.shuffle_buffer > 1:
+            sample_seed = int(np.random.default_rng(
+                [self.seed, self.epoch, self.rank, worker]).integers(2**31))
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                      seed=sample_seed))
+        stages.append(wds.map(self._decode))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.pipeline())
+
+
+def _split_by_torch_worker(src):
+    """Every num_workers-th shard for this DataLoader worker (ignores RANK env: ranks are
+    split explicitly by ClipDataset)."""
+    info = torch.utils.data.get_worker_info()
+    if info is None or info.num_workers <= 1:
+        yield from src
+    else:
+        for i, item in enumerate(src):
+            if i % info.num_workers == info.id:
+                yield item
+
+
+def make_clip_loader(source: str | os.PathLike | Sequence[str], split: str | None = None, *,
+                     shuffle: bool = False, seed: int = 0, batch_size: int = 16,
+                     num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                     shuffle_buffer: int = 64, drop_last: bool = False,
+                     frames_dtype: str = "float32", transform: Callable | None = None,
+                     epoch: int = 0) -> torch.utils.data.DataLoader:
+    """DataLoader of collated clip batches (see `collate_clips`) from shards.
+
+    `source`: preprocess output dir (+ `split`), a shard dir, a brace pattern or URL list.
+    Each rank reads a disjoint subset of shards; each worker a disjoint subset of those.
+    Ranks can receive different numbers of clips when shards are uneven.
+    """
+    urls = list_shards(source, split)
+    dataset = ClipDataset(urls, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                          shuffle_buffer=shuffle_buffer, frames_dtype=frames_dtype,
+                          transform=transform, epoch=epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                       collate_fn=collate_clips, drop_last=drop_last)
+
+
+__all__ = [
+    "SHARD_PATTERN", "MANIFEST_NAME", "TARGET_SPECS", "MANIFEST_SCHEMA", "clip_key",
+    "frame_member", "check_targets", "encode_clip", "ShardSeriesWriter", "write_shards",
+    "manifest_bytes", "write_manifest", "read_manifest", "list_shards", "decode_clip",
+    "collate_clips", "rank_shards", "ClipDataset", "make_clip_loader",
+]

@@ -1,0 +1,253 @@
+"""File helpers shared by every stage: atomic outputs, safe unpickling, deterministic npz.
+
+* `atomic_output(path)`: write to a temp sibling, rename on success, so an interrupted stage
+  never leaves a half-written output that looks complete (works for files and directories).
+* `safe_load_pickle(path, allowed)`: a restricted unpickler; anything outside `allowed` is refused
+  with an error that names the file and the global it tried to load.
+* `npz_bytes(arrays)`: a `.npz` whose bytes depend only on the arrays (fixed zip timestamps), so
+  DVC hashes of shards are stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file and, where it applies, the field."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, field: str | None = None):
+        self.path, self.field, self.problem = str(path), field, problem
+        where = f"{self.path}: {field}" if field else self.path
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # so errors raised in worker processes arrive intact
+        return (type(self), (self.path, self.problem, self.field))
+
+
+class UnsafePickleError(DataError):
+    """A pickle asked for a global outside the allow-list (it may try to run code)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic outputs
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success rename it onto `path`, else remove it.
+
+    With `directory=True` the temp path is an empty directory and an existing `path` is
+    replaced as a whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary data directory
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted unpickling
+
+# Globals a pickle of plain numpy data may need (numpy 1.x and 2.x module paths).
+NUMPY_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("builtins", "slice"),
+        ("_codecs", "encode"),  # Python-2 pickles of byte strings under encoding='latin1'
+    }
+)
+
+# scipy.sparse matrices as pickled by scipy (SMPL's J_regressor, mesh_downsampling.npz).
+SCIPY_SPARSE_GLOBALS = frozenset(
+    (module, name)
+    for module in ("scipy.sparse.csc", "scipy.sparse.csr", "scipy.sparse.coo",
+                   "scipy.sparse._csc", "scipy.sparse._csr", "scipy.sparse._coo")
+    for name in ("csc_matrix", "csr_matrix", "coo_matrix")
+)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only allow-listed globals; `stubs` maps (module, name) to a
+    stand-in class (e.g. chumpy's `Ch` to an object exposing the array)."""
+
+    def __init__(self, file, *, path: str, allowed: frozenset, stubs: Mapping | None = None,
+                 encoding: str = "latin1"):
+        super().__init__(file, encoding=encoding)
+        self._path, self._allowed, self._stubs = path, allowed, dict(stubs or {})
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._stubs:
+            return self._stubs[(module, name)]
+        if (module, name) in self._allowed:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            self._path, f"refusing to load global '{module}.{name}' (not plain data; the file "
+            "may try to run code)"
+        )
+
+
+def safe_load_pickle(path: str | os.PathLike, allowed: frozenset = NUMPY_GLOBALS,
+                     stubs: Mapping | None = None):
+    """Load a (Python 2 or 3) pickle of plain data, refusing anything outside `allowed`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    with open(path, "rb") as f:
+        try:
+            return RestrictedUnpickler(f, path=str(path), allowed=allowed, stubs=stubs).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, UnicodeDecodeError) as e:
+            raise DataError(path, f"not a readable pickle (truncated or corrupt?): {e}") from e
+
+
+def load_npz_restricted(path: str | os.PathLike, allowed: frozenset) -> dict[str, object]:
+    """Read every array of an .npz; object arrays go through the restricted unpickler."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    out: dict[str, object] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                key = member[:-4] if member.endswith(".npy") else member
+                with zf.open(member) as raw:
+                    fp = io.BytesIO(raw.read())
+                version = np.lib.format.read_magic(fp)
+                if version == (1, 0):
+                    _, _, dtype = np.lib.format.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    _, _, dtype = np.lib.format.read_array_header_2_0(fp)
+                else:
+                    raise DataError(path, f"unsupported .npy format version {version}",
+                                    field=key)
+                if dtype.hasobject:
+                    out[key] = RestrictedUnpickler(fp, path=f"{path}[{key}]", allowed=allowed,
+                                                   encoding="latin1").load()
+                else:
+                    fp.seek(0)
+                    out[key] = np.lib.format.read_array(fp, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(path, f"not a readable .npz (truncated or corrupt?): {e}") from e
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic npz
+
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
+    """Serialise arrays as an .npz (readable by `np.load`) with fixed timestamps and order."""
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
+        for key in arrays:
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]),
+                                      allow_pickle=False)
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    write_bytes_atomic(path, npz_bytes(arrays))
+
+
+def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load a plain (pickle-free) .npz; a missing file or key is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(path, f"not a readable .npz: {e}") from e
+    for key in required:
+        if key not in arrays:
+            raise DataError(path, "missing array", field=key)
+    return arrays
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    import hashlib
+
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_guarded(fn: Callable, *args, **kwargs):
+    """Call fn; convert a DataError into a one-line message on stderr and exit status 2.
+
+    Stage entry points use this so users see "file: field: problem", not a traceback.
+    """
+    import sys
+
+    try:
+        return fn(*args, **kwargs)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e

@@ -1,0 +1,180 @@
+"""The clip shard contract: deterministic writing, plain-webdataset readability, manifest, and a
+reader that splits clips disjointly across ranks and workers."""
+
+import io
+import tarfile
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from stdformer.data import shards
+from stdformer.io import DataError
+
+S, V, CROP = 4, 30, 24
+
+
+def _clip(seq: str, actor: int, start: int):
+    """A small clip whose pixel values and targets encode (start) so decoding can be checked."""
+    rng = np.random.default_rng([actor, start])
+    frames = [cv2.imencode(".jpg", np.full((CROP, CROP, 3), (start + 10 * i) % 250, np.uint8))[1]
+              .tobytes() for i in range(S)]
+    targets = {
+        "vertices": rng.normal(size=(S, V, 3)), "joints3d": rng.normal(size=(S, 24, 3)),
+        "joints_h36m": rng.normal(size=(S, 17, 3)), "joints2d": rng.uniform(0, CROP, (S, 17, 3)),
+        "keypoints2d": rng.uniform(0, CROP, (S, 18, 3)), "pose": rng.normal(size=(S, 72)),
+        "betas": np.zeros((S, 10)), "valid": np.arange(S) % 2 == 0,
+    }
+    meta = {"sequence": seq, "actor": actor, "split": "train", "source": "unit",
+            "clip_start": start, "frame_ids": list(range(start, start + S)), "crop_size": CROP,
+            "body_model_id": "test-body"}
+    return shards.encode_clip(shards.clip_key(seq, actor, start), frames, targets, meta)
+
+
+def _samples(num_clips=10):
+    return [_clip(f"seq{k % 3}", k % 2, 4 * k) for k in range(num_clips)]
+
+
+def _write(directory, num_clips=10, per_shard=3):
+    placed = shards.write_shards(directory, _samples(num_clips), per_shard)
+    rows = [{"key": key, "split": "train", "shard": f"train/{shard}", "sequence": "s",
+             "actor": 0, "frame_start": 0, "frame_end": S, "num_frames": S, "num_valid": 2,
+             "source": "unit"} for key, shard in placed]
+    return placed, rows
+
+
+def test_shard_bytes_and_manifest_are_deterministic(tmp_path):
+    placed_a, rows_a = _write(tmp_path / "a")
+    placed_b, rows_b = _write(tmp_path / "b")
+    assert placed_a == placed_b
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
+                     "shard-000003.tar"]  # 10 clips, 3 per shard, no temp files left
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert shards.manifest_bytes(rows_a) == shards.manifest_bytes(rows_b)
+    with tarfile.open(tmp_path / "a" / names[0]) as tar:
+        members = tar.getmembers()
+    assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
+    assert [m.name for m in members] == sorted(m.name for m in members)
+
+
+def test_plain_webdataset_reads_every_member_of_the_contract(tmp_path):
+    _write(tmp_path)
+    url = str(tmp_path / "shard-000000.tar")
+    samples = list(wds.WebDataset(url, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [s["__key__"] for s in _samples()[:3]]
+    sample = samples[0]
+    assert {"json", "targets.npz"} | {f"f{i:02d}.jpg" for i in range(S)} <= set(sample)
+    with np.load(io.BytesIO(sample["targets.npz"])) as z:
+        arrays = {k: z[k] for k in z.files}
+    expected = {"vertices": ((S, V, 3), np.float16), "joints3d": ((S, 24, 3), np.float32),
+                "joints_h36m": ((S, 17, 3), np.float32), "joints2d": ((S, 17, 3), np.float32),
+                "keypoints2d": ((S, 18, 3), np.float32), "pose": ((S, 72), np.float32),
+                "betas": ((S, 10), np.float32), "valid": ((S,), np.bool_)}
+    for name, (shape, dtype) in expected.items():
+        assert arrays[name].shape == shape and arrays[name].dtype == dtype, name
+
+    clip = shards.decode_clip(sample)
+    assert clip["frames"].shape == (S, 3, CROP, CROP) and clip["frames"].dtype == torch.float32
+    assert clip["frames"].max() <= 1.0
+    np.testing.assert_allclose(clip["frames"][1].mean().item(), 10 / 255, atol=2 / 255)
+    assert clip["targets"]["valid"].tolist() == [True, False, True, False]
+    assert clip["meta"]["key"] == sample["__key__"] and clip["meta"]["num_frames"] == S
+    assert clip["meta"]["frame_ids"] == [0, 1, 2, 3]
+    uint8 = shards.decode_clip(sample, frames_dtype="uint8")["frames"]
+    assert uint8.dtype == torch.uint8 and uint8.shape == (S, 3, CROP, CROP)
+
+
+def test_manifest_roundtrip_matches_shard_contents(tmp_path):
+    placed, rows = _write(tmp_path / "train")
+    shards.write_manifest(tmp_path / shards.MANIFEST_NAME, rows)
+    manifest = shards.read_manifest(tmp_path)  # a directory works too
+    assert manifest["key"] == [k for k, _ in placed]
+    for shard in sorted(set(manifest["shard"])):
+        keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / shard), shardshuffle=False)]
+        assert keys == [k for k, sh in zip(manifest["key"], manifest["shard"], strict=True)
+                        if sh == shard]
+
+
+def test_wrong_target_shape_names_the_field():
+    sample = _clip("s", 0, 0)
+    bad = {"vertices": np.zeros((S, V, 3)), "joints3d": np.zeros((S, 23, 3))}
+    with pytest.raises(DataError, match="joints3d"):
+        shards.encode_clip("k", [sample["f00.jpg"]] * S, {**bad, **{
+            k: np.zeros(shape) for k, shape in [("joints_h36m", (S, 17, 3)),
+                                                ("joints2d", (S, 17, 3)),
+                                                ("keypoints2d", (S, 18, 3)), ("pose", (S, 72)),
+                                                ("betas", (S, 10)), ("valid", (S,))]}},
+            {"sequence": "s", "actor": 0, "split": "train", "source": "x", "clip_start": 0,
+             "frame_ids": [0] * S, "crop_size": CROP, "body_model_id": "b"})
+
+
+def test_clip_keys_sort_and_never_contain_webdataset_separators():
+    assert shards.clip_key("down.town/walk", 1, 42) == "down-town-walk__a1__00042"
+    keys = [shards.clip_key("seq", a, s) for a in (0, 1) for s in (0, 8, 16, 100)]
+    assert keys == sorted(keys)
+
+
+def test_aborted_writer_leaves_no_partial_shard(tmp_path):
+    with pytest.raises(RuntimeError):
+        with shards.ShardSeriesWriter(tmp_path, 3) as writer:
+            for sample in _samples(4):
+                writer.write(sample)
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def _loader_keys(directory, **kw):
+    loader = shards.make_clip_loader(directory, batch_size=2, **kw)
+    return [k for batch in loader for k in batch["key"]]
+
+
+def test_reader_splits_clips_disjointly_across_ranks_and_workers(tmp_path):
+    _write(tmp_path, num_clips=13, per_shard=2)  # 7 shards
+    every = [s["__key__"] for s in _samples(13)]
+    assert sorted(_loader_keys(tmp_path)) == sorted(every)
+
+    for shuffle in (False, True):
+        per_rank = [_loader_keys(tmp_path, rank=r, world_size=2, shuffle=shuffle, seed=5)
+                    for r in range(2)]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == sorted(every)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workers = _loader_keys(tmp_path, num_workers=2)
+    assert len(workers) == len(set(workers)) and sorted(workers) == sorted(every)
+    ranks_and_workers = [k for r in range(2)
+                         for k in _loader_keys(tmp_path, rank=r, world_size=2, num_workers=2)]
+    assert sorted(ranks_and_workers) == sorted(every)
+
+
+def test_shuffle_is_seeded_per_epoch(tmp_path):
+    _write(tmp_path, num_clips=13, per_shard=2)
+    a = _loader_keys(tmp_path, shuffle=True, seed=1)
+    assert a == _loader_keys(tmp_path, shuffle=True, seed=1)
+    assert a != _loader_keys(tmp_path, shuffle=True, seed=1, epoch=1)
+    assert a != _loader_keys(tmp_path)
+
+
+def test_batches_stack_clips(tmp_path):
+    _write(tmp_path, num_clips=5, per_shard=5)
+    batch = next(iter(shards.make_clip_loader(tmp_path, batch_size=4, frames_dtype="uint8")))
+    assert batch["frames"].shape == (4, S, 3, CROP, CROP)
+    assert batch["targets"]["vertices"].shape == (4, S, V, 3)
+    assert batch["targets"]["valid"].dtype == torch.bool and len(batch["meta"]) == 4
+
+
+def test_too_few_shards_for_ranks_and_missing_shards_are_reported(tmp_path):
+    _write(tmp_path, num_clips=2, per_shard=5)  # 1 shard
+    with pytest.raises(ValueError, match="1 shards cannot feed 2 ranks"):
+        shards.make_clip_loader(tmp_path, rank=0, world_size=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no shards"):
+        shards.list_shards(tmp_path / "empty")
+    with pytest.raises(DataError, match="split"):
+        shards.list_shards(tmp_path, "validation")
