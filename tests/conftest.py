@@ -38,3 +38,72 @@ def synth_root(tmp_path_factory, synth_body, synth_cfg):
     root = tmp_path_factory.mktemp("synth3dpw") / "3dpw"
     synthesize(root, synth_body, synth_cfg, progress=False)
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny copy of the whole project (git + DVC), for tests that run the pipeline as users do.
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+# Deep-merged over the project's params.yaml: the same pipeline, small enough for seconds.
+TINY_PARAMS = {
+    "body": {"resolution": 800},
+    "synthesize": {"train_sequences": 2, "validation_sequences": 1, "test_sequences": 1,
+                   "min_frames": 12, "max_frames": 16, "width": 128, "height": 96,
+                   "two_actor_fraction": 0.5},
+    "preprocess": {"crop_size": 32, "samples_per_shard": 4, "workers": 1},
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (deep_merge(out[key], value)
+                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def project_env() -> dict:
+    """Environment for running the project's commands in a subprocess (venv first on PATH)."""
+    import os
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{__import__('pathlib').Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONHASHSEED="0")
+    return env
+
+
+def make_tiny_project(dest, overrides: dict | None = None):
+    """Copy the pipeline (dvc.yaml, stages/, stdformer/, flows/) into a fresh git + DVC repo at
+    `dest` with TINY_PARAMS (+ overrides) applied; returns dest."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    dest = __import__("pathlib").Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("stages", "stdformer", "flows"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, dest / name)
+    (dest / "data").mkdir(exist_ok=True)
+    shutil.copy(REPO / "data" / ".gitignore", dest / "data" / ".gitignore")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_merge(deep_merge(params, TINY_PARAMS), overrides or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env()
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_project_factory(tmp_path_factory):
+    """Call with optional params overrides to get a fresh tiny project directory."""
+    return lambda overrides=None: make_tiny_project(tmp_path_factory.mktemp("project") / "repo",
+                                                    overrides)

@@ -1,0 +1,58 @@
+"""The DVC pipeline as users run it: `dvc repro` end to end, cached reruns, targeted reruns."""
+
+import json
+import subprocess
+
+import pytest
+import webdataset as wds
+import yaml
+
+from conftest import project_env
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(project, *args) -> str:
+    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def reproduced(tiny_project_factory):
+    project = tiny_project_factory()
+    dvc(project, "repro", "preprocess")
+    return project
+
+
+def test_repro_writes_shards_that_plain_webdataset_reads(reproduced):
+    report = json.loads((reproduced / "data/shards/report.json").read_text())
+    assert report["totals"]["clips"] > 0
+    shards = sorted((reproduced / "data/shards/train").glob("shard-*.tar"))
+    sample = next(iter(wds.WebDataset([str(s) for s in shards], shardshuffle=False)))
+    assert {"json", "f00.jpg", "f07.jpg", "targets.npz"} <= set(sample)
+    meta = json.loads(sample["json"])
+    assert meta["split"] == "train" and meta["body_model_id"]
+
+
+def test_second_repro_is_a_no_op_and_a_param_reruns_only_its_stage(reproduced):
+    lock = (reproduced / "dvc.lock").read_text()
+    out = dvc(reproduced, "repro", "preprocess")
+    assert "didn't change, skipping" in out and "Running stage" not in out
+    assert (reproduced / "dvc.lock").read_text() == lock
+
+    params = yaml.safe_load((reproduced / "params.yaml").read_text())
+    params["preprocess"]["jpeg_quality"] = 80
+    (reproduced / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(reproduced, "repro", "preprocess")
+    assert "Running stage 'preprocess'" in out
+    assert "Running stage 'body'" not in out and "Running stage 'synthesize'" not in out
+
+
+def test_forced_rerun_gives_identical_output_hashes(reproduced):
+    before = yaml.safe_load((reproduced / "dvc.lock").read_text())["stages"]
+    dvc(reproduced, "repro", "-f", "preprocess")
+    after = yaml.safe_load((reproduced / "dvc.lock").read_text())["stages"]
+    for stage in ("body", "synthesize", "preprocess"):
+        assert before[stage]["outs"] == after[stage]["outs"], stage
