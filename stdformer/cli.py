@@ -3,6 +3,7 @@
     stdformer body convert SMPL_NEUTRAL.pkl out.npz   # official SMPL pickle -> plain npz, no chumpy
     stdformer body info data/body                     # what body model a pipeline uses
     stdformer shards info data/shards                 # clips per split, as the manifest says
+    stdformer registry list | promote VERSION | rollback   # the MLflow model registry
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sinfo = shards.add_parser("info", help="clips and valid frames per split")
     sinfo.add_argument("shards_dir", nargs="?", default="data/shards")
     sinfo.set_defaults(func=_shards_info)
+
+    from stdformer.registry import add_registry_commands
+
+    add_registry_commands(groups)
     return parser
 
 

@@ -52,6 +52,9 @@ TINY_PARAMS = {
                    "min_frames": 12, "max_frames": 16, "width": 128, "height": 96,
                    "two_actor_fraction": 0.5},
     "preprocess": {"crop_size": 32, "samples_per_shard": 4, "workers": 1},
+    "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "val_every": 0,
+              "num_workers": 0, "log_every": 1},
+    "evaluate": {"overlays": 1, "overlay_size": 64, "batch_size": 4},
 }
 
 

@@ -73,25 +73,32 @@ class DaskExecutor:
     """Submits to a `distributed.Client` (pass one, or a scheduler address to connect to).
 
     Needs the optional `dask` extra (`pip install -e .[dask]`); only `client.submit` and
-    `future.result()` are used, at most `prefetch` futures in flight.
+    `future.result()` are used, at most `prefetch` futures in flight. A client made here from
+    `address` lives for one `map_ordered` call and is closed after it (an unclosed client keeps
+    reconnecting to a scheduler that has gone away); a client passed in is left open.
     """
 
     def __init__(self, client: Any = None, address: str | None = None, prefetch: int = 16):
         if client is None:
             try:
-                from distributed import Client
+                import distributed  # noqa: F401
             except ImportError as e:  # pragma: no cover - depends on the optional extra
                 raise RuntimeError("the dask executor needs `pip install -e .[dask]`") from e
-            client = Client(address)
         self.client = client
+        self.address = address
         self.prefetch = prefetch
 
     def map_ordered(self, fn, items):
+        client = self.client
+        if client is None:
+            from distributed import Client
+
+            client = Client(self.address)
         pending: deque = deque()
         try:
             for item in items:
                 # pure=False: identical items are still separate tasks (no silent dedup).
-                pending.append(self.client.submit(fn, item, pure=False))
+                pending.append(client.submit(fn, item, pure=False))
                 if len(pending) >= self.prefetch:
                     yield pending.popleft().result()
             while pending:
@@ -99,6 +106,8 @@ class DaskExecutor:
         finally:
             for future in pending:
                 future.cancel()
+            if client is not self.client:
+                client.close()
 
 
 def make_executor(kind: str, workers: int, address: str | None = None) -> Executor:

@@ -363,13 +363,6 @@ def process_track_task(task: TrackTask) -> dict[str, Any]:
 # Whole dataset
 
 
-def _pkl_path(dataset_root: Path, track) -> str:
-    path = getattr(track, "path", None) or getattr(track, "pkl_path", None)
-    if path:
-        return str(path)
-    return str(dataset_root / "sequenceFiles" / track.split / f"{track.sequence}.pkl")
-
-
 def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig) -> list[TrackTask]:
     tasks = []
     for split in cfg.splits:
@@ -377,10 +370,7 @@ def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig) ->
         # with 'skip' missing images become invalid frames.
         tracks = sorted(iter_tracks(dataset_root, split, check_images=cfg.on_error == "fail"),
                         key=lambda t: (t.sequence, t.actor))
-        for track in tracks:
-            if track.split != split:  # iter_tracks should set it; keys/paths rely on it
-                track = dataclasses.replace(track, split=split)
-            tasks.append(TrackTask(track, _pkl_path(dataset_root, track), str(body_dir), cfg))
+        tasks += [TrackTask(track, str(track.pkl_path), str(body_dir), cfg) for track in tracks]
     return tasks
 
 
@@ -397,7 +387,10 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
     (`seconds`, `frames_per_s`, which report.json leaves out to stay deterministic).
     """
     check_config(cfg)
-    dataset_root, body_dir, out_dir = Path(dataset_root), Path(body_dir), Path(out_dir)
+    # Absolute paths: workers (e.g. Dask's) may run in another directory; outputs do not
+    # depend on these paths.
+    dataset_root, body_dir = Path(dataset_root).resolve(), Path(body_dir).resolve()
+    out_dir = Path(out_dir)
     if not dataset_root.is_dir():
         raise DataError(dataset_root, "dataset root not found", field="dataset_root")
     if not body_dir.is_dir():

@@ -1,0 +1,105 @@
+"""Serve the `retrain` flow on the cron schedule in params.yaml's `schedule` section.
+
+    prefect server start --host 127.0.0.1                        # terminal 1 (UI on :4200)
+    export PREFECT_API_URL=http://127.0.0.1:4200/api             # terminal 2
+    python -m flows.deploy [--project-dir .] [--name scheduled]  # runs until Ctrl-C
+
+This process is the worker: it registers the deployment `retrain/<name>` with the server,
+then polls for its scheduled runs and executes each one in a subprocess. Scheduling needs a
+real server: Prefect's temporary (ephemeral) API, used when PREFECT_API_URL is unset, never
+creates scheduled runs, so this command refuses to start without PREFECT_API_URL.
+
+The schedule and the run parameters (force, params overrides, retries, retry delay) are read
+once, here: after editing the `schedule` section, stop and start this command again. Runs of
+the deployment never overlap (deployment concurrency limit 1, later runs wait); the flow's
+own lock also refuses a second retrain of the same project started by any other means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.retrain import PARAMS_FILE, ScheduleConfig, load_schedule, retrain
+
+DEFAULT_NAME = "scheduled"
+
+
+def deployment_parameters(project_dir: str | Path, schedule: ScheduleConfig) -> dict[str, Any]:
+    """The flow parameters every scheduled run gets (editable per run in the UI)."""
+    return {"project_dir": str(Path(project_dir).resolve()), "force": schedule.force,
+            "params": dict(schedule.params) or None, "retries": schedule.retries,
+            "retry_delay_seconds": schedule.retry_delay_seconds}
+
+
+def build_deployment(project_dir: str | Path = ".", name: str = DEFAULT_NAME,
+                     schedule: ScheduleConfig | None = None):
+    """A `RunnerDeployment` of `retrain` on the cron schedule of `schedule` (default: the
+    `schedule` section of `<project_dir>/params.yaml`). `.apply()` registers it with the API;
+    `prefect.serve(d)` or `Runner().add_deployment(d)` runs it."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    project = Path(project_dir).resolve()
+    if schedule is None:
+        schedule = load_schedule(project / PARAMS_FILE)
+    else:
+        schedule.validate()
+    return retrain.to_deployment(
+        name=name,
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
+        parameters=deployment_parameters(project, schedule),
+        # One run at a time; a run due while another is running waits for it.
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description=f"Scheduled retrain of {project}: `dvc status`, then the changed DVC "
+                    "stages, one task each.",
+        tags=["stdformer", "retrain"],
+        # Import the flow as `flows.retrain` (installed package), whatever the working
+        # directory of the process that runs it.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project-dir", default=".")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="deployment name")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the schedule and parameters, do not contact the server")
+    args = parser.parse_args(argv)
+
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
+
+    from stdformer.io import DataError
+
+    try:
+        schedule = load_schedule(Path(args.project_dir) / PARAMS_FILE)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from e
+    if args.dry_run:
+        print(json.dumps({"deployment": f"retrain/{args.name}", "cron": schedule.cron,
+                          "timezone": schedule.timezone,
+                          "parameters": deployment_parameters(args.project_dir, schedule)},
+                         indent=2))
+        return
+    if not PREFECT_API_URL.value():
+        raise SystemExit(
+            "error: PREFECT_API_URL is not set. Scheduled runs need a Prefect server:\n"
+            "  prefect server start --host 127.0.0.1\n"
+            "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+            "then run `python -m flows.deploy` again.")
+    deployment = build_deployment(args.project_dir, args.name, schedule)
+    print(f"serving retrain/{args.name}: cron {schedule.cron!r} ({schedule.timezone}) on "
+          f"{PREFECT_API_URL.value()}; Ctrl-C stops (and pauses the schedule)", file=sys.stderr)
+    serve(deployment)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""DVC stage `register`: log the evaluated model to MLflow, register a new version of the
+registered model and apply the promotion gate (section `register`).
+
+    python -m stages.register [--params params.yaml] [--model models/stdformer.pt]
+        [--body data/body] [--eval metrics/eval.json] [--lock dvc.lock] [--data data/shards]
+        [--out metrics/registry.json]
+
+Writes metrics/registry.json (version, aliases, decision, reason, metrics compared). MLflow:
+MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; artifacts under <cwd>/mlartifacts.
+The run records every params.yaml section; the version's tags hold the metrics, those params
+and the DVC hashes (dvc.lock) of the data, the model file and the train stage's params.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from stdformer.config import from_dict, read_params
+from stdformer.io import run_guarded
+from stdformer.registry import RegisterConfig, RegisterPaths, register
+from stdformer.train.tracking import default_tracking_uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", default="models/stdformer.pt")
+    parser.add_argument("--body", default="data/body")
+    parser.add_argument("--eval", default="metrics/eval.json")
+    parser.add_argument("--lock", default="dvc.lock")
+    parser.add_argument("--data", default="data/shards")
+    parser.add_argument("--out", default="metrics/registry.json")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # quiet stage logs
+
+    params = read_params(args.params)
+    cfg = from_dict(RegisterConfig, params.get("register") or {}, source=str(args.params),
+                    prefix="register")
+    project = Path.cwd()
+    record = register(
+        RegisterPaths(model=Path(args.model), body=Path(args.body), eval=Path(args.eval),
+                      lock=Path(args.lock), data=Path(args.data), out=Path(args.out)),
+        cfg, params, tracking_uri=default_tracking_uri(project),
+        artifact_root=project / "mlartifacts")
+    print(json.dumps({k: record[k] for k in ("model_name", "version", "decision", "reason",
+                                             "aliases", "champion_version")}, indent=2))
+
+
+if __name__ == "__main__":
+    run_guarded(main)

@@ -1,0 +1,64 @@
+"""DVC stage `train`: train STDFormer on the shards (sections `train`, `model`, `loss`).
+
+    python -m stages.train [--params params.yaml] [--shards data/shards] [--body data/body]
+                           [--out models/stdformer.pt]
+    torchrun --nproc_per_node 2 -m stages.train ...      # DDP (NCCL on GPU, gloo on CPU)
+
+Also writes checkpoints/ (resumed automatically when the config matches), metrics/train.json
+and metrics/train_curve.csv. MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from stdformer.config import from_dict, read_params
+from stdformer.io import DataError, run_guarded
+from stdformer.losses import LossConfig
+from stdformer.train import (TrainConfig, TrainPaths, Tracking, default_tracking_uri,
+                             model_config_from_section, train)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--body", default="data/body")
+    parser.add_argument("--out", default="models/stdformer.pt")
+    parser.add_argument("--checkpoints", default="checkpoints")
+    parser.add_argument("--metrics", default="metrics/train.json")
+    parser.add_argument("--curve", default="metrics/train_curve.csv")
+    parser.add_argument("--variant", help="apply the model overrides of params `variants.NAME`")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+
+    params = read_params(args.params)
+    source = str(args.params)
+    if "train" not in params:
+        raise DataError(source, "missing section", field="train")
+    cfg = from_dict(TrainConfig, params["train"] or {}, source=source, prefix="train")
+    model_section = dict(params.get("model") or {})
+    if args.variant is not None:
+        variants = params.get("variants") or {}
+        if args.variant not in variants:
+            raise DataError(source, f"no such variant (known: {', '.join(variants) or 'none'})",
+                            field=f"variants.{args.variant}")
+        model_section.update(variants[args.variant] or {})
+    model_cfg = model_config_from_section(model_section, source=source, prefix="model")
+    loss_cfg = from_dict(LossConfig, params.get("loss") or {}, source=source, prefix="loss")
+
+    project = Path.cwd()
+    result = train(cfg, model_cfg, loss_cfg,
+                   TrainPaths(shards=Path(args.shards), body=Path(args.body),
+                              model=Path(args.out), checkpoints=Path(args.checkpoints),
+                              metrics=Path(args.metrics), curve=Path(args.curve)),
+                   Tracking(uri=default_tracking_uri(project),
+                            artifact_root=project / "mlartifacts", run_name=args.variant),
+                   progress=not args.no_progress)
+    if result.is_main:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    run_guarded(main)

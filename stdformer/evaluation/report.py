@@ -1,0 +1,202 @@
+"""Evaluation outputs: metrics json, per-frame parquet, csvs for DVC plots, matplotlib charts and
+the markdown table printed by the stage. Everything is built as bytes/text here (deterministic:
+sorted rows, fixed formats, no timestamps in PNGs) and written atomically by the caller."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stdformer.evaluation.scoring import METRICS
+
+PER_FRAME_SCHEMA = pa.schema([
+    ("model", pa.string()), ("sequence", pa.string()), ("actor", pa.int32()),
+    ("frame", pa.int32()), ("image_frame", pa.int32()),
+    ("mpjpe", pa.float64()), ("pa_mpjpe", pa.float64()), ("mpvpe", pa.float64()),
+    ("accel", pa.float64()),          # null where the frame carries no acceleration term
+])
+PER_SEQUENCE_COLUMNS = ("sequence", "model", *METRICS, "frames")
+OVER_TIME_COLUMNS = ("sequence", "actor", "model", "frame", "mpjpe", "accel")
+UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "mpvpe": "mm", "accel": "mm/frame^2"}
+TITLES = {"mpjpe": "MPJPE", "pa_mpjpe": "PA-MPJPE", "mpvpe": "MPVPE", "accel": "Accel"}
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _round(value, digits: int = 4):
+    value = _finite_or_none(value)
+    return round(value, digits) if isinstance(value, float) else value
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics json, parquet, csv
+
+
+def eval_json(overall: Mapping[str, Mapping], per_sequence: Mapping[str, Mapping]) -> str:
+    """{"overall": {model: {mpjpe, pa_mpjpe, mpvpe, accel, frames}},
+        "per_sequence": {model: {sequence: {...}}}} as JSON text; NaN -> null."""
+    doc = {"overall": {m: {k: _round(v) for k, v in s.items()} for m, s in overall.items()},
+           "per_sequence": {m: {seq: {k: _round(v) for k, v in s.items()}
+                                for seq, s in seqs.items()}
+                            for m, seqs in per_sequence.items()}}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def per_frame_parquet(rows: Mapping[str, np.ndarray]) -> bytes:
+    """The per-frame rows (FrameTable.columns()) as parquet bytes (PER_FRAME_SCHEMA)."""
+    arrays = {}
+    for f in PER_FRAME_SCHEMA:
+        values = rows[f.name]
+        if f.name == "accel":
+            values = np.asarray(values, np.float64)
+            arrays[f.name] = pa.array(values, type=f.type, mask=np.isnan(values))
+        elif pa.types.is_string(f.type):
+            arrays[f.name] = pa.array([str(v) for v in values], type=f.type)
+        else:
+            arrays[f.name] = pa.array(np.asarray(values), type=f.type)
+    table = pa.table(arrays, schema=PER_FRAME_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=False)
+    return sink.getvalue().to_pybytes()
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else (f"{v:.4f}" if isinstance(v, float) else v)
+                         for v in (_finite_or_none(x) for x in row)])
+    return buf.getvalue()
+
+
+def per_sequence_csv(per_sequence: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """Long format, one row per (sequence, model): sequence, model, mpjpe, pa_mpjpe, mpvpe,
+    accel, frames (sorted by sequence, then the model order)."""
+    sequences = sorted({seq for seqs in per_sequence.values() for seq in seqs})
+    rows = [[seq, model, *(float(s[m]) for m in METRICS), int(s["frames"])]
+            for seq in sequences for model, seqs in per_sequence.items()
+            if (s := seqs.get(seq)) is not None]
+    return _csv_text(PER_SEQUENCE_COLUMNS, rows)
+
+
+def worst_sequences(per_sequence: Mapping[str, Mapping[str, Mapping]], model: str, count: int
+                    ) -> list[str]:
+    """The `count` sequences with the highest mean MPJPE of `model` (ties: by name)."""
+    seqs = per_sequence.get(model, {})
+    ranked = sorted(seqs, key=lambda s: (-np.nan_to_num(seqs[s]["mpjpe"], nan=-np.inf), s))
+    return ranked[:count]
+
+
+def over_time_selection(rows: Mapping[str, np.ndarray], sequences: Sequence[str]) -> np.ndarray:
+    return np.isin(rows["sequence"].astype(str), list(sequences))
+
+
+def error_over_time_csv(rows: Mapping[str, np.ndarray], sequences: Sequence[str]) -> str:
+    """Long format for the chosen sequences: sequence, actor, model, frame, mpjpe, accel
+    (accel empty where the frame has no term); rows in the per-frame order."""
+    pick = np.flatnonzero(over_time_selection(rows, sequences))
+    out = [[str(rows["sequence"][i]), int(rows["actor"][i]), str(rows["model"][i]),
+            int(rows["frame"][i]), float(rows["mpjpe"][i]), float(rows["accel"][i])]
+           for i in pick]
+    return _csv_text(OVER_TIME_COLUMNS, out)
+
+
+def markdown_table(overall: Mapping[str, Mapping]) -> str:
+    """| model | MPJPE | PA-MPJPE | MPVPE | Accel | frames | (the published tables' units)."""
+    head = ["model", *(f"{TITLES[m]} ({UNITS[m]})" for m in METRICS), "frames"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, s in overall.items():
+        cells = [model, *("-" if not math.isfinite(s[m]) else f"{s[m]:.1f}" for m in METRICS),
+                 str(int(s["frames"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Charts (matplotlib, Agg)
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def per_sequence_png(per_sequence: Mapping[str, Mapping[str, Mapping]],
+                     metrics: Sequence[str] = ("mpjpe", "accel")) -> bytes:
+    """Grouped bars: one panel per metric, sequences on x, one bar per model."""
+    plt = _pyplot()
+    models = list(per_sequence)
+    sequences = sorted({seq for seqs in per_sequence.values() for seq in seqs})
+    fig, axes = plt.subplots(len(metrics), 1, squeeze=False,
+                             figsize=(max(6.0, 0.9 * len(sequences) * max(len(models), 1) / 2
+                                          + 2), 3.2 * len(metrics)))
+    x = np.arange(len(sequences))
+    width = 0.8 / max(len(models), 1)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for k, model in enumerate(models):
+            values = [per_sequence[model].get(seq, {}).get(metric, np.nan) for seq in sequences]
+            values = [np.nan if v is None else v for v in values]
+            ax.bar(x + (k - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.set_xticks(x, sequences, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{TITLES[metric]} ({UNITS[metric]})")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_title("Per-sequence errors (frame averages)")
+    axes[0, 0].legend(fontsize=8, ncol=min(len(models), 4))
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def error_over_time_png(rows: Mapping[str, np.ndarray], sequences: Sequence[str],
+                        models: Sequence[str], metric: str = "mpjpe") -> bytes:
+    """One panel per (sequence, actor) of the chosen sequences, one line per model; invalid
+    frames (no row) are gaps."""
+    plt = _pyplot()
+    pick = over_time_selection(rows, sequences)
+    tracks = sorted({(str(s), int(a)) for s, a in zip(rows["sequence"][pick],
+                                                       rows["actor"][pick])})
+    fig, axes = plt.subplots(max(len(tracks), 1), 1, squeeze=False,
+                             figsize=(8.0, 2.4 * max(len(tracks), 1)))
+    for ax, (seq, actor) in zip(axes[:, 0], tracks):
+        mine = pick & (rows["sequence"].astype(str) == seq) & (rows["actor"] == actor)
+        for model in models:
+            sel = mine & (rows["model"] == model)
+            frames, values = rows["frame"][sel], rows[metric][sel]
+            if not len(frames):
+                continue
+            full = np.full(int(frames.max()) + 1, np.nan)        # gaps where frames are missing
+            full[frames] = values
+            ax.plot(np.arange(len(full)), full, label=model, linewidth=1.0, marker=".",
+                    markersize=3)                       # markers: isolated frames stay visible
+        ax.set_title(f"{seq} / actor {actor}", fontsize=9)
+        ax.set_ylabel(f"{TITLES[metric]} ({UNITS[metric]})", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("frame")
+    if tracks:
+        axes[0, 0].legend(fontsize=8, ncol=min(len(models), 4))
+    fig.tight_layout()
+    return _figure_png(fig)

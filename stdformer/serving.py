@@ -1,0 +1,214 @@
+"""STDFormer as an MLflow pyfunc model: uint8 RGB crops in, metric meshes and joints out.
+
+    model = mlflow.pyfunc.load_model("models:/stdformer@champion")
+    out = model.predict(frames)     # frames: uint8 (B, S, H, W, 3) RGB person crops
+
+Input (the logged signature, a tensor spec): uint8 (B, S, H, W, 3), RGB, values 0..255, one
+tracked person per clip, cropped as the preprocess stage crops (square, person-centred; H and W
+multiples of 32, normally the training crop size). S is the model's clip length (fixed when the
+model has its temporal branch). MLflow checks the rank, so a single clip (S, H, W, 3) goes in as
+`frames[None]`; `STDFormerPyfunc.predict` itself also takes it directly.
+
+Output: a dict of float32 arrays, camera frame, metres, relative to the SMPL pelvis:
+    vertices     (B, S, V, 3)   the fine mesh
+    joints_h36m  (B, S, 17, 3)  H36M-17 joints regressed from `vertices`
+    joints14     (B, S, 14, 3)  the J14 subset of joints_h36m (the evaluation protocol's joints)
+    cam          (B, S, 3)      weak-perspective camera (s, tx, ty): s * (X_xy + (tx, ty)) of
+                                points centred on the J14 mid-hip gives crop coordinates in [-1, 1]
+
+The model's artifacts are the released model file (`models/stdformer.pt`, weights_only
+loadable) and the four small files of the body directory it needs (model.npz, hierarchy.npz,
+regressors.npz, meta.json; never the SMPL pickle). The model is logged as "models from code"
+(a small script, not a cloudpickle), with the stdformer package as code_paths, so loading it
+unpickles nothing and works in a fresh process that has the pinned requirements.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow.pyfunc  # noqa: E402
+
+BODY_FILES = ("model.npz", "hierarchy.npz", "regressors.npz", "meta.json")
+OUTPUT_NAMES = ("vertices", "joints_h36m", "joints14", "cam")
+# Distributions the stdformer modules import at load time (pinned to the installed versions).
+REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "smplx", "PyYAML", "opencv-python-headless",
+                "pyarrow", "tqdm", "webdataset")
+
+# The script MLflow stores and runs to build the model ("models from code").
+MODEL_CODE = '''"""STDFormer pyfunc entry point (see stdformer.serving)."""
+import mlflow.models
+
+from stdformer.serving import STDFormerPyfunc
+
+mlflow.models.set_model(STDFormerPyfunc())
+'''
+
+
+class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
+    """context.artifacts: "model" (the model file), "body" (body directory with BODY_FILES).
+    context.model_config: "batch_size" (clips per forward, default 4), "device" ("auto")."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from stdformer.io import load_npz
+        from stdformer.train.export import load_model
+
+        config = dict(context.model_config or {})
+        device = str(config.get("device", "auto"))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.batch_size = int(config.get("batch_size", 4))
+        body_dir = Path(context.artifacts["body"])
+        self.model = load_model(context.artifacts["model"], body_dir, map_location=self.device)
+        regressor = load_npz(body_dir / "regressors.npz", required=("J_regressor_h36m",))
+        self.regressor = torch.as_tensor(regressor["J_regressor_h36m"], dtype=torch.float32,
+                                         device=self.device)                    # (17, V)
+
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None
+                ) -> dict[str, np.ndarray]:
+        frames = check_frames(model_input, self.model.cfg.clip_len if self.model.cfg.td else None)
+        chunks = [self._forward(frames[i:i + self.batch_size])
+                  for i in range(0, len(frames), self.batch_size)]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in OUTPUT_NAMES}
+
+    def _forward(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """frames uint8 (b, S, H, W, 3) -> outputs for b clips."""
+        import torch
+
+        from stdformer.metrics import j14_from_h36m
+        from stdformer.train.loop import normalize_frames
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(0, 1, 4, 2, 3)                                   # (b, S, 3, H, W) uint8
+        with torch.no_grad():
+            out = self.model(normalize_frames(x))                     # same input as training
+            vertices = out["vertices"].float()                         # (b, S, V, 3)
+            joints_h36m = torch.einsum("jv,bsvc->bsjc", self.regressor, vertices)
+            result = {"vertices": vertices, "joints_h36m": joints_h36m,
+                      "joints14": j14_from_h36m(joints_h36m), "cam": out["cam"].float()}
+        return {k: v.cpu().numpy().astype(np.float32) for k, v in result.items()}
+
+
+def check_frames(frames: Any, clip_len: int | None) -> np.ndarray:
+    """uint8 (S, H, W, 3) or (B, S, H, W, 3) -> (B, S, H, W, 3); ValueError saying what is
+    wrong otherwise."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB (0..255), got dtype {frames.dtype}")
+    if frames.ndim == 4:
+        frames = frames[None]
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError("frames must be (S, H, W, 3) or (B, S, H, W, 3) RGB, got shape "
+                         f"{frames.shape}")
+    b, s, h, w, _ = frames.shape
+    if b == 0:
+        raise ValueError("frames hold no clip (B = 0)")
+    if clip_len is not None and s != clip_len:
+        raise ValueError(f"the model takes clips of {clip_len} frames, got {s}")
+    if h % 32 or w % 32 or h == 0 or w == 0:
+        raise ValueError(f"crop height and width must be positive multiples of 32, got {h}x{w}")
+    return frames
+
+
+def signature(clip_len: int | None, num_vertices: int):
+    """The pyfunc signature: uint8 (B, S, H, W, 3) in; float32 named tensors out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    s = clip_len if clip_len is not None else -1
+    f32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, s, -1, -1, 3))]),
+        outputs=Schema([
+            TensorSpec(f32, (-1, s, num_vertices, 3), name="vertices"),
+            TensorSpec(f32, (-1, s, 17, 3), name="joints_h36m"),
+            TensorSpec(f32, (-1, s, 14, 3), name="joints14"),
+            TensorSpec(f32, (-1, s, 3), name="cam"),
+        ]))
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of the installed versions (given explicitly: MLflow's inference is slow)."""
+    pins = []
+    for name in REQUIREMENTS:
+        version = importlib.metadata.version(name).split("+", 1)[0]   # 2.13.0+cpu -> 2.13.0
+        pins.append(f"{name}=={version}")
+    return pins
+
+
+def check_servable(model_file: str | Path, body_dir: str | Path) -> tuple[dict, int]:
+    """Fail now, with a DataError naming the file, if the model cannot be logged and served:
+    returns (model file payload, full-mesh vertex count)."""
+    from stdformer.io import DataError
+    from stdformer.train.export import read_model_file
+
+    payload = read_model_file(model_file)
+    for f in BODY_FILES:
+        if not (Path(body_dir) / f).is_file():
+            raise DataError(Path(body_dir) / f, "file not found (the body directory the model "
+                            "was trained with)")
+    return payload, _check_body(Path(body_dir) / "meta.json", payload["body_model_id"])
+
+
+def log_pyfunc_model(model_file: str | Path, body_dir: str | Path, *, name: str = "model",
+                     model_config: Mapping[str, Any] | None = None):
+    """Log the pyfunc model into the active MLflow run (the caller sets the tracking URI and
+    starts the run). Returns MLflow's ModelInfo (model_uri, model_id, ...).
+
+    model_config: defaults for load time ({"batch_size": 4, "device": "auto"}); a user can
+    override them with mlflow.pyfunc.load_model(uri, model_config={...})."""
+    payload, num_vertices = check_servable(model_file, body_dir)
+    cfg = payload["model_config"]
+    with tempfile.TemporaryDirectory(prefix="stdformer-pyfunc-") as tmp:
+        tmp = Path(tmp)
+        body = tmp / "body"
+        body.mkdir()
+        for f in BODY_FILES:
+            shutil.copy2(Path(body_dir) / f, body / f)
+        code = tmp / "stdformer_pyfunc.py"
+        code.write_text(MODEL_CODE)
+        package = Path(__file__).resolve().parent
+        shutil.copytree(package, tmp / "code" / package.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        with warnings.catch_warnings():   # the signature documents the input; no example needed
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            return mlflow.pyfunc.log_model(
+                name=name, python_model=str(code),
+                artifacts={"model": str(Path(model_file).resolve()), "body": str(body)},
+                code_paths=[str(tmp / "code" / package.name)],
+                signature=signature(cfg["clip_len"] if cfg.get("td", True) else None,
+                                    num_vertices),
+                pip_requirements=pip_requirements(),
+                model_config={"batch_size": 4, "device": "auto", **(model_config or {})})
+
+
+def _check_body(meta_path: Path, body_model_id: str) -> int:
+    """The body directory must be the model's (checked now, not when someone loads the model);
+    returns its full-mesh vertex count."""
+    import json
+
+    from stdformer.io import DataError
+
+    meta = json.loads(meta_path.read_text())
+    if meta.get("body_model_id") != body_model_id:
+        raise DataError(meta_path, f"body model {meta.get('body_model_id')!r} differs from the "
+                        f"one the model was trained with ({body_model_id!r})",
+                        field="body_model_id")
+    levels = meta.get("levels")
+    if not levels:
+        raise DataError(meta_path, "missing the mesh level sizes", field="levels")
+    return int(levels[0])

@@ -1,0 +1,286 @@
+"""The retrain flow and its scheduled deployment, run on tiny copies of the project inside one
+Prefect test harness (a temporary Prefect API server for the whole session)."""
+
+import asyncio
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+# Prefect reads its settings when first imported: point it at a private home first.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="prefect-home-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)
+os.environ.update(PREFECT_HOME=_PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", DVC_NO_ANALYTICS="1")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from conftest import project_env  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId,  # noqa: E402
+                                            ArtifactFilterKey, FlowRunFilter, FlowRunFilterId)
+
+from flows.deploy import build_deployment  # noqa: E402
+from flows.retrain import (REPORT_KEY, RetrainBusyError, ScheduleConfig,  # noqa: E402
+                           StageFailed, apply_overrides, load_schedule, read_decision,
+                           render_report, retrain, retrain_lock, stage_error_message)
+from stdformer.io import DataError  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness():
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_HOME: _PREFECT_HOME}), \
+            prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def task_runs(state) -> dict[str, object]:
+    """{task run name: TaskRun} of the flow run behind a returned state."""
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run for run in runs}
+
+
+def report_of(state) -> str:
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[REPORT_KEY]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    return artifact.data
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_project_factory):
+    """A tiny project brought up to date by one retrain: (project, returned state)."""
+    project = tiny_project_factory()
+    state = retrain(project_dir=str(project), retries=0, return_state=True)
+    return project, state
+
+
+def test_retrain_runs_every_stage_as_a_task_in_pipeline_order(first_run):
+    project, state = first_run
+    assert state.is_completed(), state.message
+    result = state.result()
+    stages = result["stages"]
+    assert [s for s in stages if s in ("body", "synthesize", "preprocess")] == \
+        ["body", "synthesize", "preprocess"]
+    assert result["status"] == "retrained" and result["stages_run"] == stages
+
+    runs = task_runs(state)
+    for stage in stages:
+        run = runs[f"stage-{stage}"]
+        assert run.state.is_completed() and run.run_count == 1, stage
+    assert runs["dvc-status"].state.is_completed()
+    # One task per stage and nothing else reproduces anything.
+    assert sorted(n for n in runs if n.startswith("stage-")) == sorted(f"stage-{s}" for s in stages)
+    assert (project / "data/shards/report.json").is_file()
+    report = report_of(state)
+    assert "# Retrain: retrained" in report
+    assert all(f"| {stage} | reproduced |" in report for stage in stages)
+
+
+def test_second_run_is_up_to_date_and_runs_no_stage(first_run):
+    project, _ = first_run
+    lock = (project / "dvc.lock").read_text()
+    state = retrain(project_dir=str(project), retries=0, return_state=True)
+    assert state.result()["status"] == "up to date" and state.result()["stages_run"] == []
+    assert not [name for name in task_runs(state) if name.startswith("stage-")]
+    assert (project / "dvc.lock").read_text() == lock
+    assert "no stage ran" in report_of(state)
+
+
+def test_param_override_is_validated_then_reruns_only_its_stage(first_run):
+    project, _ = first_run
+    params = project / "params.yaml"
+    before = params.read_text()
+    with pytest.raises(DataError, match=r"preprocess\.jpeg_qualty.*did you mean "
+                                        r"'preprocess\.jpeg_quality'"):
+        retrain(project_dir=str(project), params={"preprocess.jpeg_qualty": 80}, retries=0)
+    assert params.read_text() == before  # nothing written
+
+    state = retrain(project_dir=str(project), params={"preprocess.jpeg_quality": 80},
+                    retries=0, return_state=True)
+    result = state.result()
+    assert result["status"] == "retrained" and result["stages_run"][0] == "preprocess"
+    assert "body" not in result["stages_run"] and "synthesize" not in result["stages_run"]
+    assert result["overrides"] == {"preprocess.jpeg_quality": 80}
+    assert yaml.safe_load(params.read_text())["preprocess"]["jpeg_quality"] == 80
+    assert "stage-body" in task_runs(state)  # every stage is a task; unchanged ones skip
+
+
+def test_deployment_with_cron_schedule_runs_once_through_a_runner(first_run):
+    from prefect.runner import Runner
+
+    project, _ = first_run
+    deployment = build_deployment(project, name="test-nightly", schedule=ScheduleConfig(
+        cron="15 4 * * *", timezone="Europe/Paris", retries=0, retry_delay_seconds=0))
+    deployment_id = deployment.apply()
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+        assert [(s.schedule.cron, s.schedule.timezone) for s in stored.schedules] == \
+            [("15 4 * * *", "Europe/Paris")]
+        assert stored.parameters["project_dir"] == str(project.resolve())
+        flow_run = client.create_flow_run_from_deployment(deployment_id)
+
+    runner = Runner(query_seconds=1)
+    runner.add_deployment(deployment)
+    asyncio.run(runner.start(run_once=True))  # a coroutine in Prefect 3.8
+
+    with get_client(sync_client=True) as client:
+        done = client.read_flow_run(flow_run.id)
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert done.state.is_completed(), done.state.message
+    assert "dvc-status" in {run.name for run in runs}  # the flow itself ran (up to date)
+
+
+def test_concurrent_retrain_gets_a_clear_message(first_run):
+    from dvc.repo import Repo
+
+    project, _ = first_run
+    with retrain_lock(project), pytest.raises(RetrainBusyError,
+                                              match="another retrain is running"):
+        retrain(project_dir=str(project), retries=0)
+    # DVC's own lock (a `dvc repro` started by hand) gets the same message.
+    repo = Repo(str(project))
+    repo.lock.lock()
+    try:
+        with pytest.raises(RetrainBusyError, match="another retrain is running.*dvc"):
+            retrain(project_dir=str(project), retries=0)
+    finally:
+        repo.lock.unlock()
+        repo.close()
+
+
+def test_failing_stage_fails_the_flow_with_that_stages_error(first_run):
+    project, _ = first_run
+    state = retrain(project_dir=str(project), params={"preprocess.on_error": "bogus"},
+                    retries=2, retry_delay_seconds=0, return_state=True)
+    assert state.is_failed()
+    assert "stage 'preprocess' failed" in state.message
+    assert "preprocess.on_error: must be one of 'fail', 'skip', got 'bogus'" in state.message
+    # Exit status 2 (bad params) is not transient: no retry.
+    assert task_runs(state)["stage-preprocess"].run_count == 1
+
+    with pytest.raises(StageFailed, match="missing dependency /nonexistent/3dpw"):
+        retrain(project_dir=str(project), params={"preprocess.on_error": "fail",
+                                                  "preprocess.dataset_root": "/nonexistent/3dpw"},
+                retries=0)
+
+
+FLAKY_DVC_YAML = """\
+stages:
+  flaky:
+    cmd: python flaky.py
+    deps: [flaky.py]
+    outs: [out.txt]
+"""
+
+# Crashes (exit 1, like an out-of-memory kill or a dropped network mount) on its first attempt.
+FLAKY_PY = """\
+import pathlib, sys
+attempts = pathlib.Path("attempts")
+attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+if attempts.read_text() == "x":
+    sys.exit("transient failure")
+pathlib.Path("out.txt").write_text("done")
+"""
+
+
+def test_transient_stage_failure_is_retried(tmp_path):
+    """Any dvc.yaml works: a stage that crashes once (exit 1) succeeds on the retry."""
+    env = project_env()
+    (tmp_path / "dvc.yaml").write_text(FLAKY_DVC_YAML)
+    (tmp_path / "flaky.py").write_text(FLAKY_PY)
+    (tmp_path / "params.yaml").write_text("schedule:\n  retries: 1\n  retry_delay_seconds: 0\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    state = retrain(project_dir=str(tmp_path), return_state=True)  # retries from params.yaml
+    assert state.is_completed(), state.message
+    assert state.result()["stages_run"] == ["flaky"]
+    assert task_runs(state)["stage-flaky"].run_count == 2
+    assert (tmp_path / "out.txt").read_text() == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces without a flow run
+
+
+def test_overrides_keep_comments_and_refuse_unknown_keys(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  dataset_root: data/raw  # your 3DPW root\n"
+                      "  stride: {}\n  body_dir: null\n")
+    assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw",
+                                    "preprocess.stride": {"train": 4}}) == \
+        {"preprocess.dataset_root": "/data/3dpw", "preprocess.stride": {"train": 4}}
+    text = params.read_text()
+    assert "dataset_root: /data/3dpw # your 3DPW root" in text and "body_dir: null" in text
+    assert yaml.safe_load(text)["preprocess"]["stride"] == {"train": 4}
+    assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw"}) == {}
+    for bad in ("preprocess.stride.train.x", "preproces.dataset_root", "preprocess.missing"):
+        with pytest.raises(DataError, match="preprocess|not a mapping"):
+            apply_overrides(params, {bad: 1})
+    assert params.read_text() == text
+
+
+def test_schedule_section_defaults_and_validation(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("body: {}\n")
+    assert load_schedule(params) == ScheduleConfig()
+    params.write_text("schedule:\n  cron: '*/30 * * * *'\n  params: {preprocess.workers: 2}\n")
+    cfg = load_schedule(params)
+    assert cfg.cron == "*/30 * * * *" and cfg.params == {"preprocess.workers": 2}
+    for bad, field in (("cron: 'every day'", "schedule"), ("timezone: Mars/Olympus", "schedule"),
+                       ("retries: -1", "schedule"), ("retires: 1", "schedule.retires")):
+        params.write_text(f"schedule:\n  {bad}\n")
+        with pytest.raises(DataError) as err:
+            load_schedule(params)
+        assert err.value.field == field, bad
+
+
+def test_stage_error_message_prefers_the_stages_own_line():
+    assert stage_error_message(["Running stage 'x':", "> python -m stages.x",
+                                "error: data/x.pkl: poses: contains NaN"]) == \
+        "data/x.pkl: poses: contains NaN"
+    assert stage_error_message(["Traceback (most recent call last):", '  File "x.py"',
+                                "RuntimeError: CUDA out of memory"]) == \
+        "RuntimeError: CUDA out of memory"
+    assert stage_error_message(["all good"]) is None
+
+
+def test_report_compares_metrics_with_the_champion_and_shows_the_decision(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps(
+        {"overall": {"stdformer": {"mpjpe": 80.0, "pa_mpjpe": 50.0}},
+         "per_sequence": {"stdformer": {"seq_a": {"mpjpe": 70.0}}}}))
+    result = {"status": "retrained", "force": False, "overrides": {"train.steps": 2}}
+    stages = [{"stage": "train", "ran": True, "seconds": 12.0},
+              {"stage": "body", "ran": False, "seconds": 0.1}]
+    report = render_report(result, stages, tmp_path)
+    assert "| train | reproduced | 12.0 |" in report and "| body | unchanged, skipped |" in report
+    # Before a register stage: eval.json's overall section, no champion, no decision.
+    assert "| stdformer.mpjpe | 80 | - | - |" in report and "seq_a" not in report
+    assert "no register stage" in report and "`train.steps=2`" in report
+
+    # The layout stages/register.py writes: the gate's metrics for candidate and champion.
+    (tmp_path / "metrics/registry.json").write_text(json.dumps(
+        {"version": 3, "decision": "champion", "promoted": True, "reason": "mpjpe 80 < 85",
+         "candidate": {"version": 3, "metrics": {"mpjpe": 80.0, "pa_mpjpe": 50.0}},
+         "champion": {"version": 2, "metrics": {"mpjpe": 85.0, "mpvpe": 99.0}}}))
+    report = render_report(result, stages, tmp_path)
+    assert "| mpjpe | 80 | 85 | -5 |" in report and "| pa_mpjpe | 50 | - | - |" in report
+    assert "| mpvpe | - | 99 | - |" in report
+    assert "**promoted** (version 3 is now 'champion'): mpjpe 80 < 85" in report
+    assert read_decision({"promoted": False, "decision": "challenger", "version": 4})[
+        "decision"] == "not promoted"
