@@ -1,0 +1,146 @@
+"""The `train` params section: `TrainConfig` (with its `augment` subsection) and run settings
+derived from it (device, precision, the config hash that guards resuming)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+
+@dataclass
+class AugmentConfig:
+    """Clip-consistent augmentation (reference section 2): one draw per clip, shared by all of
+    its frames. Defaults are the published recipe."""
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    color_noise: float = 0.4            # per-channel factor ~ U[1 - n, 1 + n]
+    rotation_std_deg: float = 30.0
+    rotation_max_deg: float = 60.0      # clip |angle| to this
+    rotation_zero_prob: float = 0.6     # angle set to 0 with this probability
+    scale_std: float = 0.25             # crop-size factor ~ N(1, std), clipped to [min, max]
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    reverse_prob: float = 0.5           # temporal reversal
+
+    def validate(self) -> None:
+        for name in ("flip_prob", "rotation_zero_prob", "reverse_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{name} must lie in [0, 1], got {value}")
+        if not 0.0 <= self.color_noise < 1.0:
+            raise ValueError(f"augment.color_noise must lie in [0, 1), got {self.color_noise}")
+        for name in ("rotation_std_deg", "rotation_max_deg", "scale_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.scale_min <= 1.0 <= self.scale_max:
+            raise ValueError(f"augment.scale_min/scale_max must satisfy 0 < min <= 1 <= max, got "
+                             f"{self.scale_min}, {self.scale_max}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, data streaming, checkpointing and logging of one training run."""
+
+    steps: int = 300
+    batch_size: int = 4                 # clips per rank and step
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.3              # max global grad norm; 0 disables
+    warmup_steps: int = 20              # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on GPU, else fp32
+    compile: bool = False
+    channels_last: bool = True          # GPU only
+    checkpoint_every: int = 50          # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    resume: Literal["auto", "never"] = "auto"
+    seed: int = 0
+    num_workers: int = 1                # DataLoader workers per rank
+    shuffle_buffer: int = 32            # clips, per loader stream
+    val_every: int = 100                # steps; 0 = only at the end
+    val_max_clips: int = 0              # 0 = the whole validation split
+    log_every: int = 10
+    experiment: str = "stdformer"       # MLflow experiment name
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "seed", "num_workers",
+                        "shuffle_buffer", "val_every", "val_max_clips")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not self.experiment:
+            raise ValueError("experiment must be a non-empty name")
+        self.augment.validate()
+
+
+# Fields that change neither the weights nor the data order (batches do not depend on the
+# number of loader workers): a resumed run may differ in them.
+_NOT_HASHED = frozenset({"checkpoint_every", "keep_checkpoints", "resume", "log_every",
+                         "val_every", "val_max_clips", "experiment", "num_workers"})
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:<local_rank> when a GPU is present, else cpu."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device("cuda", local_rank)
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. bf16 autocast is a GPU feature here."""
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise ValueError("train.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32'")
+    return torch.bfloat16
+
+
+def config_hash(train: TrainConfig, model: Any, loss: Any, *, world_size: int,
+                extra: dict[str, Any] | None = None) -> str:
+    """sha256 over everything that determines the trained weights; a checkpoint is resumed only
+    when its hash matches. `extra`: data fingerprint, body model id."""
+    train_dict = {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_HASHED}
+    payload = {
+        "train": train_dict,
+        "model": dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model,
+        "loss": dataclasses.asdict(loss) if dataclasses.is_dataclass(loss) else loss,
+        "world_size": world_size,
+        "extra": extra or {},
+    }
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_config_from_section(section: dict[str, Any] | None, source: str = "<dict>",
+                              prefix: str = "model"):
+    """The `model` section -> ModelConfig. An optional `profile` key (full, resnet50, cpu)
+    picks the starting values; the other keys override them."""
+    from stdformer.config import from_dict
+    from stdformer.io import DataError
+    from stdformer.model.stdformer import ModelConfig
+
+    section = dict(section or {})
+    profile = section.pop("profile", None)
+    base: dict[str, Any] = {}
+    if profile is not None:
+        try:
+            base = dataclasses.asdict(ModelConfig.profile(profile))
+        except ValueError as e:
+            raise DataError(source, str(e), field=f"{prefix}.profile") from e
+    return from_dict(ModelConfig, {**base, **section}, source=source, prefix=prefix)

@@ -1,0 +1,115 @@
+"""Validation metrics (reference section 4) of a model, and of the mean-pose baseline.
+
+J14 joints come from the H36M-17 regressor applied to the predicted fine mesh (the published
+protocol), ground truth from the shards' `joints_h36m`; both are root aligned on their own
+mid-hip. Meshes are compared centred on their own pelvis (MPVPE). Only valid frames count.
+Results are per-frame sums plus the frame count, so DDP ranks can add them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from stdformer.metrics import j14_from_h36m, j14_pelvis, mpjpe, mpvpe, pa_mpjpe, root_align
+
+METRICS = ("mpjpe", "pa_mpjpe", "mpvpe")
+
+
+def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
+                 gt_h36m: torch.Tensor, regressor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pred_vertices, gt_vertices (N, V, 3), gt_h36m (N, 17, 3), regressor (17, V) -> per-frame
+    mm errors {mpjpe, pa_mpjpe, mpvpe: (N,) float64}."""
+    pred_j14 = j14_from_h36m(regressor.to(pred_vertices) @ pred_vertices)     # (N, 14, 3)
+    gt_j14 = j14_from_h36m(gt_h36m.to(pred_vertices))
+    pred_aligned, gt_aligned = root_align(pred_j14), root_align(gt_j14)
+    return {
+        "mpjpe": mpjpe(pred_aligned, gt_aligned),
+        "pa_mpjpe": pa_mpjpe(pred_aligned, gt_aligned),
+        "mpvpe": mpvpe(pred_vertices, gt_vertices.to(pred_vertices), j14_pelvis(pred_j14),
+                       j14_pelvis(gt_j14)),
+    }
+
+
+def _accumulate(sums: torch.Tensor, errors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sums (len(METRICS) + 1,) float64: per-metric error sums, then the frame count."""
+    n = next(iter(errors.values())).shape[0]
+    add = torch.tensor([float(errors[m].sum()) for m in METRICS] + [float(n)],
+                       dtype=torch.float64)
+    return sums + add
+
+
+def empty_sums() -> torch.Tensor:
+    return torch.zeros(len(METRICS) + 1, dtype=torch.float64)
+
+
+def sums_to_metrics(sums: torch.Tensor, prefix: str = "val_") -> dict[str, float]:
+    count = float(sums[-1])
+    return {f"{prefix}{m}": (float(sums[i]) / count if count else float("nan"))
+            for i, m in enumerate(METRICS)} | {f"{prefix}frames": int(count)}
+
+
+@torch.no_grad()
+def evaluate_model(predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+                   batches: Iterable[dict[str, Any]], regressor: torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    """Error sums of `predict` (uint8 frames (B, S, 3, H, W) on device -> model output dict)
+    over loader batches (collate_clips output). Returns sums on the CPU (see `_accumulate`)."""
+    sums = empty_sums()
+    for batch in batches:
+        frames = batch["frames"].to(device, non_blocking=True)
+        pred = predict(frames)["vertices"].float().cpu()                      # (B, S, V, 3)
+        targets = batch["targets"]
+        valid = targets["valid"].bool()                                       # (B, S)
+        if not valid.any():
+            continue
+        sums = _accumulate(sums, frame_errors(pred[valid], targets["vertices"][valid],
+                                              targets["joints_h36m"][valid], regressor))
+    return sums
+
+
+# --------------------------------------------------------------------------------------------
+# Mean-pose baseline
+
+
+@torch.no_grad()
+def mean_pose(clips: Iterable[tuple[str, dict]], regressor: torch.Tensor
+              ) -> tuple[torch.Tensor, int]:
+    """Mean pelvis-centred mesh over the valid frames of `clips` ((key, {vertices (S, V, 3),
+    joints_h36m (S, 17, 3), valid (S,)}) pairs). Returns (vertices (V, 3) float64, frames).
+
+    Each mesh is centred on the mid-hip of its J14 (from joints_h36m), so the mean mesh's own
+    regressed J14, root aligned, is the mean root-relative J14 pose (the regressor is linear
+    and its rows sum to one)."""
+    total, count = None, 0
+    for _, arrays in clips:
+        valid = torch.as_tensor(arrays["valid"]).bool()
+        if not valid.any():
+            continue
+        verts = torch.as_tensor(arrays["vertices"]).double()[valid]          # (n, V, 3)
+        pelvis = j14_pelvis(j14_from_h36m(torch.as_tensor(arrays["joints_h36m"]).double()[valid]))
+        centred = (verts - pelvis[:, None, :]).sum(dim=0)
+        total = centred if total is None else total + centred
+        count += int(valid.sum())
+    if total is None:
+        raise ValueError("no valid frame to average")
+    return total / count, count
+
+
+@torch.no_grad()
+def evaluate_constant(mean_vertices: torch.Tensor, clips: Iterable[tuple[str, dict]],
+                      regressor: torch.Tensor) -> torch.Tensor:
+    """Error sums of predicting `mean_vertices` (V, 3) for every valid frame of `clips`."""
+    sums = empty_sums()
+    for _, arrays in clips:
+        valid = torch.as_tensor(arrays["valid"]).bool()
+        if not valid.any():
+            continue
+        n = int(valid.sum())
+        pred = mean_vertices.double()[None].expand(n, -1, -1)
+        sums = _accumulate(sums, frame_errors(
+            pred, torch.as_tensor(arrays["vertices"]).double()[valid],
+            torch.as_tensor(arrays["joints_h36m"]).double()[valid], regressor.double()))
+    return sums

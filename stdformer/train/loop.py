@@ -1,0 +1,394 @@
+"""The training run: AdamW + warm-up/cosine schedule, gradient clipping, bf16 autocast on GPU,
+optional torch.compile, DDP under torchrun, exact resume from checkpoints, MLflow + DVC logs.
+
+Exactness: on CPU a run killed at any point and resumed ends with the same weights, bit for bit,
+as an uninterrupted one. What makes that work: the data order and augmentation are pure
+functions of (seed, epoch, ...) (`stdformer.train.data`), so a resume replays the plan from the
+saved (epoch, batches consumed); every RNG state is saved and restored; nothing else draws from
+the global RNGs (loaders get their own generator, validation runs in eval mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from stdformer.io import DataError, write_bytes_atomic
+from stdformer.losses import LossConfig, MeshInfo
+from stdformer.model.stdformer import ModelConfig, STDFormer, count_parameters
+from stdformer.train import checkpoint as ckpt_io
+from stdformer.train.assets import BodyAssets, load_body_assets
+from stdformer.train.config import TrainConfig, config_hash, resolve_precision
+from stdformer.train.data import (EvalStream, ShardIndex, TrainStream, eval_batches,
+                                  index_shards, iter_targets, make_loader)
+from stdformer.train.distributed import (Dist, all_reduce_sum, barrier, distributed_env,
+                                         gather_objects, setup_distributed, sync_buffers,
+                                         wrap_ddp)
+from stdformer.train.evaluate import (evaluate_constant, evaluate_model, mean_pose,
+                                      sums_to_metrics)
+from stdformer.train.export import MODEL_FORMAT
+from stdformer.train.steps import (autocast, batch_loss, lr_factor, normalize_frames,
+                                   optimizer_step)
+from stdformer.train.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    shards: Path                  # preprocess output: <shards>/<split>/shard-*.tar
+    body: Path                    # body model directory
+    model: Path                   # final model file
+    checkpoints: Path             # checkpoint directory
+    metrics: Path                 # final metrics (json)
+    curve: Path                   # learning curve (csv, for `dvc plots`)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str | None               # None: no MLflow (tests); else checked before training
+    artifact_root: Path = Path("mlartifacts")
+    run_name: str | None = None
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]       # final metrics (the content of metrics/train.json)
+    model: nn.Module              # the trained model on its device (this rank's replica)
+    is_main: bool = True          # rank 0 (the one that wrote the files)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides model, optimizer, scheduler and RNG."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0       # batches of `epoch` consumed
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None     # MLflow run to continue
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    loss_cfg: LossConfig
+    paths: TrainPaths
+    d: Dist
+    autocast_dtype: torch.dtype | None
+    assets: BodyAssets            # CPU copy (metrics, baseline)
+    device_assets: BodyAssets
+    mesh_info: MeshInfo
+    train_index: ShardIndex
+    val_index: ShardIndex
+    run_hash: str
+    raw_model: STDFormer
+    model: nn.Module              # raw_model, maybe DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    state: RunState
+    tracker: MlflowTracker | None = None
+
+
+def build_model(model_cfg: ModelConfig, assets: BodyAssets) -> STDFormer:
+    return STDFormer.from_hierarchy(model_cfg, assets.hierarchy)
+
+
+def _say(d: Dist, message: str) -> None:
+    if d.main:
+        tqdm.write(f"train: {message}", file=sys.stderr)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def train(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig, paths: TrainPaths,
+          tracking: Tracking, progress: bool = True) -> TrainResult:
+    """Train (or resume), validate, write the model/metrics/curve files. Every rank returns the
+    final metrics and its model replica; only rank 0 writes files and talks to MLflow."""
+    rank, _, _ = distributed_env()
+    if rank == 0 and tracking.uri is not None:
+        check_tracking(tracking.uri)          # before anything expensive: fail fast
+    d, created_group = setup_distributed(cfg)
+    try:
+        s = _open_session(cfg, model_cfg, loss_cfg, paths, tracking, d)
+        try:
+            _fit(s, progress)
+            return _finish(s)
+        except BaseException as e:
+            if s.tracker is not None:
+                s.tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig,
+                  paths: TrainPaths, tracking: Tracking, d: Dist) -> Session:
+    """Data index, model, optimizer; state from a matching checkpoint or fresh; MLflow run."""
+    autocast_dtype = resolve_precision(cfg, d.device)
+    assets = load_body_assets(paths.body)
+    train_index = index_shards(paths.shards, "train")
+    val_index = index_shards(paths.shards, "validation")
+    run_hash = config_hash(cfg, model_cfg, loss_cfg, world_size=d.world_size, extra={
+        "body_model_id": assets.body_model_id, "train_shards": train_index.fingerprint()})
+
+    _seed_everything(cfg.seed)                # same initial weights on every rank
+    raw_model = build_model(model_cfg, assets).to(d.device)
+    if d.device.type == "cuda" and cfg.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    _seed_everything(cfg.seed + 1 + d.rank)   # then per-rank streams (dropout)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+    state = RunState()
+    resumed = _resume_or_start(cfg, paths.checkpoints, run_hash, d)
+    if resumed is not None:
+        raw_model.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        ckpt_io.restore_rng(resumed.rng[d.rank])
+        state = RunState(resumed.step, resumed.epoch, resumed.batches_in_epoch,
+                         list(resumed.curve), resumed.run_id)
+        _say(d, f"resuming from {resumed.path} (step {state.step}, epoch {state.epoch}, "
+                f"batch {state.batch_in_epoch})")
+
+    model = wrap_ddp(raw_model, d)
+    if cfg.compile:
+        model = torch.compile(model)
+    device_assets = assets.to(d.device)
+    s = Session(cfg, model_cfg, loss_cfg, paths, d, autocast_dtype, assets, device_assets,
+                device_assets.mesh_info, train_index, val_index, run_hash, raw_model, model,
+                optimizer, scheduler, state)
+    if d.main and tracking.uri is not None:
+        s.tracker = MlflowTracker(
+            tracking.uri, cfg.experiment, tracking.artifact_root, run_id=state.run_id,
+            run_name=tracking.run_name, params={
+                "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+                "loss": dataclasses.asdict(loss_cfg), "world_size": d.world_size,
+                "config_hash": run_hash, "body_model_id": assets.body_model_id,
+                "parameters": count_parameters(raw_model)})
+        state.run_id = s.tracker.run_id
+    _say(d, f"{count_parameters(raw_model):,} parameters; {train_index.num_clips} train / "
+            f"{val_index.num_clips} validation clips; {d.world_size} rank(s) on {d.device}, "
+            f"{'bf16 autocast' if autocast_dtype else 'fp32'}")
+    return s
+
+
+def _resume_or_start(cfg: TrainConfig, directory: Path, run_hash: str, d: Dist
+                     ) -> ckpt_io.Checkpoint | None:
+    """The checkpoint to resume (resume: auto and a matching hash), else None after removing
+    stale checkpoints (so a later resume cannot pick a step of another configuration)."""
+    found, notes = (ckpt_io.find_resumable(directory, run_hash) if cfg.resume == "auto"
+                    else (None, []))
+    for note in notes:
+        _say(d, note)
+    barrier(d)                                # everyone has read before rank 0 deletes
+    if found is None and d.main:
+        stale = ckpt_io.list_checkpoints(directory)
+        if stale:
+            why = "resume: never" if cfg.resume == "never" else "no checkpoint matches this config"
+            _say(d, f"starting fresh ({why}); removing {len(stale)} old checkpoint(s) in "
+                    f"{directory}")
+            ckpt_io.clear_checkpoints(directory)
+        else:
+            _say(d, "starting fresh")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Training steps
+
+
+def _fit(s: Session, progress: bool) -> None:
+    cfg, d, state = s.cfg, s.d, s.state
+    if state.step >= cfg.steps:
+        return
+    stream = TrainStream(s.train_index, seed=cfg.seed, batch_size=cfg.batch_size, rank=d.rank,
+                         world_size=d.world_size, shuffle_window=cfg.shuffle_buffer,
+                         augment=cfg.augment, perms=s.assets.perms, start_epoch=state.epoch,
+                         start_batch=state.batch_in_epoch)
+    stream.plan(state.epoch)  # a dataset too small for the batch size fails here, not in a worker
+    batches = iter(make_loader(stream, cfg.num_workers, cfg.seed,
+                               pin_memory=d.device.type == "cuda"))
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not (progress and d.main),
+               dynamic_ncols=True, mininterval=1.0, desc="train", unit="step")
+    parameters = list(s.raw_model.parameters())
+    clips_per_s, tick = float("nan"), time.perf_counter()
+    s.raw_model.train()
+    try:
+        while state.step < cfg.steps:
+            batch = next(batches)
+            if batch["frames"].shape[1] != s.model_cfg.clip_len:
+                raise DataError(s.paths.shards, f"clips hold {batch['frames'].shape[1]} frames "
+                                f"but model.clip_len is {s.model_cfg.clip_len}",
+                                field="clip_len")
+            loss, terms = batch_loss(s.model, batch, s.device_assets, s.mesh_info, s.loss_cfg,
+                                     d.device, s.autocast_dtype)
+            grad_norm = optimizer_step(loss, parameters, s.optimizer, s.scheduler,
+                                       cfg.grad_clip)
+            state.step += 1
+            state.epoch, state.batch_in_epoch = int(batch["epoch"]), int(batch["batch"]) + 1
+
+            now = time.perf_counter()
+            rate = cfg.batch_size * d.world_size / max(now - tick, 1e-9)
+            clips_per_s = rate if math.isnan(clips_per_s) else 0.9 * clips_per_s + 0.1 * rate
+            tick = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['total']:.3f}", clips_s=f"{clips_per_s:.2f}",
+                            refresh=False)
+            _log_step(s, terms, grad_norm, clips_per_s)
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                _save_checkpoint(s)
+    finally:
+        bar.close()
+        del batches                           # stops loader workers
+
+
+def _log_step(s: Session, terms: Mapping[str, float], grad_norm: float,
+              clips_per_s: float) -> None:
+    """Learning-curve row (+ MLflow) on log steps; validation on validation steps (the last
+    step's validation is the final one, on the whole split)."""
+    cfg, state = s.cfg, s.state
+    row: dict[str, Any] = {}
+    if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        names = sorted(terms)
+        values = torch.tensor([terms[n] for n in names], dtype=torch.float64)
+        values = all_reduce_sum(values, s.d) / s.d.world_size
+        row = {f"loss/{n}": float(v) for n, v in zip(names, values)}
+        row["lr"] = s.scheduler.get_last_lr()[0]
+        row["epoch"] = state.epoch
+        if s.tracker is not None:
+            s.tracker.log_metrics(state.step, {**row, "grad_norm": grad_norm,
+                                               "clips_per_s": clips_per_s})
+    if cfg.val_every and state.step % cfg.val_every == 0 and state.step != cfg.steps:
+        val = _validate(s, cfg.val_max_clips)
+        row.update(val)
+        if s.tracker is not None:
+            s.tracker.log_metrics(state.step, val)
+        _say(s.d, f"step {state.step}: " + ", ".join(f"{k} {v:.1f}" for k, v in val.items()
+                                                     if k != "val_frames"))
+    if row:
+        state.curve.append({"step": state.step, **row})
+
+
+def _validate(s: Session, max_clips: int) -> dict[str, float]:
+    """Validation metrics over this rank's share of the split, summed over ranks."""
+    d = s.d
+    sync_buffers(s.raw_model, d)
+    s.raw_model.eval()
+
+    def predict(frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(d.device, s.autocast_dtype):
+            return s.raw_model(normalize_frames(frames))
+
+    try:
+        plan = eval_batches(s.val_index, rank=d.rank, world_size=d.world_size,
+                            batch_size=s.cfg.batch_size, max_clips=max_clips)
+        loader = make_loader(EvalStream(s.val_index, plan), s.cfg.num_workers, s.cfg.seed)
+        sums = evaluate_model(predict, loader, s.assets.regressor_h36m, d.device)
+    finally:
+        s.raw_model.train()
+    return sums_to_metrics(all_reduce_sum(sums, d))
+
+
+def _save_checkpoint(s: Session) -> None:
+    rng = gather_objects(ckpt_io.capture_rng(), s.d)     # every rank's streams
+    if s.d.main:
+        st = s.state
+        ckpt_io.save_checkpoint(s.paths.checkpoints, ckpt_io.Checkpoint(
+            step=st.step, epoch=st.epoch, batches_in_epoch=st.batch_in_epoch,
+            config_hash=s.run_hash, model=s.raw_model.state_dict(),
+            optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(), rng=rng,
+            curve=list(st.curve), run_id=st.run_id), keep=s.cfg.keep_checkpoints)
+    barrier(s.d)
+
+
+# --------------------------------------------------------------------------------------------
+# Final validation, baseline and outputs
+
+
+def _finish(s: Session) -> TrainResult:
+    """Validate on the whole split (all ranks); rank 0 adds the mean-pose baseline and writes
+    the model, metrics and curve files."""
+    d, state = s.d, s.state
+    final = _validate(s, 0)
+    barrier(d)
+    metrics: dict[str, Any] = {"steps": state.step, **final}
+    losses = [row["loss/total"] for row in state.curve if "loss/total" in row]
+    if losses:
+        metrics["train_loss"] = losses[-1]
+    if not d.main:
+        return TrainResult(metrics, s.raw_model, False)
+
+    metrics.update(mean_pose_baseline(s.train_index, s.val_index, s.assets))
+    curve = state.curve
+    if curve and curve[-1]["step"] == state.step:
+        curve[-1].update(final)
+    else:
+        curve.append({"step": state.step, **final})
+    write_model(s.paths.model, s.raw_model, s.model_cfg, s.cfg, s.loss_cfg, s.assets, metrics)
+    write_metrics(s.paths.metrics, metrics)
+    write_curve(s.paths.curve, curve)
+    if s.tracker is not None:
+        s.tracker.log_metrics(state.step, {k: v for k, v in metrics.items()
+                                           if isinstance(v, (int, float))})
+        for path in (s.paths.metrics, s.paths.curve):
+            s.tracker.log_artifact(path)
+        s.tracker.finish()
+    m = metrics
+    _say(d, f"validation MPJPE {m['val_mpjpe']:.1f} mm (PA {m['val_pa_mpjpe']:.1f}, "
+            f"MPVPE {m['val_mpvpe']:.1f}); mean-pose baseline MPJPE "
+            f"{m['baseline_val_mpjpe']:.1f} mm (PA {m['baseline_val_pa_mpjpe']:.1f}, "
+            f"MPVPE {m['baseline_val_mpvpe']:.1f})")
+    return TrainResult(metrics, s.raw_model, True)
+
+
+def mean_pose_baseline(train_index: ShardIndex, val_index: ShardIndex, assets: BodyAssets
+                       ) -> dict[str, float]:
+    """Validation errors of predicting the training set's mean root-relative mesh (and so its
+    mean J14 pose) for every frame: the floor a trained model has to beat clearly."""
+    names = ("vertices", "joints_h36m", "valid")
+    mean_vertices, frames = mean_pose(iter_targets(train_index, names), assets.regressor_h36m)
+    sums = evaluate_constant(mean_vertices, iter_targets(val_index, names),
+                             assets.regressor_h36m.double())
+    metrics = sums_to_metrics(sums, prefix="baseline_val_")
+    metrics.pop("baseline_val_frames")
+    metrics["baseline_train_frames"] = frames
+    return metrics
+
+
+def write_model(path: Path, raw_model: nn.Module, model_cfg: ModelConfig, cfg: TrainConfig,
+                loss_cfg: LossConfig, assets: BodyAssets, metrics: Mapping[str, Any]) -> None:
+    """The released model: weights + everything `load_model` needs, weights_only-loadable."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "weights": {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()},
+        "model_config": dataclasses.asdict(model_cfg),
+        "body_model_id": assets.body_model_id,
+        "train_config": dataclasses.asdict(cfg),
+        "loss_config": dataclasses.asdict(loss_cfg),
+        "metrics": dict(metrics),
+    }
+    write_bytes_atomic(path, ckpt_io.torch_save_bytes(payload))

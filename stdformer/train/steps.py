@@ -1,0 +1,89 @@
+"""One training step's pieces, shared by the loop and the benchmark: the LR schedule, input
+normalisation, shard targets -> loss targets, and forward + loss + backward + update."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from stdformer.losses import LossConfig, MeshInfo, compute_losses
+from stdformer.metrics import J14_FROM_H36M, j14_from_h36m
+from stdformer.train.assets import BodyAssets, vertex_pyramid
+from stdformer.train.config import TrainConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of cfg.lr after `step` optimizer steps: linear warm-up from lr / warmup_steps,
+    then cosine decay to lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, S, 3, H, W) -> ImageNet-normalised float32 (the model's input)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
+    return (frames.float() / 255.0 - mean) / std
+
+
+def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,
+                 crop_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Shard targets (on the device) -> what `compute_losses` reads: J14 3D joints, J14 2D
+    joints in [-1, 1] crop coordinates (pixel centres; the crop spans [-0.5, W - 0.5]) with
+    their visibility, the ground-truth mesh at all three levels, and the frame validity."""
+    height, width = crop_size
+    joints2d = targets["joints2d"][..., list(J14_FROM_H36M), :]             # (B, S, 14, 3)
+    centre = joints2d.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
+    half = joints2d.new_tensor([width / 2.0, height / 2.0])
+    return {
+        "joints3d": j14_from_h36m(targets["joints_h36m"]),
+        "joints2d": (joints2d[..., :2] - centre) / half,
+        "joints2d_vis": joints2d[..., 2].clamp(0.0, 1.0),
+        "valid": targets["valid"].bool(),
+        **vertex_pyramid(targets["vertices"], assets),
+    }
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_loss(model: nn.Module, batch: Mapping[str, Any], assets: BodyAssets,
+               mesh_info: MeshInfo, loss_cfg: LossConfig, device: torch.device,
+               autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward a loader batch (frames uint8 (B, S, 3, H, W) + shard targets) and compute the
+    loss in fp32 (autocast covers the model only). `assets` must live on `device`."""
+    frames = batch["frames"].to(device, non_blocking=True)
+    targets = loss_targets({k: v.to(device, non_blocking=True)
+                            for k, v in batch["targets"].items()}, assets,
+                           tuple(frames.shape[-2:]))
+    with autocast(device, autocast_dtype):
+        pred = model(normalize_frames(frames))
+    pred = {k: v.float() for k, v in pred.items()}
+    pred["vertices_fine"] = pred["vertices"]
+    return compute_losses(pred, targets, loss_cfg, mesh_info)
+
+
+def optimizer_step(loss: torch.Tensor, parameters, optimizer: torch.optim.Optimizer,
+                   scheduler, grad_clip: float) -> float:
+    """Backward, clip the global grad norm, step; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(norm)
