@@ -1,0 +1,43 @@
+"""Every params file the project ships parses into its stages' config classes, so a profile
+cannot drift from the code that reads it."""
+
+from pathlib import Path
+
+import pytest
+
+from stdformer.body.files import BodyConfig
+from stdformer.config import from_dict, read_params
+from stdformer.data.preprocess import PreprocessConfig
+from stdformer.data.synthetic import SynthesizeConfig
+from stdformer.evaluation import EvaluateConfig
+from stdformer.losses import LossConfig
+from stdformer.model.stdformer import STDFormer
+from stdformer.registry import RegisterConfig
+from stdformer.train import TrainConfig, model_config_from_section
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = {"body": BodyConfig, "synthesize": SynthesizeConfig, "preprocess": PreprocessConfig,
+            "loss": LossConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
+            "register": RegisterConfig}
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "configs/3dpw.yaml"])
+def test_params_file_sections_parse(name, monkeypatch):
+    path = REPO / name
+    params = read_params(path)
+    for section, cls in SECTIONS.items():
+        if section == "body" and params[section]["source"] != "procedural":
+            # real-SMPL paths are the user's; only the types are checked here
+            monkeypatch.setattr(BodyConfig, "validate", lambda self: None)
+        from_dict(cls, params[section], source=str(path), prefix=section)
+    for variant in params["variants"].values():
+        model = model_config_from_section({**params["model"], **variant}, source=str(path))
+        model.validate()
+    assert "stdformer" in params["variants"]
+
+
+def test_full_profile_has_the_published_size(synth_body):
+    params = read_params(REPO / "configs/3dpw.yaml")
+    cfg = model_config_from_section({**params["model"], "backbone_weights": None})
+    counts = STDFormer.from_hierarchy(cfg, synth_body.hierarchy).parameter_counts()
+    assert abs(counts["total"] / 1e6 - 153.7) < 0.1, counts
