@@ -219,10 +219,26 @@ def person_palette(rng: np.random.Generator) -> np.ndarray:
     return np.clip(palette, 0, 255)
 
 
+_HAIR_TONES = np.array([[20, 25, 30], [25, 45, 70], [40, 70, 110], [90, 140, 180],
+                        [60, 60, 60]], np.float64)  # BGR
+_FRONT_PRINT_PARTS = ("Spine1", "Spine2", "Spine3")
+
+
 def face_colors_for(assets: BodyAssets, palette: np.ndarray,
                     rng: np.random.Generator) -> np.ndarray:
-    """(F,3) per-face colours: part colour with a little per-face texture noise."""
-    colors = palette[assets.face_part]
+    """(F,3) per-face colours: part colour with a little per-face texture noise, plus the cues
+    that tell a person's front from their back, as faces, hair and shirt prints do: hair on the
+    back and top of the head, a contrasting print on the front of the shirt."""
+    colors = palette[assets.face_part].copy()
+    tri = assets.rest_vertices[assets.faces]                                   # (F,3,3)
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12          # rest pose: +z front
+    head = assets.face_part == SMPL_JOINT_NAMES.index("Head")
+    hair = head & ((normals[:, 2] < -0.1) | (normals[:, 1] > 0.75))
+    colors[hair] = _HAIR_TONES[rng.integers(len(_HAIR_TONES))] * rng.uniform(0.8, 1.2)
+    torso = np.isin(assets.face_part, [SMPL_JOINT_NAMES.index(n) for n in _FRONT_PRINT_PARTS])
+    front = torso & (normals[:, 2] > 0.5)
+    colors[front] = 255.0 - colors[front] * rng.uniform(0.6, 0.9)              # contrasting print
     return np.clip(colors * rng.uniform(0.92, 1.08, size=(len(colors), 1)), 0, 255)
 
 
