@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stdformer.model.resnet import BasicBlock, Bottleneck
+from stdformer.model.resnet import BasicBlock, Bottleneck, init_conv_bn
 
 # The classification HRNets (W18, W30, W32, W40, W44, W48, W64) share one layout; only the branch
 # width W changes. Stage k has `modules` HighResolutionModules with k branches of `blocks` basic
@@ -158,16 +158,7 @@ class HRNet(nn.Module):
         self.final_layer = _conv_bn(head[3], FINAL_CHANNELS, 1, 1, relu=True, bias=True)
         self.out_channels = FINAL_CHANNELS
         self.classifier = nn.Linear(FINAL_CHANNELS, num_classes) if classifier else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # As the official init_weights: He-normal convs (fan_out), unit BN; Linear keeps default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 256, H/4, W/4)."""

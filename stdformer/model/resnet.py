@@ -16,6 +16,17 @@ import torch
 from torch import nn
 
 
+
+def init_conv_bn(module: nn.Module) -> None:
+    """torchvision's / HRNet's initialisation: He-normal convs (fan_out), unit BN; Linear keeps
+    its default. From-scratch runs then match the reference implementations."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual (ResNet-18/34). Output channels = planes."""
 
@@ -107,7 +118,7 @@ class ResNet(nn.Module):
         self.stem_channels = width * block.expansion      # 256 for ResNet-50
         self.out_channels = width * 8 * block.expansion   # 2048 for ResNet-50
         self.fc = nn.Linear(self.out_channels, num_classes) if classifier else None
-        self._init_weights()
+        init_conv_bn(self)
 
     def _make_layer(self, block: type[nn.Module], planes: int, n_blocks: int,
                     stride: int) -> nn.Sequential:
@@ -122,14 +133,6 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, n_blocks)]
         return nn.Sequential(*layers)
 
-    def _init_weights(self) -> None:
-        # torchvision's initialisation (He-normal convs, unit BN), so from-scratch runs match it.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, stem_channels, H/4, W/4): conv1, bn1, relu, maxpool, layer1."""
