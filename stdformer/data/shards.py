@@ -415,8 +415,11 @@ def make_clip_loader(source: str | os.PathLike | Sequence[str], split: str | Non
     dataset = ClipDataset(urls, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                           shuffle_buffer=shuffle_buffer, frames_dtype=frames_dtype,
                           transform=transform, epoch=epoch)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                       collate_fn=collate_clips, drop_last=drop_last)
+    # Workers come from a forkserver, not a fork of a caller that may run threads (an MLflow or
+    # Prefect client): forking those can kill a worker at random.
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
+        drop_last=drop_last, multiprocessing_context="forkserver" if num_workers else None)
 
 
 __all__ = [
