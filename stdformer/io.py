@@ -229,6 +229,21 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     return arrays
 
 
+def read_json(path: str | os.PathLike, produced_by: str = "") -> object:
+    """Parse a JSON file; a missing or malformed file is a DataError naming it. `produced_by`
+    ("the body stage") tells the user what writes the file."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, f"file not found (run {produced_by} first)" if produced_by
+                        else "file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON: {e}") from e
+
+
 def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
     import hashlib
 

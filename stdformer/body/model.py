@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -27,7 +26,7 @@ from scipy.spatial import cKDTree
 
 from stdformer.body.hierarchy import MeshHierarchy
 from stdformer.body.smpl_files import SMPL_KEYS, validate_smpl_arrays
-from stdformer.io import DataError, load_npz
+from stdformer.io import DataError, load_npz, read_json
 
 SMPL_NUM_VERTICES = 6890
 
@@ -191,13 +190,7 @@ class BodyModel(torch.nn.Module):
         """Load a directory written by `write_body_dir` (model.npz, regressors.npz,
         hierarchy.npz, meta.json); refuses files whose digest differs from meta.json."""
         body_dir = Path(body_dir)
-        meta_path = body_dir / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(meta_path, "file not found (run the body stage first)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(meta_path, f"not valid JSON: {e}") from e
+        meta = read_json(body_dir / "meta.json", produced_by="the body stage")
         model_path = body_dir / "model.npz"
         arrays = load_npz(model_path, required=SMPL_KEYS)
         arrays = validate_smpl_arrays(arrays, model_path)
@@ -207,7 +200,7 @@ class BodyModel(torch.nn.Module):
         digest = arrays_digest({"model": arrays, "regressors": {
             "J_regressor_h36m": regs["J_regressor_h36m"]}, "hierarchy": hierarchy.to_arrays()})
         if meta.get("body_model_id") != digest:
-            raise DataError(meta_path, f"body_model_id {meta.get('body_model_id')!r} does not "
+            raise DataError(body_dir / "meta.json", f"body_model_id {meta.get('body_model_id')!r} does not "
                             f"match the arrays (digest {digest}); rebuild the body directory",
                             field="body_model_id")
         # smplx's extra keypoints need vertex ids; SMPL's own apply only to the real mesh.

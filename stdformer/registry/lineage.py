@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from stdformer.io import DataError, file_digest
+from stdformer.io import DataError, file_digest, read_json
 
 EVAL_ROW = "stdformer"          # the model's row in eval.json's "overall" (others: baselines)
 
@@ -23,12 +23,7 @@ def read_eval_metrics(path: str | Path, required: tuple[str, ...] = ()) -> dict[
     """eval.json -> its "overall" table {row: {metric: float | None}}; the "stdformer" row and
     the `required` metrics in it must be there (null, i.e. NaN, counts as present)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found (run the evaluate stage first)")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not valid JSON: {e}") from e
+    doc = read_json(path, produced_by="the evaluate stage")
     overall = doc.get("overall") if isinstance(doc, dict) else None
     if not isinstance(overall, dict) or not isinstance(overall.get(EVAL_ROW), dict):
         raise DataError(path, "missing the model's metrics", field=f"overall.{EVAL_ROW}")
