@@ -173,26 +173,27 @@ WORKER = textwrap.dedent("""
                                  train)
     from stdformer.train import checkpoint as ckpt_io
 
-    spec = json.loads(sys.argv[1])
-    if spec.get("block_after_checkpoint"):
-        save = ckpt_io.save_checkpoint
-        def save_then_block(directory, ckpt, keep):
-            path = save(directory, ckpt, keep)
-            print("CHECKPOINT", path, flush=True)
-            threading.Event().wait()            # stay mid-run until the test kills us
-        ckpt_io.save_checkpoint = save_then_block
-    result = train(from_dict(TrainConfig, spec["train"]),
-                   model_config_from_section(spec["model"]), LossConfig(),
-                   TrainPaths(**{k: Path(v) for k, v in spec["paths"].items()}),
-                   Tracking(uri=None), progress=False)
-    if "dump" in spec:
-        weights = result.model.state_dict()
-        digest = hashlib.sha256()
-        for name in sorted(weights):
-            digest.update(name.encode()); digest.update(weights[name].cpu().numpy().tobytes())
-        rank = int(os.environ.get("RANK", "0"))
-        Path(spec["dump"], f"rank{rank}.json").write_text(json.dumps(
-            {"sha256": digest.hexdigest(), "keys": sorted(SEEN)}))
+    if __name__ == "__main__":   # loader workers start from a forkserver
+        spec = json.loads(sys.argv[1])
+        if spec.get("block_after_checkpoint"):
+            save = ckpt_io.save_checkpoint
+            def save_then_block(directory, ckpt, keep):
+                path = save(directory, ckpt, keep)
+                print("CHECKPOINT", path, flush=True)
+                threading.Event().wait()            # stay mid-run until the test kills us
+            ckpt_io.save_checkpoint = save_then_block
+        result = train(from_dict(TrainConfig, spec["train"]),
+                       model_config_from_section(spec["model"]), LossConfig(),
+                       TrainPaths(**{k: Path(v) for k, v in spec["paths"].items()}),
+                       Tracking(uri=None), progress=False)
+        if "dump" in spec:
+            weights = result.model.state_dict()
+            digest = hashlib.sha256()
+            for name in sorted(weights):
+                digest.update(name.encode()); digest.update(weights[name].cpu().numpy().tobytes())
+            rank = int(os.environ.get("RANK", "0"))
+            Path(spec["dump"], f"rank{rank}.json").write_text(json.dumps(
+                {"sha256": digest.hexdigest(), "keys": sorted(SEEN)}))
 """)
 
 # Records the clip keys a rank trains on (loader without workers: consumed == yielded).

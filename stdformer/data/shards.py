@@ -415,16 +415,21 @@ def make_clip_loader(source: str | os.PathLike | Sequence[str], split: str | Non
     dataset = ClipDataset(urls, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                           shuffle_buffer=shuffle_buffer, frames_dtype=frames_dtype,
                           transform=transform, epoch=epoch)
-    # Workers come from a forkserver, not a fork of a caller that may run threads (an MLflow or
-    # Prefect client): forking those can kill a worker at random.
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
-        drop_last=drop_last, multiprocessing_context="forkserver" if num_workers else None)
+        drop_last=drop_last, multiprocessing_context=worker_context(num_workers))
+
+
+def worker_context(num_workers: int) -> str | None:
+    """DataLoader workers come from a forkserver, not a fork of a caller that may run threads
+    (an MLflow or Prefect client): forking those can kill a worker at random. Scripts that
+    start loaders with workers therefore need an `if __name__ == "__main__":` guard."""
+    return "forkserver" if num_workers > 0 else None
 
 
 __all__ = [
     "SHARD_PATTERN", "MANIFEST_NAME", "TARGET_SPECS", "MANIFEST_SCHEMA", "clip_key",
     "frame_member", "check_targets", "encode_clip", "ShardSeriesWriter", "write_shards",
     "manifest_bytes", "write_manifest", "read_manifest", "list_shards", "decode_clip",
-    "collate_clips", "rank_shards", "ClipDataset", "make_clip_loader",
+    "collate_clips", "rank_shards", "ClipDataset", "make_clip_loader", "worker_context",
 ]

@@ -31,7 +31,7 @@ import torch
 import webdataset as wds
 
 from stdformer.data.shards import TARGET_SPECS, check_targets, collate_clips, decode_clip, \
-    list_shards
+    list_shards, worker_context
 from stdformer.io import DataError
 from stdformer.train.augment import ClipAugmenter, FlipPerms
 from stdformer.train.config import AugmentConfig
@@ -255,6 +255,7 @@ def make_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, see
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context=worker_context(num_workers),
         prefetch_factor=2 if num_workers > 0 else None)
 
 
