@@ -53,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.3              # max global grad norm; 0 disables
     warmup_steps: int = 20              # linear warm-up, then cosine decay to lr * min_lr_ratio
+    joint_warmup_steps: int = 0         # first steps train the 3D joint-token loss alone
     min_lr_ratio: float = 0.1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on GPU, else fp32
@@ -75,7 +76,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "seed", "num_workers",
+        non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "joint_warmup_steps", "seed", "num_workers",
                         "shuffle_buffer", "val_every", "val_max_clips")
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -40,8 +40,8 @@ from stdformer.train.distributed import (Dist, all_reduce_sum, barrier, distribu
 from stdformer.train.evaluate import (evaluate_constant, evaluate_model, mean_pose,
                                       sums_to_metrics)
 from stdformer.train.export import MODEL_FORMAT
-from stdformer.train.steps import (autocast, batch_loss, lr_factor, normalize_frames,
-                                   optimizer_step)
+from stdformer.train.steps import (autocast, batch_loss, loss_config_at, lr_factor,
+                                   normalize_frames, optimizer_step)
 from stdformer.train.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
 
 
@@ -244,8 +244,9 @@ def _fit(s: Session, progress: bool) -> None:
                 raise DataError(s.paths.shards, f"clips hold {batch['frames'].shape[1]} frames "
                                 f"but model.clip_len is {s.model_cfg.clip_len}",
                                 field="clip_len")
-            loss, terms = batch_loss(s.model, batch, s.device_assets, s.mesh_info, s.loss_cfg,
-                                     d.device, s.autocast_dtype)
+            loss, terms = batch_loss(s.model, batch, s.device_assets, s.mesh_info,
+                                     loss_config_at(state.step, cfg, s.loss_cfg), d.device,
+                                     s.autocast_dtype)
             grad_norm = optimizer_step(loss, parameters, s.optimizer, s.scheduler,
                                        cfg.grad_clip)
             state.step += 1

@@ -4,6 +4,7 @@ normalisation, shard targets -> loss targets, and forward + loss + backward + up
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,17 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def loss_config_at(step: int, cfg: TrainConfig, loss_cfg: LossConfig) -> LossConfig:
+    """The loss of optimizer step `step`. For the first cfg.joint_warmup_steps, the 3D joint-token
+    term alone: trained from scratch on the full loss, the transformer settles on an almost
+    constant output for hundreds of steps; the joint term alone first makes it use the image."""
+    if step >= cfg.joint_warmup_steps:
+        return loss_cfg
+    switches = {f.name: False for f in dataclasses.fields(loss_cfg)
+                if isinstance(getattr(loss_cfg, f.name), bool)}
+    return dataclasses.replace(loss_cfg, **{**switches, "joints3d_tokens": True})
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
