@@ -3,6 +3,7 @@ SIGKILL, DDP on CPU (gloo), checkpoints and model files under weights_only, MLfl
 train stage. Everything runs on a tiny procedural body and a tiny synthetic dataset made by the
 real synthesize + preprocess code."""
 
+import csv
 import dataclasses
 import json
 import os
@@ -162,6 +163,19 @@ def test_same_seed_gives_the_same_loss_sequence(dataset, tmp_path):
         runs.append(_loss_column(paths.curve))
     assert len(runs[0]) == 3 and runs[0] == runs[1]
     assert len(set(runs[0])) == 3                       # the loss really moves step to step
+
+
+def test_joint_warmup_trains_the_joint_tokens_alone_then_the_full_loss(dataset, tmp_path):
+    paths = paths_in(tmp_path, dataset)
+    train(tiny_train(steps=3, checkpoint_every=3, joint_warmup_steps=2), tiny_model(),
+          LossConfig(), paths, Tracking(uri=None), progress=False)
+    rows = list(csv.DictReader(paths.curve.read_text().splitlines()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    for warm in rows[:2]:
+        assert warm["loss/joints3d_tokens"] and not warm["loss/vertices_fine"]
+        assert float(warm["loss/total"]) == pytest.approx(1000 * float(warm["loss/joints3d_tokens"]),
+                                                          rel=1e-4)
+    assert rows[2]["loss/vertices_fine"] and rows[2]["loss/joints2d_tokens"]
 
 
 WORKER = textwrap.dedent("""

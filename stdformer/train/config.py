@@ -76,8 +76,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "joint_warmup_steps", "seed", "num_workers",
-                        "shuffle_buffer", "val_every", "val_max_clips")
+        non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "joint_warmup_steps",
+                        "seed", "num_workers", "shuffle_buffer", "val_every", "val_max_clips")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
