@@ -47,7 +47,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from stdformer.config import from_dict, read_params
+from stdformer.config import read_params, section_config
 from stdformer.io import DataError, write_text_atomic
 
 PARAMS_FILE = "params.yaml"
@@ -97,9 +97,8 @@ def load_schedule(params_path: str | os.PathLike) -> ScheduleConfig:
     """The `schedule` section of params.yaml (defaults when it or the file is absent)."""
     if not Path(params_path).exists():
         return ScheduleConfig()
-    params = read_params(params_path)
-    return from_dict(ScheduleConfig, params.get("schedule") or {}, source=str(params_path),
-                     prefix="schedule")
+    return section_config(read_params(params_path), "schedule", ScheduleConfig, params_path,
+                          required=False)
 
 
 class RetrainBusyError(RuntimeError):

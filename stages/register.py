@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from stdformer.config import from_dict, read_params
+from stdformer.config import read_params, section_config
 from stdformer.io import run_guarded
 from stdformer.registry import RegisterConfig, RegisterPaths, register
 from stdformer.train.tracking import default_tracking_uri
@@ -36,8 +36,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # quiet stage logs
 
     params = read_params(args.params)
-    cfg = from_dict(RegisterConfig, params.get("register") or {}, source=str(args.params),
-                    prefix="register")
+    cfg = section_config(params, "register", RegisterConfig, args.params, required=False)
     project = Path.cwd()
     record = register(
         RegisterPaths(model=Path(args.model), body=Path(args.body), eval=Path(args.eval),

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stdformer.config import from_dict, read_params
+from stdformer.config import read_params, section_config
 from stdformer.io import DataError, run_guarded
 from stdformer.losses import LossConfig
 from stdformer.train import (TrainConfig, TrainPaths, Tracking, default_tracking_uri,
@@ -35,9 +35,7 @@ def main() -> None:
 
     params = read_params(args.params)
     source = str(args.params)
-    if "train" not in params:
-        raise DataError(source, "missing section", field="train")
-    cfg = from_dict(TrainConfig, params["train"] or {}, source=source, prefix="train")
+    cfg = section_config(params, "train", TrainConfig, source)
     model_section = dict(params.get("model") or {})
     if args.variant is not None:
         variants = params.get("variants") or {}
@@ -46,7 +44,7 @@ def main() -> None:
                             field=f"variants.{args.variant}")
         model_section.update(variants[args.variant] or {})
     model_cfg = model_config_from_section(model_section, source=source, prefix="model")
-    loss_cfg = from_dict(LossConfig, params.get("loss") or {}, source=source, prefix="loss")
+    loss_cfg = section_config(params, "loss", LossConfig, source, required=False)
 
     project = Path.cwd()
     result = train(cfg, model_cfg, loss_cfg,

@@ -39,11 +39,17 @@ def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
 
 def load_section(section: str, cls: type[T], path: str | os.PathLike = PARAMS_FILE) -> T:
     """Read one section of params.yaml into `cls` (a dataclass), validating every field."""
-    params = read_params(path)
-    if section not in params:
+    return section_config(read_params(path), section, cls, path)
+
+
+def section_config(params: dict, section: str, cls: type[T], source: str | os.PathLike,
+                   required: bool = True) -> T:
+    """One section of already-read params (from `source`) as `cls`; an absent optional
+    section gives the defaults."""
+    if required and section not in params:
         hint = _did_you_mean(section, params)
-        raise DataError(path, f"missing section{hint}", field=section)
-    return from_dict(cls, params[section] or {}, source=str(path), prefix=section)
+        raise DataError(source, f"missing section{hint}", field=section)
+    return from_dict(cls, params.get(section) or {}, source=str(source), prefix=section)
 
 
 def from_dict(cls: type[T], data: Any, source: str = "<dict>", prefix: str = "") -> T:
