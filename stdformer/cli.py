@@ -2,7 +2,7 @@
 
     stdformer body convert SMPL_NEUTRAL.pkl out.npz   # official SMPL pickle -> plain npz, no chumpy
     stdformer body info data/body                     # what body model a pipeline uses
-    stdformer shards info data/shards                 # clips per split, as the manifest says
+    stdformer shards info data/shards [--verify]      # clips and frames per split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
 """
 
@@ -31,14 +31,13 @@ def _body_info(args: argparse.Namespace) -> None:
 
 
 def _shards_info(args: argparse.Namespace) -> None:
-    from stdformer.data.shards import read_manifest
+    from stdformer.data.manifest import read_manifest, split_counts, split_shards
 
-    table = read_manifest(args.shards_dir)
-    summary: dict[str, dict[str, int]] = {}
-    for split, valid in zip(table["split"], table["num_valid"]):
-        s = summary.setdefault(split, {"clips": 0, "valid_frames": 0})
-        s["clips"] += 1
-        s["valid_frames"] += int(valid)
+    summary = split_counts(read_manifest(args.shards_dir))
+    if args.verify:
+        for split in summary:
+            split_shards(args.shards_dir, split)  # DataError naming the first shard that differs
+            summary[split]["verified"] = True
     print(json.dumps(summary, indent=2))
 
 
@@ -60,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     shards = groups.add_parser("shards", help="preprocessed shards").add_subparsers(
         dest="cmd", required=True)
-    sinfo = shards.add_parser("info", help="clips and valid frames per split")
+    sinfo = shards.add_parser("info", help="clips, shards, frames and valid frames per split "
+                              "(each frame counted once)")
     sinfo.add_argument("shards_dir", nargs="?", default="data/shards")
+    sinfo.add_argument("--verify", action="store_true",
+                       help="also check every shard's size and sha256 against the manifest")
     sinfo.set_defaults(func=_shards_info)
 
     from stdformer.registry import add_registry_commands

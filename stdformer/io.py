@@ -1,7 +1,8 @@
 """File helpers shared by every stage: atomic outputs, safe unpickling, deterministic npz.
 
 * `atomic_output(path)`: write to a temp sibling, rename on success, so an interrupted stage
-  never leaves a half-written output that looks complete (works for files and directories).
+  never leaves a half-written output that looks complete (works for files and directories); the
+  temporaries of killed writers are removed by the next writer of the same output.
 * `safe_load_pickle(path, allowed)`: a restricted unpickler; anything outside `allowed` is refused
   with an error that names the file and the global it tried to load.
 * `npz_bytes(arrays)`: a `.npz` whose bytes depend only on the arrays (fixed zip timestamps), so
@@ -14,7 +15,9 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -43,28 +46,76 @@ class UnsafePickleError(DataError):
 # Atomic outputs
 
 
+# Temporaries are named `.{output name}.{host}~{pid}.{random}.tmp`: the owner is in the name, so a
+# later writer of the same output can tell a temporary left by a killed run (its owner process is
+# gone) from one a concurrent writer is still filling (its owner is alive), and removes only the
+# former. Temporaries of other hosts (a shared filesystem) are left alone: their owners cannot be
+# checked from here.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}~{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporaries of `path` (files or directories next to it) whose owner process on this host
+    has exited: what a killed writer of `path` left behind."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(_HOST)}~(\d+)\.[^.]*\.tmp")
+    stale = []
+    for entry in path.parent.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            stale.append(entry)
+    return sorted(stale)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temp path next to `path`; on success rename it onto `path`, else remove it.
 
     With `directory=True` the temp path is an empty directory and an existing `path` is
-    replaced as a whole.
+    replaced as a whole. Temporaries that killed writers of `path` left behind are removed
+    first (see `stale_temporaries`), so an interrupted run costs no disk space after the next.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for entry in stale_temporaries(path):
+        _remove(entry)
+    prefix = _temp_prefix(path)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary data directory
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
         if directory:
             if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+                old.rmdir()  # a free name of our own, for the old tree
                 path.rename(old)
                 tmp.rename(path)
                 shutil.rmtree(old, ignore_errors=True)
@@ -74,10 +125,7 @@ def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 

@@ -148,10 +148,46 @@ def test_draws_depend_only_on_seed_epoch_and_key():
     assert any(o != a for o in others)
     # one augmenter per epoch gives the same result whoever calls it (workers, resumes)
     frames, targets = _clip()
-    clip = {"key": "seq__a0__00008", "frames": frames, "targets": targets}
+    clip = {"key": "seq__a0__00008", "frames": frames, "targets": targets,
+            "meta": {"crop_size": H, "context_size": H}}
     one = ClipAugmenter(cfg, _perms(), seed=3, epoch=1)(clip)
     two = ClipAugmenter(cfg, _perms(), seed=3, epoch=1)(dict(clip))
     assert torch.equal(one["frames"], two["frames"])
+
+
+def test_scale_out_and_rotation_show_the_stored_surroundings():
+    """Issue 9 item 7: crops are cut from the stored context, so zooming out or turning shows
+    real surroundings (not black), and image content moves with the 2D targets; without a
+    geometric change the crop is exactly the stored centre."""
+    m = 8                                                   # 1.25 x 64 = 80 = 64 + 2 x 8
+    frames, targets = _clip()
+    frames = frames.clamp(min=1)                            # black only where nothing is known
+    stored = torch.full((S, 3, H + 2 * m, W + 2 * m), 90, dtype=torch.uint8)
+    stored[:, :, m:m + H, m:m + W] = frames
+    dot = (4, m + H // 2)                                   # stored pixels: left of the crop
+    stored[:, :, dot[1] - 1:dot[1] + 2, dot[0] - 1:dot[0] + 2] = 255
+    targets["joints2d"][:, 0, :2] = torch.tensor([dot[0] - m, dot[1] - m], dtype=torch.float32)
+
+    zoomed, out = apply_augment(stored, targets, AugmentParams(scale=1.25), _perms(), margin=m)
+    assert zoomed.shape == (S, 3, H, W) and zoomed.min() > 0    # surroundings, no black
+    old_way = apply_augment(frames, targets, AugmentParams(scale=1.25), _perms())[0]
+    assert (old_way[0, :, 0, 0] == 0).all()                  # the stored crop alone: black
+    x, y = out["joints2d"][0, 0, :2].tolist()
+    assert 0 <= x < W and zoomed[0, :, round(y), round(x)].min() > 240   # the dot, in view
+    turned = apply_augment(stored, targets, AugmentParams(rotation_deg=10.0), _perms(),
+                           margin=m)[0]
+    assert turned.min() > 0
+    assert apply_augment(frames, targets, AugmentParams(rotation_deg=10.0), _perms())[0].min() == 0
+
+    same, same_targets = apply_augment(stored, targets, AugmentParams(), _perms(), margin=m)
+    assert torch.equal(same, frames) and torch.equal(same_targets["joints2d"],
+                                                     targets["joints2d"])
+    flipped, _ = apply_augment(stored, targets, AugmentParams(flip=True), _perms(), margin=m)
+    assert torch.equal(flipped, frames.flip(-1))
+    clip = {"key": "k", "frames": stored, "targets": targets,
+            "meta": {"crop_size": H, "context_size": H + 2 * m}}
+    cut = ClipAugmenter(AugmentConfig(enabled=False), _perms(), seed=0, epoch=0)(clip)
+    assert torch.equal(cut["frames"], frames)
 
 
 def test_draw_statistics_follow_the_recipe():

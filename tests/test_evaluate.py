@@ -9,6 +9,7 @@ noisy, per-track constant) have known scores.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 
 from stdformer.config import from_dict
 from stdformer.data.preprocess import clip_starts
-from stdformer.data.shards import clip_key, encode_clip, write_manifest, write_shards
+from stdformer.data.manifest import write_manifest
+from stdformer.data.shards import clip_key, encode_clip, write_shards
 from stdformer.evaluation import (BASELINE_NAME, EvaluateConfig, EvaluatePaths, WindowMerger,
                                   constant_predictor, evaluate_predictors, gaussian_smooth,
                                   merge_windows, write_outputs)
@@ -106,16 +108,18 @@ def dataset(tmp_path_factory):
                 samples.append(encode_clip(key, jpegs, clip, {
                     "sequence": seq, "actor": actor, "split": split, "source": "test",
                     "clip_start": start, "frame_ids": list(range(100 + start, 100 + start + S)),
-                    "crop_size": CROP, "body_model_id": body.body_model_id}))
+                    "crop_size": CROP, "context_size": CROP,
+                    "body_model_id": body.body_model_id}))
                 rows.append({"key": key, "split": split, "sequence": seq, "actor": actor,
                              "frame_start": start, "frame_end": start + S, "num_frames": S,
-                             "num_valid": int(valid[sl].sum()), "source": "test"})
+                             "num_valid": int(valid[sl].sum()), "valid": valid[sl].tolist(),
+                             "source": "test", "crop_size": CROP, "context_size": CROP})
         placed = write_shards(shards / split, samples, samples_per_shard=3)
         shard_of = dict(placed)
         for row in rows:
             if row["split"] == split:
                 row["shard"] = f"{split}/{shard_of[row['key']]}"
-    write_manifest(shards / "manifest.parquet", rows)
+    write_manifest(shards, rows)
     return body_dir, shards, body, truth
 
 
@@ -183,7 +187,8 @@ def start_marker(batch):
 @pytest.mark.parametrize("merge, shift", [("mean", 8.5), ("first", 8.0), ("center", 8.0)])
 def test_predict_tracks_merges_the_overlapping_last_clip(dataset, merge, shift):
     _, shards, _, truth = dataset
-    from stdformer.data.shards import make_clip_loader, read_manifest
+    from stdformer.data.manifest import read_manifest
+    from stdformer.data.shards import make_clip_loader
     from stdformer.evaluation import predict_tracks, track_layout
 
     layout = track_layout(read_manifest(shards), "test")
@@ -202,7 +207,8 @@ def test_predict_tracks_merges_the_overlapping_last_clip(dataset, merge, shift):
 
 def test_shards_that_disagree_with_the_manifest_or_body_are_refused(dataset):
     _, shards, _, _ = dataset
-    from stdformer.data.shards import make_clip_loader, read_manifest
+    from stdformer.data.manifest import read_manifest
+    from stdformer.data.shards import make_clip_loader
     from stdformer.evaluation import TrackLayout, predict_tracks, track_layout
 
     layout = track_layout(read_manifest(shards), "test")
@@ -447,6 +453,18 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(dataset
                           timeout=300)
     assert done.returncode == 2
     assert "stdformer.pt: model_config.clip_len" in done.stderr
+
+    # a truncated test shard (issue 10 item 7): one line naming it and exit 2, as train does
+    write_random_model(tmp_path / "models/stdformer.pt", body_dir, S)
+    cut = tmp_path / "shards"
+    shutil.copytree(shards, cut)
+    shard = cut / "test" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    args = [str(cut) if a == str(shards) else a for a in done.args]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert f"error: {shard}: " in done.stderr
 
 
 @pytest.mark.slow

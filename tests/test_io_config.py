@@ -2,7 +2,10 @@
 
 import os
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -50,6 +53,46 @@ def test_atomic_directory_replaces_whole_tree(tmp_path):
             raise KeyboardInterrupt
     assert sorted(p.name for p in target.iterdir()) == ["b.tar"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+_WRITER = """
+import os, signal, sys
+from stdformer.io import atomic_output
+with atomic_output(sys.argv[1], directory=True) as tmp:
+    (tmp / "part.bin").write_bytes(b"x" * 1000)
+    print(tmp, flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)     # a killed stage: no cleanup runs
+    sys.stdin.read()                             # a live writer: holds its temp until told
+"""
+
+
+def _start_writer(target, mode):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(target), mode], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_next_writer_removes_temporaries_of_killed_writers_only(tmp_path):
+    """Issue 10 item 8: a killed writer's temp dir is removed by the next write of the same
+    output; a temp a live concurrent writer still fills is left alone."""
+    target = tmp_path / "shards"
+    killed = _start_writer(target, "kill")
+    killed_tmp = Path(killed.stdout.readline().strip())
+    assert killed.wait() == -9 and (killed_tmp / "part.bin").is_file()   # left behind
+    live = _start_writer(target, "wait")
+    try:
+        live_tmp = Path(live.stdout.readline().strip())
+        with atomic_output(target, directory=True) as tmp:
+            (tmp / "done").write_text("1")
+        assert not killed_tmp.exists()
+        assert (live_tmp / "part.bin").is_file()
+        with atomic_output(tmp_path / "other.json") as tmp:      # other outputs: untouched
+            tmp.write_text("{}")
+        assert (live_tmp / "part.bin").is_file()
+    finally:
+        live.communicate("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "shards"]
 
 
 def test_restricted_unpickler_loads_numpy_and_refuses_code(tmp_path):

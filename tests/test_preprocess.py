@@ -6,6 +6,7 @@ import json
 import pickle
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,8 @@ import webdataset as wds
 
 from stdformer.body import BodyModel
 from stdformer.config import from_dict
-from stdformer.data import executors, shards
+from stdformer.data import crops, executors, shards
+from stdformer.data import manifest as mf
 from stdformer.data.preprocess import (
     PreprocessConfig, TrackTask, clip_starts, preprocess, process_track,
 )
@@ -21,6 +23,7 @@ from stdformer.data.threedpw import iter_tracks
 from stdformer.io import DataError, load_npz, safe_load_pickle
 
 CROP = 48
+CONTEXT = 60  # 48 px crops with the default 1.25 context: 6 px more on each side
 
 
 def _cfg(**kw):
@@ -120,7 +123,7 @@ def test_executors_return_results_in_input_order():
 
 def test_outputs_follow_the_contract_and_manifest_matches_shards(shard_dir, synth_root):
     report = json.loads((shard_dir / "report.json").read_text())
-    manifest = shards.read_manifest(shard_dir)
+    manifest = mf.read_manifest(shard_dir)
     tracks = {s: list(iter_tracks(synth_root, s)) for s in ("train", "validation", "test")}
     for split, split_tracks in tracks.items():
         r = report["splits"][split]
@@ -145,6 +148,10 @@ def test_outputs_follow_the_contract_and_manifest_matches_shards(shard_dir, synt
         clip = shards.decode_clip(sample)
         assert clip["frames"].shape == (8, 3, CROP, CROP)
         assert int(clip["targets"]["valid"].sum()) == manifest["num_valid"][i]
+        assert clip["targets"]["valid"].tolist() == manifest["valid"][i]
+        assert clip["meta"]["context_size"] == manifest["context_size"][i] == CONTEXT
+        assert shards.decode_clip(sample, context=True)["frames"].shape == (8, 3, CONTEXT,
+                                                                            CONTEXT)
         assert clip["meta"]["clip_start"] == manifest["frame_start"][i]
         assert manifest["frame_end"][i] - manifest["frame_start"][i] == 8
         # valid = camera pose valid & more than 6 confident keypoints (all images are fine).
@@ -280,3 +287,122 @@ def test_track_arrays_are_checked_again_before_use(synth_root, synth_body_dir):
     short = dataclasses.replace(track, trans=track.trans[:-1])
     with pytest.raises(DataError, match=r"trans\[0\]: expected shape"):
         process_track(TrackTask(short, "seq.pkl", str(synth_body_dir), _cfg()))
+
+
+# --------------------------------------------------------------------------------------------
+# Empty splits, corrupt data inside a JPEG, counts, context crops, the README's loader
+
+
+def test_a_split_without_clips_is_an_error_unless_optional(dataset_copy, synth_body_dir,
+                                                          tmp_path):
+    """Issue 10 item 6: an empty sequenceFiles/test fails preprocess naming the split and the
+    directory; `optional_splits` allows it."""
+    root, _, _ = dataset_copy
+    folder = root / "sequenceFiles" / "test"
+    for pkl in folder.glob("*.pkl"):
+        pkl.unlink()
+    with pytest.raises(DataError, match=r"sequenceFiles/test: splits: split 'test' has no "
+                       r"sequences"):
+        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+    assert not (tmp_path / "out").exists()
+    report = preprocess(root, synth_body_dir, tmp_path / "out",
+                        _cfg(optional_splits=["test"]), progress=False)
+    assert report["splits"]["test"]["clips"] == 0 and report["splits"]["train"]["clips"] > 0
+    with pytest.raises(DataError, match=r"sequenceFiles/train: splits: split 'train' has no "
+                       r"clips: its \d+ track\(s\) are shorter than clip_len 40"):
+        preprocess(root, synth_body_dir, tmp_path / "out2",
+                   _cfg(optional_splits=["test"], clip_len=40), progress=False)
+    with pytest.raises(DataError, match="optional_splits"):
+        from_dict(PreprocessConfig, {"optional_splits": ["val"]}, source="params.yaml",
+                  prefix="preprocess")
+
+
+def _garbage_in_the_middle(path):
+    """Overwrite 256 bytes in the middle of a real JPEG's entropy-coded data with garbage that
+    holds no 0xFF (so no marker): the markers (SOI, SOS, EOI) stay intact, OpenCV still decodes
+    an image (and only prints "Corrupt JPEG data" on stderr)."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\xda")                      # start of scan
+    middle = start + (len(data) - start) // 2
+    data[middle:middle + 256] = np.random.default_rng(0).integers(0, 255, 256, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_jpeg_with_garbage_in_the_middle_is_an_unreadable_frame(dataset_copy, synth_body_dir,
+                                                               tmp_path):
+    """Issue 10 item 10: such a frame is not counted valid: on_error fail names the file,
+    skip marks it invalid and counts it."""
+    root, track, frame = dataset_copy
+    image = track.image_paths[frame]
+    _garbage_in_the_middle(image)
+    with pytest.raises(crops.UnreadableImageError, match="Corrupt JPEG data"):
+        crops.decode_jpeg(image.read_bytes(), 4)
+    with pytest.raises(DataError, match=rf"{image.name}: not a readable JPEG \(corrupt"):
+        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+    out = tmp_path / "skip"
+    preprocess(root, synth_body_dir, out, _cfg(on_error="skip"), progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["splits"]["train"]["skipped_frames"]["corrupt_image"] == 1
+    key = shards.clip_key(track.sequence, track.actor, 0)
+    sample = next(s for s in _samples(out) if s["__key__"] == key)
+    assert not shards.decode_clip(sample)["targets"]["valid"][frame]
+
+
+def test_every_count_is_of_unique_frames(shard_dir, synth_root, capsys):
+    """Issue 15 item 5: overlapping windows (test stride 4, and every last clip) do not count a
+    frame twice: `stdformer shards info`, report.json and the frames that truly are valid."""
+    from stdformer.cli import main
+
+    assert main(["shards", "info", str(shard_dir), "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    report = json.loads((shard_dir / "report.json").read_text())
+    manifest = mf.read_manifest(shard_dir)
+    for split in ("train", "validation", "test"):
+        truth = sum(int((t.campose_valid & ((t.poses2d[..., 2] > 0.3).sum(-1) > 6)).sum())
+                    for t in iter_tracks(synth_root, split) if len(t) >= 8)
+        assert info[split]["valid_frames"] == report["splits"][split]["valid_frames"] == truth
+        assert info[split]["verified"] and info[split]["clips"] == report["splits"][split]["clips"]
+    test_rows = [v for s, v in zip(manifest["split"], manifest["num_valid"]) if s == "test"]
+    assert sum(test_rows) > info["test"]["valid_frames"]      # the windows do overlap
+
+
+def test_stored_context_keeps_the_centre_crop_as_before(synth_root):
+    """Issue 9 item 7: the stored crop is the crop with real surroundings; its centre is the
+    crop the model always got (same pixels before JPEG)."""
+    track = next(iter_tracks(synth_root, "train"))
+    boxes = crops.track_boxes(track.poses2d)
+    cfg = _cfg()
+    data = track.image_paths[2].read_bytes()
+    centre, side = boxes.centers[2], boxes.sides[2]
+    crop, affine = crops.crop_person(data, centre, side, CROP, scale=cfg.crop_scale)
+    stored, _ = crops.crop_person(data, centre, side, cfg.context_size,
+                                  scale=cfg.crop_scale * cfg.context_size / CROP)
+    assert cfg.context_size == CONTEXT and stored.shape == (CONTEXT, CONTEXT, 3)
+    m = (CONTEXT - CROP) // 2
+    assert np.abs(stored[m:m + CROP, m:m + CROP].astype(int) - crop).max() <= 1
+    np.testing.assert_allclose(affine, crops.crop_affine(centre, side, cfg.crop_scale, CROP))
+
+
+README_SNIPPET = "make_clip_loader("
+
+
+def test_readme_loader_snippet_runs_as_pasted(shard_dir, tmp_path):
+    """Issue 15 item 6: the README's loader snippet, pasted into a script (no __main__ guard),
+    runs with loader workers and gives the served model's input."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    snippet = next(b for b in blocks if README_SNIPPET in b)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shards").symlink_to(shard_dir)
+    (tmp_path / "snippet.py").write_text(snippet)
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"\(\d+, 8, 48, 48, 3\) uint8", run.stdout), run.stdout

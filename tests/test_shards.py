@@ -1,7 +1,10 @@
-"""The clip shard contract: deterministic writing, plain-webdataset readability, manifest, and a
-reader that splits clips disjointly across ranks and workers."""
+"""The clip shard contract: deterministic writing, plain-webdataset readability, manifest (and
+readers that read only what it lists, verified), crops with context, the served model's input,
+and a reader that splits clips disjointly across ranks and workers."""
 
+import hashlib
 import io
+import json
 import tarfile
 import warnings
 
@@ -11,6 +14,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from stdformer.data import manifest as mf
 from stdformer.data import shards
 from stdformer.io import DataError
 
@@ -30,7 +34,7 @@ def _clip(seq: str, actor: int, start: int):
     }
     meta = {"sequence": seq, "actor": actor, "split": "train", "source": "unit",
             "clip_start": start, "frame_ids": list(range(start, start + S)), "crop_size": CROP,
-            "body_model_id": "test-body"}
+            "context_size": CROP, "body_model_id": "test-body"}
     return shards.encode_clip(shards.clip_key(seq, actor, start), frames, targets, meta)
 
 
@@ -38,12 +42,23 @@ def _samples(num_clips=10):
     return [_clip(f"seq{k % 3}", k % 2, 4 * k) for k in range(num_clips)]
 
 
+def _rows(placed, split="train"):
+    return [{"key": key, "split": split, "shard": f"{split}/{shard}", "sequence": "s",
+             "actor": 0, "frame_start": 0, "frame_end": S, "num_frames": S, "num_valid": 2,
+             "valid": [True, False] * (S // 2), "source": "unit", "crop_size": CROP,
+             "context_size": CROP} for key, shard in placed]
+
+
 def _write(directory, num_clips=10, per_shard=3):
     placed = shards.write_shards(directory, _samples(num_clips), per_shard)
-    rows = [{"key": key, "split": "train", "shard": f"train/{shard}", "sequence": "s",
-             "actor": 0, "frame_start": 0, "frame_end": S, "num_frames": S, "num_valid": 2,
-             "source": "unit"} for key, shard in placed]
-    return placed, rows
+    return placed, _rows(placed)
+
+
+def _write_split(root, num_clips=10, per_shard=3):
+    """A preprocess-like output: root/train/shard-*.tar and root/manifest.parquet."""
+    placed, rows = _write(root / "train", num_clips, per_shard)
+    mf.write_manifest(root, rows)
+    return placed
 
 
 def test_shard_bytes_and_manifest_are_deterministic(tmp_path):
@@ -55,7 +70,9 @@ def test_shard_bytes_and_manifest_are_deterministic(tmp_path):
                      "shard-000003.tar"]  # 10 clips, 3 per shard, no temp files left
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert shards.manifest_bytes(rows_a) == shards.manifest_bytes(rows_b)
+    digests = {"shard_bytes": 1, "shard_sha256": "0" * 64}
+    assert mf.manifest_bytes([{**r, **digests} for r in rows_a]) == \
+        mf.manifest_bytes([{**r, **digests} for r in rows_b])
     with tarfile.open(tmp_path / "a" / names[0]) as tar:
         members = tar.getmembers()
     assert {(m.mtime, m.uid, m.gid, m.uname) for m in members} == {(0, 0, 0, "")}
@@ -90,10 +107,12 @@ def test_plain_webdataset_reads_every_member_of_the_contract(tmp_path):
 
 
 def test_manifest_roundtrip_matches_shard_contents(tmp_path):
-    placed, rows = _write(tmp_path / "train")
-    shards.write_manifest(tmp_path / shards.MANIFEST_NAME, rows)
-    manifest = shards.read_manifest(tmp_path)  # a directory works too
+    placed = _write_split(tmp_path)
+    manifest = mf.read_manifest(tmp_path)  # a directory works too
     assert manifest["key"] == [k for k, _ in placed]
+    shard = tmp_path / manifest["shard"][0]
+    assert manifest["shard_bytes"][0] == shard.stat().st_size
+    assert manifest["shard_sha256"][0] == hashlib.sha256(shard.read_bytes()).hexdigest()
     for shard in sorted(set(manifest["shard"])):
         keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / shard), shardshuffle=False)]
         assert keys == [k for k, sh in zip(manifest["key"], manifest["shard"], strict=True)
@@ -110,7 +129,8 @@ def test_wrong_target_shape_names_the_field():
                                                 ("keypoints2d", (S, 18, 3)), ("pose", (S, 72)),
                                                 ("betas", (S, 10)), ("valid", (S,))]}},
             {"sequence": "s", "actor": 0, "split": "train", "source": "x", "clip_start": 0,
-             "frame_ids": [0] * S, "crop_size": CROP, "body_model_id": "b"})
+             "frame_ids": [0] * S, "crop_size": CROP, "context_size": CROP,
+             "body_model_id": "b"})
 
 
 def test_clip_keys_sort_and_never_contain_webdataset_separators():
@@ -176,5 +196,101 @@ def test_too_few_shards_for_ranks_and_missing_shards_are_reported(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no shards"):
         shards.list_shards(tmp_path / "empty")
-    with pytest.raises(DataError, match="split"):
-        shards.list_shards(tmp_path, "validation")
+    out = tmp_path / "out"
+    _write_split(out, num_clips=2)
+    with pytest.raises(DataError, match="lists no clips of split 'validation'"):
+        shards.list_shards(out, "validation")
+
+
+# --------------------------------------------------------------------------------------------
+# Readers read what the manifest lists, verified
+
+
+def _member_offsets(path):
+    """Byte offset of the header of every tar member."""
+    with tarfile.open(path) as tar:
+        return [m.offset for m in tar.getmembers()]
+
+
+def test_readers_refuse_stray_truncated_and_rewritten_shards(tmp_path):
+    """Issue 10 item 4: a test shard copied into train/, a shard truncated at a member boundary
+    (a readable tar holding fewer clips) and a same-size rewrite are refused, naming the file,
+    by both readers (evaluation's list_shards and training's index_shards)."""
+    from stdformer.train.data import index_shards
+
+    _write_split(tmp_path, num_clips=10, per_shard=3)   # train/shard-000000..3.tar
+    assert len(shards.list_shards(tmp_path, "train")) == 4
+    assert index_shards(tmp_path, "train").num_clips == 10
+    readers = (lambda: shards.list_shards(tmp_path, "train"),
+               lambda: index_shards(tmp_path, "train"))
+
+    stray = tmp_path / "train" / "shard-000099.tar"
+    stray.write_bytes((tmp_path / "train" / "shard-000001.tar").read_bytes())
+    for read in readers:
+        with pytest.raises(DataError, match=r"shard-000099\.tar: not a shard .* lists"):
+            read()
+    stray.unlink()
+
+    shard = tmp_path / "train" / "shard-000000.tar"
+    original = shard.read_bytes()
+    second_clip = _member_offsets(shard)[S + 2]                  # json + S frames + npz each
+    shard.write_bytes(original[:second_clip])
+    assert len(list(wds.WebDataset(str(shard), shardshuffle=False))) == 1   # reads "fine"
+    for read in readers:
+        with pytest.raises(DataError, match=r"shard-000000\.tar: \d+ bytes, the manifest lists"):
+            read()
+
+    rewritten = bytearray(original)
+    rewritten[_member_offsets(shard)[1] + 600] ^= 0xFF            # same size, other content
+    shard.write_bytes(bytes(rewritten))
+    for read in readers:
+        with pytest.raises(DataError, match=r"shard-000000\.tar: content differs from the "
+                           "sha256"):
+            read()
+
+
+def test_unreadable_shard_is_a_data_error_naming_it(tmp_path):
+    """A shard that breaks while being read (here passed without a manifest) is a DataError
+    naming it, not a raw tarfile.ReadError."""
+    _write(tmp_path, num_clips=3, per_shard=3)
+    shard = tmp_path / "shard-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:_member_offsets(shard)[2] + 700])    # cut inside a member
+    with pytest.raises(DataError, match=r"shard-000000\.tar: not a readable tar shard"):
+        list(shards.make_clip_loader([str(shard)], batch_size=2))
+
+
+def _context_clip(crop=16, margin=4):
+    """A clip stored with `margin` pixels of context: a bright centre square, dark context."""
+    size = crop + 2 * margin
+    image = np.full((size, size, 3), 20, np.uint8)
+    image[margin:margin + crop, margin:margin + crop] = 200
+    frames = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()] * S
+    sample = _clip("ctx", 0, 0)
+    meta = {**json.loads(sample["json"]), "crop_size": crop, "context_size": size}
+    targets = np.load(io.BytesIO(sample["targets.npz"]))
+    return shards.encode_clip(sample["__key__"], frames, dict(targets), meta)
+
+
+def test_decode_gives_the_centre_crop_and_the_context_on_request():
+    sample = _context_clip(crop=16, margin=4)
+    clip = shards.decode_clip(sample, frames_dtype="uint8")
+    assert clip["frames"].shape == (S, 3, 16, 16)
+    assert clip["frames"][:, :, 1:-1, 1:-1].min() > 180           # only the centre
+    full = shards.decode_clip(sample, frames_dtype="uint8", context=True)["frames"]
+    assert full.shape == (S, 3, 24, 24) and full[:, :, :2].max() < 40
+    assert torch.equal(full[:, :, 4:20, 4:20], clip["frames"])
+    assert shards.context_margin(clip["meta"]) == 4
+
+
+def test_model_input_turns_clips_into_the_served_models_input():
+    """Issue 15 item 6: decode_clip's float frames -> uint8 (B, S, H, W, 3) RGB, the pyfunc's
+    input."""
+    sample = _clip("s", 0, 40)
+    clip = shards.decode_clip(sample)                              # float32 (S, 3, H, W)
+    frames = shards.model_input(clip)
+    assert frames.shape == (1, S, CROP, CROP, 3) and frames.dtype == np.uint8
+    raw = cv2.imdecode(np.frombuffer(sample["f01.jpg"], np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(frames[0, 1], cv2.cvtColor(raw, cv2.COLOR_BGR2RGB))
+    batch = shards.collate_clips([clip, shards.decode_clip(sample, frames_dtype="uint8")])
+    assert shards.model_input(batch).shape == (2, S, CROP, CROP, 3)

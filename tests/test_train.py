@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,65 @@ def test_same_seed_gives_the_same_loss_sequence(dataset, tmp_path):
         runs.append(_loss_column(paths.curve))
     assert len(runs[0]) == 3 and runs[0] == runs[1]
     assert len(set(runs[0])) == 3                       # the loss really moves step to step
+
+
+def _same_size_other_content(src: Path, dst: Path) -> None:
+    """A copy of a preprocess output as a rerun with another min_keypoints writes it: the same
+    shard names and byte sizes, other `valid` flags (what the manifest check and the resume
+    check must tell apart)."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    from stdformer.data.manifest import DIGEST_FIELDS, read_manifest, write_manifest
+    from stdformer.data.shards import write_shards
+    from stdformer.io import npz_bytes
+
+    shutil.copytree(src, dst)
+    manifest = read_manifest(dst)
+    shards = sorted((dst / "train").glob("shard-*.tar"))
+    samples = [s for shard in shards for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    for sample in samples:
+        with np.load(io.BytesIO(sample["targets.npz"])) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["valid"] = arrays["valid"].copy()
+        arrays["valid"][-1] = not arrays["valid"][-1]
+        sample["targets.npz"] = npz_bytes(arrays, compress=False)
+    for shard in shards:
+        shard.unlink()
+    write_shards(dst / "train", [{k: v for k, v in s.items() if k in ("__key__",)
+                                  or not k.startswith("__")} for s in samples],
+                 samples_per_shard=manifest["shard"].count("train/shard-000000.tar"))
+    rows = [dict(zip(manifest, values)) for values in zip(*manifest.values())]
+    write_manifest(dst, [{k: v for k, v in r.items() if k not in DIGEST_FIELDS} for r in rows])
+
+
+def test_resume_is_keyed_on_shard_content_not_names_or_sizes(dataset, tmp_path, capsys):
+    """Issue 10 item 1: shards rewritten with the same names and sizes (preprocess rerun with
+    min_keypoints 6 -> 12) make training start fresh instead of resuming the old model."""
+    body, old = dataset
+    new = tmp_path / "new_shards"
+    _same_size_other_content(old, new)
+    def sizes(root):
+        return sorted((p.name, p.stat().st_size) for p in (root / "train").glob("*.tar"))
+
+    assert sizes(old) == sizes(new)
+    assert index_shards(old, "train").fingerprint() != index_shards(new, "train").fingerprint()
+
+    shutil.copytree(old, tmp_path / "shards")
+    paths = paths_in(tmp_path, (body, tmp_path / "shards"))
+    train(tiny_train(steps=2, checkpoint_every=2), tiny_model(), LossConfig(), paths,
+          Tracking(uri=None), progress=False)
+    old_weights = weights_of(paths.model)
+    shutil.rmtree(tmp_path / "shards")
+    shutil.copytree(new, tmp_path / "shards")                  # "dvc repro" reran preprocess
+    capsys.readouterr()
+    train(tiny_train(steps=2, checkpoint_every=2), tiny_model(), LossConfig(), paths,
+          Tracking(uri=None), progress=False)
+    assert "resuming" not in capsys.readouterr().err
+    new_weights = weights_of(paths.model)                # trained on the new data, not copied
+    assert any(not torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
 
 
 def test_joint_warmup_trains_the_joint_tokens_alone_then_the_full_loss(dataset, tmp_path):

@@ -7,10 +7,12 @@ from neighbouring frames (held constant before the first / after the last box). 
 then median-filtered and Gaussian-smoothed over time, so the crop does not jitter with detection
 noise.
 
-Crops: `crop_affine` maps a square of side `side * scale` around `center` onto an
-`out_size x out_size` image. Pixel coordinates follow the pixel-centre convention (pixel i covers
-[i - 0.5, i + 0.5]), the one OpenCV's warpAffine samples with: the box centre lands on the crop
-centre ((out_size - 1) / 2, (out_size - 1) / 2) and the square's edges on -0.5 / out_size - 0.5.
+Crops: `crop_person(image or JPEG bytes, centre, side, out_size, scale=...)` gives a crop and its
+affine (preprocessing and video inference share it). `crop_affine` maps a square of side
+`side * scale` around `center` onto an `out_size x out_size` image. Pixel coordinates follow the
+pixel-centre convention (pixel i covers [i - 0.5, i + 0.5]), the one OpenCV's warpAffine samples
+with: the box centre lands on the crop centre ((out_size - 1) / 2, (out_size - 1) / 2) and the
+square's edges on -0.5 / out_size - 0.5.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from scipy import ndimage
 
 # Defaults of the published protocol (VIBE's 3DPW preprocessing: vis 0.3, medfilt 11, sigma 8).
@@ -210,7 +213,7 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def jpeg_reduction(affine: np.ndarray, max_factor: int = 8) -> int:
     """Largest JPEG decode reduction (1, 2, 4 or 8) that keeps at least crop resolution.
 
-    libjpeg decodes at 1/2, 1/4, 1/8 size almost for free (IMREAD_REDUCED_*), so a 224 crop of a
+    libjpeg decodes at 1/2, 1/4, 1/8 size almost for free (DCT scaling), so a 224 crop of a
     person 800 px tall in a 1080p frame needs only a quarter-size decode.
     """
     zoom = affine_zoom(affine)
@@ -228,28 +231,41 @@ def reduced_affine(affine: np.ndarray, factor: int) -> np.ndarray:
     return compose_affine(np.asarray(affine, dtype=np.float64), to_full)
 
 
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                  4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+class UnreadableImageError(ValueError):
+    """JPEG bytes the decoder refuses or warns about: not a JPEG, truncated, or corrupt data in
+    the middle (bytes that do not decode as a valid entropy-coded stream)."""
 
 
-def decode_jpeg(data: bytes, factor: int = 1) -> np.ndarray | None:
-    """JPEG bytes -> (H/f, W/f, 3) uint8 BGR, or None when the data is not a complete JPEG.
+def decode_jpeg(data: bytes, factor: int = 1) -> np.ndarray:
+    """JPEG bytes -> (ceil(H/f), ceil(W/f), 3) uint8 BGR (as cv2.imread), f in 1, 2, 4, 8.
 
-    A truncated file still decodes in libjpeg (with a warning and grey rows), so the end-of-image
-    marker is checked explicitly.
+    Decoded by libjpeg-turbo (simplejpeg) in strict mode: a warning of the decoder ("Corrupt
+    JPEG data: ...", "Premature end of JPEG file") is an UnreadableImageError with its text,
+    not a silently grey or garbled image as OpenCV gives. Garbage that happens to decode as a
+    valid stream cannot be told from image content by any decoder.
     """
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or b"\xff\xd9" not in data[-64:]:
-        return None
-    buf = np.frombuffer(data, dtype=np.uint8)
-    return cv2.imdecode(buf, _REDUCED_FLAGS[factor])
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True,
+                                      min_height=-(-height // factor),
+                                      min_width=-(-width // factor))
+    except (ValueError, TypeError) as e:   # simplejpeg reports every decoder problem so
+        raise UnreadableImageError(str(e) or type(e).__name__) from e
 
 
-def crop_jpeg(data: bytes, affine: np.ndarray, out_size: int) -> np.ndarray | None:
-    """Decode (at the cheapest sufficient reduction) and crop. None if the JPEG is corrupt."""
-    factor = jpeg_reduction(affine)
-    image = decode_jpeg(data, factor)
-    if image is None:
-        return None
-    if factor > 1:
-        affine = reduced_affine(affine, factor)
-    return crop_frame(image, affine, out_size)
+def crop_person(image: np.ndarray | bytes, center, side: float, out_size: int, *,
+                scale: float = 1.2, rotation_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The square person crop of one frame and its affine.
+
+    image: (H, W, 3) uint8 (channel order kept), or JPEG bytes (decoded at the cheapest
+    sufficient reduction, BGR; UnreadableImageError when corrupt). center (x, y) and side: the
+    person box in image pixels (`track_boxes`); the crop shows side * scale around the centre,
+    turned by rotation_deg (counter-clockwise). Returns (crop (out_size, out_size, 3) uint8,
+    affine (2, 3) float64 mapping image pixels to crop pixels); outside the image is black.
+    """
+    affine = crop_affine(center, side, scale, out_size, rotation_deg)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        factor = jpeg_reduction(affine)
+        decoded = decode_jpeg(bytes(image), factor)
+        return crop_frame(decoded, reduced_affine(affine, factor), out_size), affine
+    return crop_frame(np.asarray(image), affine, out_size), affine

@@ -1,20 +1,21 @@
 """3DPW-layout dataset -> clip shards (see shards.py for the contract).
 
 Per actor track (in parallel over an executor; results come back in track order):
-  1. person boxes from the COCO-18 detections (crops.track_boxes), one square crop per frame;
-  2. targets from the body model: world mesh from (pose, betas, trans) -> camera frame with
-     cam_poses -> root-relative on the SMPL pelvis; camera-frame pose (global orientation
-     rotated into the camera); H36M-17 joints projected with the intrinsics and then the crop
-     affine;
+  1. person boxes from the COCO-18 detections (crops.track_boxes), one square crop per frame,
+     stored with `context` x its side of real surroundings (the model's crop is the centre);
+  2. targets from the body model (targets.py): world mesh from (pose, betas, trans) -> camera
+     frame with cam_poses -> root-relative on the SMPL pelvis; camera-frame pose (global
+     orientation rotated into the camera); H36M-17 joints projected with the intrinsics and then
+     the crop affine;
   3. clips of `clip_len` frames at the split's stride, plus the last `clip_len` frames.
 The main process writes the shards in (split, sequence, actor, start) order, so two runs give
 identical bytes. A frame is valid when its camera pose is valid, more than `min_keypoints`
-keypoints are confident and its image is readable.
+keypoints are confident and its image is readable (the JPEG decoder reports no corruption).
+A split without clips is an error unless `optional_splits` lists it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -25,13 +26,12 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import torch
-from scipy.spatial.transform import Rotation
 
-from stdformer.data import crops, shards
+from stdformer.data import crops, manifest, shards
 from stdformer.data.executors import make_executor
-from stdformer.data.threedpw import iter_tracks
-from stdformer.io import DataError, atomic_output, write_bytes_atomic
+from stdformer.data.targets import body_targets, checked_array, project
+from stdformer.data.threedpw import SEQUENCE_DIR, iter_tracks
+from stdformer.io import DataError, atomic_output
 
 SKIP_REASONS = ("campose_invalid", "few_keypoints", "missing_image", "corrupt_image",
                 "short_track")
@@ -44,8 +44,10 @@ class PreprocessConfig:
     dataset_root: str = "data/raw/synthetic"
     source: str = "synthetic"  # written into every clip's meta and the manifest
     splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
-    crop_size: int = 64  # 224 for the full profile
+    optional_splits: list[str] = field(default_factory=list)  # may have no clips (else an error)
+    crop_size: int = 64  # the model's input size; 224 for the full profile
     crop_scale: float = 1.2  # crop side = crop_scale x box side
+    context: float = 1.25  # stored crops show context x the crop side (for scale/rotation aug.)
     clip_len: int = 8
     # Per split; a split not listed uses clip_len (non-overlapping). The last clip_len frames
     # of a track always form a clip too.
@@ -80,6 +82,11 @@ class PreprocessConfig:
                 out.append((name, f"must be >= {low}, got {value}"))
         if self.crop_scale <= 0 or self.bbox_extent_scale <= 0:
             out.append(("crop_scale", "scales must be > 0"))
+        if not 1.0 <= self.context <= 2.0:
+            out.append(("context", f"must be in [1, 2], got {self.context}"))
+        for split in self.optional_splits:
+            if split not in self.splits:
+                out.append(("optional_splits", f"{split!r} is not one of splits {self.splits}"))
         if self.bbox_sigma < 0:
             out.append(("bbox_sigma", f"must be >= 0, got {self.bbox_sigma}"))
         if not 1 <= self.jpeg_quality <= 100:
@@ -100,6 +107,12 @@ class PreprocessConfig:
     def stride_for(self, split: str) -> int:
         return self.stride.get(split, self.clip_len)
 
+    @property
+    def context_size(self) -> int:
+        """Side of the stored crops: crop_size plus the same whole number of context pixels on
+        each side (so the centre crop is a plain slice)."""
+        return self.crop_size + 2 * int(round(self.crop_size * (self.context - 1.0) / 2.0))
+
 
 def check_config(cfg: PreprocessConfig, source: str = "PreprocessConfig") -> None:
     """DataError naming the first bad field (for configs built in code, not from_dict)."""
@@ -118,36 +131,6 @@ def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
     if starts[-1] + clip_len < num_frames:
         starts.append(num_frames - clip_len)
     return starts
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry (pure numpy)
-
-
-def to_camera(points: np.ndarray, cam_poses: np.ndarray) -> np.ndarray:
-    """points (N,P,3) world, cam_poses (N,4,4) world->camera -> (N,P,3) camera.
-
-    Batched matmul: ~10x faster than the equivalent einsum on (N, 6890, 3) meshes.
-    """
-    rot_t = np.swapaxes(cam_poses[:, :3, :3], 1, 2)  # (N,3,3) R^T, for row-vector points
-    return points @ rot_t + cam_poses[:, None, :3, 3]
-
-
-def camera_pose(poses: np.ndarray, cam_poses: np.ndarray) -> np.ndarray:
-    """poses (N,72) world axis-angle -> (N,72) with the global orientation in the camera."""
-    out = poses.astype(np.float64).copy()
-    world = Rotation.from_rotvec(out[:, :3])
-    out[:, :3] = (Rotation.from_matrix(cam_poses[:, :3, :3]) * world).as_rotvec()
-    return out
-
-
-def project(points_cam: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """points (N,P,3) camera -> pixels (N,P,2), in_front (N,P) bool."""
-    z = points_cam[..., 2]
-    in_front = z > 1e-6
-    uvw = points_cam @ intrinsics.T
-    uv = uvw[..., :2] / np.where(in_front, z, 1.0)[..., None]
-    return uv, in_front
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,83 +164,22 @@ def _body(body_dir: str):
     return _BODIES[key]
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Body model runs single-threaded everywhere, so results (and bytes) do not depend on how
-    many threads the process happens to use."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _checked(track, name: str, shape: tuple, pkl: str, field: str) -> np.ndarray:
-    """Track array `name` as float64, or a DataError naming the pickle and its `field`."""
-    arr = np.asarray(getattr(track, name), dtype=np.float64)
-    if arr.shape != tuple(shape):
-        raise DataError(pkl, f"expected shape {tuple(shape)}, got {arr.shape}", field=field)
-    if not np.isfinite(arr).all():
-        rows = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
-        raise DataError(pkl, f"contains NaN or inf (first at row {rows[0]})", field=field)
-    return arr
-
-
-def body_targets(track, body, pkl: str, batch: int = 256) -> dict[str, np.ndarray]:
-    """Camera-frame, root-relative 3D targets of every frame of a track.
-
-    Returns vertices (N,V,3), joints3d (N,24,3), joints_h36m (N,17,3), root_cam (N,3),
-    joints_h36m_cam (N,17,3) (absolute, for projection), pose (N,72) camera-frame.
-    """
-    n = len(track.image_paths)
-    actor = track.actor
-    poses = _checked(track, "poses", (n, 72), pkl, f"poses[{actor}]")
-    trans = _checked(track, "trans", (n, 3), pkl, f"trans[{actor}]")
-    betas_all = np.asarray(track.betas, dtype=np.float64).reshape(-1)
-    if betas_all.size < 10 or not np.isfinite(betas_all[:10]).all():
-        raise DataError(pkl, f"need 10 finite betas, got {betas_all[:10]}",
-                        field=f"betas[{actor}]")
-    betas = betas_all[:10]
-    cam_poses = _checked(track, "cam_poses", (n, 4, 4), pkl, "cam_poses")
-    vertices, joints, h36m = [], [], []
-    with torch.no_grad(), _single_thread():
-        for lo in range(0, n, batch):
-            hi = min(n, lo + batch)
-            out = body(torch.as_tensor(poses[lo:hi], dtype=torch.float32),
-                       torch.as_tensor(np.tile(betas, (hi - lo, 1)), dtype=torch.float32),
-                       torch.as_tensor(trans[lo:hi], dtype=torch.float32))
-            vertices.append(out.vertices.double().numpy())
-            joints.append(out.joints.double().numpy())
-            h36m.append(out.joints_h36m.double().numpy())
-    vertices_cam = to_camera(np.concatenate(vertices), cam_poses)
-    joints_cam = to_camera(np.concatenate(joints), cam_poses)
-    h36m_cam = to_camera(np.concatenate(h36m), cam_poses)
-    root = joints_cam[:, :1, :]  # SMPL pelvis (N,1,3)
-    return {
-        "vertices": vertices_cam - root,
-        "joints3d": joints_cam - root,
-        "joints_h36m": h36m_cam - root,
-        "joints_h36m_cam": h36m_cam,
-        "root_cam": root[:, 0],
-        "pose": camera_pose(poses, cam_poses),
-        "betas": np.tile(betas, (n, 1)),
-    }
-
-
-def crop_track_frames(image_paths, affines: np.ndarray, cfg: PreprocessConfig
+def crop_track_frames(image_paths, centers: np.ndarray, sides: np.ndarray,
+                      cfg: PreprocessConfig
                       ) -> tuple[list[bytes], np.ndarray, dict[str, np.ndarray]]:
-    """Crop and JPEG-encode every frame. Returns (jpeg bytes per frame, image_ok (N,) bool,
-    {reason: (N,) bool}). A missing/corrupt image raises DataError with on_error='fail'; with
-    'skip' its crop is black and the frame is flagged."""
+    """Crop (with context) and JPEG-encode every frame. Returns (jpeg bytes per frame, image_ok
+    (N,) bool, {reason: (N,) bool}). A missing/corrupt image raises DataError with
+    on_error='fail'; with 'skip' its crop is black and the frame is flagged."""
     n = len(image_paths)
     missing = np.zeros(n, dtype=bool)
     corrupt = np.zeros(n, dtype=bool)
-    blank = np.zeros((cfg.crop_size, cfg.crop_size, 3), dtype=np.uint8)
+    size = cfg.context_size
+    scale = cfg.crop_scale * size / cfg.crop_size  # same pixels per image pixel as the crop
+    blank = np.zeros((size, size, 3), dtype=np.uint8)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)]
     jpegs = []
     for i, path in enumerate(image_paths):
-        crop = None
+        crop = blank
         try:
             data = Path(path).read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
@@ -265,12 +187,14 @@ def crop_track_frames(image_paths, affines: np.ndarray, cfg: PreprocessConfig
                 raise DataError(path, f"image file cannot be read ({type(e).__name__})") from e
             missing[i] = True
         else:
-            crop = crops.crop_jpeg(data, affines[i], cfg.crop_size)
-            if crop is None:
+            try:
+                crop, _ = crops.crop_person(data, centers[i], sides[i], size, scale=scale)
+            except crops.UnreadableImageError as e:
                 if cfg.on_error == "fail":
-                    raise DataError(path, "not a readable JPEG (corrupt or truncated)")
+                    raise DataError(path, f"not a readable JPEG (corrupt or truncated): "
+                                    f"{e}") from e
                 corrupt[i] = True
-        ok, buf = cv2.imencode(".jpg", crop if crop is not None else blank, params)
+        ok, buf = cv2.imencode(".jpg", crop, params)
         if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
             raise RuntimeError(f"JPEG encoding failed for {path}")
         jpegs.append(buf.tobytes())
@@ -284,15 +208,15 @@ def process_track(task: TrackTask) -> dict[str, Any]:
     n = len(track.image_paths)
     S = cfg.clip_len
     result = {"split": track.split, "sequence": track.sequence, "actor": int(track.actor),
-              "frames": n, "valid_frames": 0, "samples": [], "rows": [],
+              "frames": n, "samples": [], "rows": [],
               "skipped": {r: 0 for r in SKIP_REASONS}}
     starts = clip_starts(n, S, cfg.stride_for(track.split))
     if not starts:
         result["skipped"]["short_track"] = n
         return result
 
-    keypoints = _checked(track, "poses2d", (n, 18, 3), pkl, f"poses2d[{track.actor}]")
-    intrinsics = _checked(track, "intrinsics", (3, 3), pkl, "cam_intrinsics")
+    keypoints = checked_array(track, "poses2d", (n, 18, 3), pkl, f"poses2d[{track.actor}]")
+    intrinsics = checked_array(track, "intrinsics", (3, 3), pkl, "cam_intrinsics")
     campose_valid = np.asarray(track.campose_valid, dtype=bool).reshape(-1)
     if campose_valid.shape != (n,):
         raise DataError(pkl, f"expected {n} flags, got {campose_valid.shape}",
@@ -309,13 +233,12 @@ def process_track(task: TrackTask) -> dict[str, Any]:
                         for c, s in zip(centers, sides, strict=True)])
 
     targets = body_targets(track, body, pkl)
-    jpegs, image_ok, image_flags = crop_track_frames(track.image_paths, affines, cfg)
+    jpegs, image_ok, image_flags = crop_track_frames(track.image_paths, centers, sides, cfg)
     valid = campose_valid & boxes.detected & image_ok
     reasons = {"campose_invalid": ~campose_valid, "few_keypoints": ~boxes.detected,
                **image_flags}
     for reason, mask in reasons.items():
         result["skipped"][reason] = int(mask.sum())
-    result["valid_frames"] = int(valid.sum())
 
     # 2D: H36M joints through the camera then the crop; detections through the crop.
     uv, in_front = project(targets["joints_h36m_cam"], intrinsics)
@@ -341,12 +264,14 @@ def process_track(task: TrackTask) -> dict[str, Any]:
         meta = {"sequence": track.sequence, "actor": int(track.actor), "split": track.split,
                 "source": cfg.source, "clip_start": start,
                 "frame_ids": [int(f) for f in frame_ids[sl]], "crop_size": cfg.crop_size,
-                "body_model_id": body_id}
+                "context_size": cfg.context_size, "body_model_id": body_id}
         result["samples"].append(shards.encode_clip(key, jpegs[sl], clip_targets, meta))
         result["rows"].append({"key": key, "split": track.split, "sequence": track.sequence,
                                "actor": int(track.actor), "frame_start": start,
                                "frame_end": start + S, "num_frames": S,
-                               "num_valid": int(valid[sl].sum()), "source": cfg.source})
+                               "num_valid": int(valid[sl].sum()),
+                               "valid": [bool(v) for v in valid[sl]], "source": cfg.source,
+                               "crop_size": cfg.crop_size, "context_size": cfg.context_size})
     return result
 
 
@@ -366,12 +291,30 @@ def process_track_task(task: TrackTask) -> dict[str, Any]:
 def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig) -> list[TrackTask]:
     tasks = []
     for split in cfg.splits:
+        folder = dataset_root / SEQUENCE_DIR / split
+        if split in cfg.optional_splits and not folder.is_dir():
+            continue
         # With on_error='fail' the reader stops at the first missing image before any work;
         # with 'skip' missing images become invalid frames.
         tracks = sorted(iter_tracks(dataset_root, split, check_images=cfg.on_error == "fail"),
                         key=lambda t: (t.sequence, t.actor))
+        if not tracks and split not in cfg.optional_splits:
+            raise DataError(folder, f"split {split!r} has no sequences (*.pkl); list it in "
+                            "preprocess.optional_splits if it may be empty", field="splits")
         tasks += [TrackTask(track, str(track.pkl_path), str(body_dir), cfg) for track in tracks]
     return tasks
+
+
+def _check_clips(splits: dict[str, dict[str, Any]], dataset_root: Path,
+                 cfg: PreprocessConfig) -> None:
+    """Every split that is not optional has clips (else training or evaluation would fail
+    much later, after the other splits were trained on)."""
+    for split, report in splits.items():
+        if report["clips"] == 0 and split not in cfg.optional_splits:
+            raise DataError(dataset_root / SEQUENCE_DIR / split, f"split {split!r} has no "
+                            f"clips: its {report['tracks']} track(s) are shorter than clip_len "
+                            f"{cfg.clip_len} frames; list it in preprocess.optional_splits if it "
+                            "may be empty", field="splits")
 
 
 def _empty_split_report() -> dict[str, Any]:
@@ -414,7 +357,6 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
                 report = splits[split]
                 report["tracks"] += 1
                 report["frames"] += result["frames"]
-                report["valid_frames"] += result["valid_frames"]
                 for reason, count in result["skipped"].items():
                     report["skipped_frames"][reason] += count
                 for sample, row in zip(result["samples"], result["rows"], strict=True):
@@ -425,6 +367,7 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
                     bar.update(result["frames"])
             for writer in writers.values():
                 writer.close()
+            _check_clips(splits, dataset_root, cfg)
         except BaseException:
             for writer in writers.values():
                 writer.abort()
@@ -434,7 +377,10 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
                 bar.close()
         for split, writer in writers.items():
             splits[split]["shards"] = len(writer.shards)
-        write_bytes_atomic(tmp / shards.MANIFEST_NAME, shards.manifest_bytes(rows))
+        manifest.write_manifest(tmp, rows)
+        counts = manifest.split_counts(manifest.read_manifest(tmp))  # as `shards info` counts
+        for split, report in splits.items():  # each frame once (windows overlap)
+            report["valid_frames"] = counts.get(split, {}).get("valid_frames", 0)
         # Only settings that shape the output: paths and executor choice do not.
         settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                     if k not in ("dataset_root", "workers", "executor", "executor_address")}

@@ -4,8 +4,12 @@ One sample = one clip of S frames of one actor track, stored as tar members shar
 (`{sequence}__a{actor}__{start:05d}`, sortable and unique):
 
     <key>.json          meta: key, sequence, actor, split, source, clip_start, num_frames,
-                        frame_ids (img_frame_ids of the S frames), crop_size, body_model_id
-    <key>.f00.jpg ...   the S crops, JPEG (crop_size x crop_size, colour)
+                        frame_ids (img_frame_ids of the S frames), crop_size, context_size,
+                        body_model_id
+    <key>.f00.jpg ...   the S crops with context, JPEG (context_size x context_size, colour):
+                        the model's crop_size x crop_size crop is the centre, (context_size -
+                        crop_size) / 2 pixels in from each side; the rest is real surroundings
+                        for scale and rotation augmentation
     <key>.targets.npz   arrays (camera frame, metres, 3D root-relative on the SMPL pelvis):
         vertices    (S,V,3)  float16
         joints3d    (S,24,3) float32  SMPL joints
@@ -15,14 +19,16 @@ One sample = one clip of S frames of one actor track, stored as tar members shar
         pose        (S,72)   float32  axis-angle, global orientation in the camera frame
         betas       (S,10)   float32
         valid       (S,)     bool     frame usable (camera pose valid, person found, image ok)
-      optional extras written by preprocess: affine (S,2,3) image->crop, root_cam (S,3) pelvis
-      position in the camera (add it back for absolute camera-frame coordinates),
+      optional extras written by preprocess: affine (S,2,3) image->centre crop, root_cam (S,3)
+      pelvis position in the camera (add it back for absolute camera-frame coordinates),
       intrinsics (3,3).
 
 Shards hold `samples_per_shard` clips each (`shard-%06d.tar`); their bytes depend only on the
-samples (fixed mtime/owner/mode, members sorted by name). `manifest.parquet` has one row per clip.
-Plain `webdataset.WebDataset(url, shardshuffle=False)` reads the shards; `decode_clip` turns such a
-raw sample into tensors.
+samples (fixed mtime/owner/mode, members sorted by name). `manifest.parquet` (manifest.py) has one
+row per clip and the sha256 of every shard; `list_shards(out_dir, split)` reads only the shards it
+lists, verified. Plain `webdataset.WebDataset(url, shardshuffle=False)` reads the shards;
+`decode_clip` turns such a raw sample into tensors (the centre crop, as the model takes it) and
+`model_input` turns clips into the served model's input.
 """
 
 from __future__ import annotations
@@ -32,21 +38,21 @@ import io
 import json
 import os
 import re
+import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from stdformer.io import DataError, npz_bytes, write_bytes_atomic
+from stdformer.data.manifest import split_shards
+from stdformer.io import DataError, npz_bytes
 
 SHARD_PATTERN = "shard-%06d.tar"
-MANIFEST_NAME = "manifest.parquet"
 
 # name -> (shape with "S" for the clip length and None for "any", dtype)
 TARGET_SPECS: dict[str, tuple[tuple, np.dtype]] = {
@@ -60,14 +66,7 @@ TARGET_SPECS: dict[str, tuple[tuple, np.dtype]] = {
     "valid": (("S",), np.dtype(bool)),
 }
 META_FIELDS = ("key", "sequence", "actor", "split", "source", "clip_start", "num_frames",
-               "frame_ids", "crop_size", "body_model_id")
-
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
-    ("sequence", pa.string()), ("actor", pa.int32()), ("frame_start", pa.int32()),
-    ("frame_end", pa.int32()), ("num_frames", pa.int32()), ("num_valid", pa.int32()),
-    ("source", pa.string()),
-])
+               "frame_ids", "crop_size", "context_size", "body_model_id")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -210,63 +209,44 @@ def write_shards(directory: str | os.PathLike, samples: Iterable[Mapping[str, An
 
 
 # --------------------------------------------------------------------------------------------
-# Manifest
-
-
-def manifest_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Parquet bytes of the manifest rows (columns of MANIFEST_SCHEMA, row order kept)."""
-    columns = {f.name: [row[f.name] for row in rows] for f in MANIFEST_SCHEMA}
-    table = pa.table(columns, schema=MANIFEST_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", write_statistics=False)
-    return sink.getvalue().to_pybytes()
-
-
-def write_manifest(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    write_bytes_atomic(path, manifest_bytes(rows))
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, list]:
-    """Manifest columns (name -> list, one entry per clip). `path`: the parquet file or the
-    preprocess output directory holding it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(path, f"not a readable parquet file: {e}") from e
-    missing = [f.name for f in MANIFEST_SCHEMA if f.name not in table.column_names]
-    if missing:
-        raise DataError(path, "missing column", field=missing[0])
-    return table.to_pydict()
-
-
-# --------------------------------------------------------------------------------------------
 # Reading
 
 
 def list_shards(source: str | os.PathLike | Sequence[str], split: str | None = None
                 ) -> list[str]:
-    """Shard URLs from a preprocess output dir (with `split`), a dir of shards, a brace
+    """Shard URLs from a preprocess output dir with `split` (the shards its manifest lists,
+    verified against their sha256: see manifest.split_shards), a dir of shards, a brace
     pattern (`a/shard-{000000..000009}.tar`) or an explicit list. Sorted for dirs."""
     if isinstance(source, (list, tuple)):
         urls = [str(u) for u in source]
     else:
         text = str(source)
         path = Path(text)
-        if path.is_dir():
-            directory = path if split is None else path / split
-            if not directory.is_dir():
-                raise DataError(path, f"no directory for split '{split}'", field="split")
-            urls = sorted(str(p) for p in directory.glob("shard-*.tar"))
+        if path.is_dir() and split is not None:
+            urls = [s.path for s in split_shards(path, split)]
+        elif path.is_dir():
+            urls = sorted(str(p) for p in path.glob("shard-*.tar"))
         else:
             urls = list(wds.shardlists.expand_urls(text))
     if not urls:
         raise DataError(str(source), "no shards found")
     return urls
+
+
+def shard_read_error(exn: Exception) -> bool:
+    """webdataset exception handler: a shard that cannot be read (truncated, not a tar) becomes
+    a DataError naming it; other errors pass unchanged. webdataset calls the handler twice for an
+    error inside a tar member, first without the shard's URL: that call re-raises for the outer
+    one."""
+    if isinstance(exn, DataError):  # webdataset appended its context to the args: rebuild
+        raise DataError(exn.path, exn.problem, exn.field) from None
+    if not isinstance(exn, (tarfile.TarError, OSError, EOFError)):
+        raise exn
+    url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else None
+    if url is None:
+        raise exn
+    problem = str(exn.args[0]).split(" @ ", 1)[0]
+    raise DataError(url, f"not a readable tar shard (truncated or corrupt?): {problem}") from exn
 
 
 def _decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
@@ -276,11 +256,20 @@ def _decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32") -> dict[str, Any]:
+def context_margin(meta: Mapping[str, Any]) -> int:
+    """Pixels of context on each side of the centre crop in a clip's stored frames."""
+    crop, stored = int(meta["crop_size"]), int(meta.get("context_size", meta["crop_size"]))
+    return (stored - crop) // 2
+
+
+def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32",
+                context: bool = False) -> dict[str, Any]:
     """A raw webdataset sample (member suffix -> bytes) -> decoded clip.
 
     Returns {"key": str, "frames": (S,3,H,W) RGB tensor (float32 in [0,1] or uint8),
-    "targets": {name: tensor} (floats as float32, valid as bool), "meta": dict}.
+    "targets": {name: tensor} (floats as float32, valid as bool), "meta": dict}. The frames are
+    the centre crop_size x crop_size crop, the model's input, which 2D targets and `affine`
+    refer to; with `context=True` the whole stored context_size crop (for augmentation).
     """
     key = sample["__key__"]
     where = f"{sample.get('__url__', '<sample>')}[{key}]"
@@ -293,6 +282,13 @@ def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32") -> dic
     if not frame_names:
         raise DataError(where, "no frames", field="f00.jpg")
     frames = np.stack([_decode_jpeg_rgb(sample[k], f"{where}.{k}") for k in frame_names])
+    stored = int(meta.get("context_size", meta.get("crop_size", frames.shape[1])))
+    if frames.shape[1:3] != (stored, stored):
+        raise DataError(where, f"frames are {frames.shape[2]}x{frames.shape[1]}, the meta says "
+                        f"{stored}x{stored}", field="context_size")
+    if not context and "crop_size" in meta:
+        m, crop = context_margin(meta), int(meta["crop_size"])
+        frames = frames[:, m:m + crop, m:m + crop]
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (S,3,H,W) uint8
     if frames_dtype == "float32":
         frames = frames.float().div_(255.0)
@@ -310,6 +306,23 @@ def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32") -> dic
             arr = arr.astype(np.float32)
         targets[name] = torch.from_numpy(np.ascontiguousarray(arr))
     return {"key": key, "frames": frames, "targets": targets, "meta": meta}
+
+
+def model_input(clips: Mapping[str, Any] | torch.Tensor) -> np.ndarray:
+    """Decoded clip(s) -> the served model's input (stdformer.serving): uint8 (B,S,H,W,3) RGB.
+
+    `clips`: a decode_clip result (frames (S,3,H,W)), a collate_clips / make_clip_loader batch
+    (frames (B,S,3,H,W)) or such a frames tensor; float frames in [0,1] are rounded to uint8.
+    """
+    frames = clips["frames"] if isinstance(clips, Mapping) else clips
+    frames = torch.as_tensor(frames)
+    if frames.ndim == 4:
+        frames = frames[None]
+    if frames.ndim != 5 or frames.shape[2] != 3:
+        raise ValueError(f"frames must be (S,3,H,W) or (B,S,3,H,W), got {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        frames = frames.float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(frames.permute(0, 1, 3, 4, 2).numpy())
 
 
 def collate_clips(clips: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -374,7 +387,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         urls = rank_shards(self.urls, self.rank, self.world_size, self.shuffle, self.seed,
                            self.epoch)
         stages: list[Any] = [wds.SimpleShardList(urls), _split_by_torch_worker,
-                             wds.tarfile_to_samples()]
+                             wds.tarfile_to_samples(handler=shard_read_error)]
         if self.shuffle and self.shuffle_buffer > 1:
             sample_seed = int(np.random.default_rng(
                 [self.seed, self.epoch, self.rank, worker]).integers(2**31))
@@ -421,15 +434,19 @@ def make_clip_loader(source: str | os.PathLike | Sequence[str], split: str | Non
 
 
 def worker_context(num_workers: int) -> str | None:
-    """DataLoader workers come from a forkserver, not a fork of a caller that may run threads
-    (an MLflow or Prefect client): forking those can kill a worker at random. Scripts that
-    start loaders with workers therefore need an `if __name__ == "__main__":` guard."""
-    return "forkserver" if num_workers > 0 else None
+    """How DataLoader workers start: a fork of this process while it runs no other thread
+    (torch's default; works in a plain script, no `if __name__ == "__main__":` needed), else a
+    forkserver, because forking a process whose threads (an MLflow or Prefect client) may hold
+    locks can kill a worker at random. A forkserver imports the main module again, so a script
+    that starts loader workers while it runs threads needs the `__main__` guard."""
+    if num_workers <= 0:
+        return None
+    return "fork" if threading.active_count() == 1 else "forkserver"
 
 
 __all__ = [
-    "SHARD_PATTERN", "MANIFEST_NAME", "TARGET_SPECS", "MANIFEST_SCHEMA", "clip_key",
-    "frame_member", "check_targets", "encode_clip", "ShardSeriesWriter", "write_shards",
-    "manifest_bytes", "write_manifest", "read_manifest", "list_shards", "decode_clip",
-    "collate_clips", "rank_shards", "ClipDataset", "make_clip_loader", "worker_context",
+    "SHARD_PATTERN", "TARGET_SPECS", "clip_key", "frame_member", "check_targets",
+    "encode_clip", "ShardSeriesWriter", "write_shards", "list_shards", "shard_read_error",
+    "context_margin", "decode_clip", "model_input", "collate_clips", "rank_shards",
+    "ClipDataset", "make_clip_loader", "worker_context",
 ]

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.data.shards import list_shards, make_clip_loader, read_manifest
+from stdformer.data.manifest import read_manifest
+from stdformer.data.shards import list_shards, make_clip_loader
 from stdformer.evaluation import overlays as ov
 from stdformer.evaluation import report
 from stdformer.evaluation.config import BASELINE_NAME, SMOOTH_SUFFIX, EvaluateConfig

@@ -7,6 +7,12 @@ depend on loader workers, ranks or where a resumed run picked up.
 Transform order (images and targets alike): horizontal flip -> rotation/scale about the crop
 centre -> per-channel colour scaling -> temporal reversal.
 
+Real surroundings: the shards store each crop with context around it (`context_size` >
+`crop_size`, the model's crop in the centre; see stdformer.data.shards). The flip, rotation and
+scale are one affine warp from the stored image to the final crop (`cut_crops`), so a zoomed-out
+or turned crop shows what was around the person, as re-cropping the full frame would (black only
+beyond the stored context). Without a geometric change the crop is a plain slice.
+
 Coordinate conventions (the shard contract): crops are W x H pixels, pixel centres at integer
 coordinates (OpenCV's convention), so the crop centre is ((W-1)/2, (H-1)/2) and a horizontal
 mirror maps x to W-1-x. 3D targets live in the camera frame (x right, y down, z forward), so an
@@ -25,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from stdformer.data.shards import context_margin
 from stdformer.train.config import AugmentConfig
 
 # Targets holding 3D points (S, P, 3) and the flip permutation each one uses (FlipPerms field).
@@ -129,10 +136,31 @@ def rotate_global_orient(pose: np.ndarray, rotation: np.ndarray) -> np.ndarray:
 # Applying one clip's parameters
 
 
-def _flip(frames: np.ndarray, targets: dict[str, np.ndarray], perms: FlipPerms) -> None:
-    """In place on the dict; frames (S, H, W, 3)."""
-    width = frames.shape[2]
-    frames[:] = frames[:, :, ::-1]
+def cut_affine(params: AugmentParams, margin: int, width: int, height: int) -> np.ndarray:
+    """(2, 3) affine from stored pixels (the crop plus `margin` context pixels on every side)
+    to the final width x height crop: shift into crop pixels, flip, then rotate/scale about the
+    crop centre (the same maps the 2D targets go through)."""
+    shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
+    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    turn = np.vstack([crop_affine(params.rotation_deg, params.scale, width, height), [0, 0, 1]])
+    return (turn @ (flip if params.flip else np.eye(3)) @ shift)[:2]
+
+
+def cut_crops(images: np.ndarray, params: AugmentParams, margin: int) -> np.ndarray:
+    """(S, H + 2m, W + 2m, 3) stored crops -> (S, H, W, 3) final crops (flipped, turned and
+    scaled by `params`). A plain slice when nothing turns or scales (cheap, and exact)."""
+    height, width = images.shape[1] - 2 * margin, images.shape[2] - 2 * margin
+    if params.rotation_deg == 0.0 and params.scale == 1.0:
+        out = images[:, margin:margin + height, margin:margin + width]
+        return np.ascontiguousarray(out[:, :, ::-1] if params.flip else out)
+    affine = cut_affine(params, margin, width, height)
+    return np.stack([cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                     for image in images])
+
+
+def _flip_targets(targets: dict[str, np.ndarray], perms: FlipPerms, width: int) -> None:
+    """In place on the dict; 2D points are in crops `width` pixels wide."""
     mirror = np.array([-1.0, 1.0, 1.0], dtype=np.float32)
     for name, perm_name in POINTS_3D.items():
         if name in targets:
@@ -146,14 +174,10 @@ def _flip(frames: np.ndarray, targets: dict[str, np.ndarray], perms: FlipPerms) 
         targets["pose"] = flip_pose(targets["pose"], perms.smpl)
 
 
-def _rotate_scale(frames: np.ndarray, targets: dict[str, np.ndarray], rotation_deg: float,
-                  scale: float) -> None:
-    """In place on the dict; frames (S, H, W, 3)."""
-    height, width = frames.shape[1:3]
+def _rotate_scale_targets(targets: dict[str, np.ndarray], rotation_deg: float, scale: float,
+                          width: int, height: int) -> None:
+    """In place on the dict."""
     affine = crop_affine(rotation_deg, scale, width, height)
-    for t in range(len(frames)):
-        frames[t] = cv2.warpAffine(frames[t], affine, (width, height), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     for name in POINTS_2D:
         if name in targets:
             points = targets[name].copy()
@@ -171,26 +195,28 @@ def _rotate_scale(frames: np.ndarray, targets: dict[str, np.ndarray], rotation_d
 
 
 def apply_augment(frames: torch.Tensor, targets: Mapping[str, torch.Tensor],
-                  params: AugmentParams, perms: FlipPerms
+                  params: AugmentParams, perms: FlipPerms, margin: int = 0
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Augment one clip.
+    """Augment one clip and cut its crops.
 
-    frames (S, 3, H, W) uint8 RGB; targets: the shard contract arrays (vertices (S, V, 3),
+    frames (S, 3, H + 2m, W + 2m) uint8 RGB: the stored crops with `margin` pixels of context on
+    every side; targets: the shard contract arrays of the H x W centre crop (vertices (S, V, 3),
     joints3d (S, 24, 3), joints_h36m (S, 17, 3), joints2d / keypoints2d (S, P, 3) pixels +
     visibility, pose (S, 72), betas (S, 10), valid (S,), extras with a leading S axis).
-    Returns new tensors (inputs untouched).
+    Returns new tensors, frames (S, 3, H, W) (inputs untouched).
     """
-    if params.is_identity:
+    if params.is_identity and margin == 0:
         return frames, dict(targets)
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8, got {frames.dtype}")
     num_frames = frames.shape[0]
-    images = frames.permute(0, 2, 3, 1).numpy().copy()                       # (S, H, W, 3)
+    images = cut_crops(frames.permute(0, 2, 3, 1).numpy(), params, margin)     # (S, H, W, 3)
+    height, width = images.shape[1:3]
     arrays = {k: v.numpy().copy() for k, v in targets.items()}
     if params.flip:
-        _flip(images, arrays, perms)
+        _flip_targets(arrays, perms, width)
     if params.rotation_deg != 0.0 or params.scale != 1.0:
-        _rotate_scale(images, arrays, params.rotation_deg, params.scale)
+        _rotate_scale_targets(arrays, params.rotation_deg, params.scale, width, height)
     if params.color != (1.0, 1.0, 1.0):
         gain = np.asarray(params.color, dtype=np.float32)
         images = np.clip(images * gain + 0.5, 0, 255).astype(np.uint8)
@@ -205,7 +231,8 @@ def apply_augment(frames: torch.Tensor, targets: Mapping[str, torch.Tensor],
 
 
 class ClipAugmenter:
-    """Per-clip transform for the loader: draws from (seed, epoch, key) and applies.
+    """Per-clip transform for the loader: draws from (seed, epoch, key), applies and cuts the
+    crop out of the stored context (clips decoded with `decode_clip(..., context=True)`).
 
     Picklable (plain attributes), so loader workers can receive it.
     """
@@ -218,5 +245,6 @@ class ClipAugmenter:
 
     def __call__(self, clip: dict[str, Any]) -> dict[str, Any]:
         params = self.params_for(clip["key"])
-        frames, targets = apply_augment(clip["frames"], clip["targets"], params, self.perms)
+        frames, targets = apply_augment(clip["frames"], clip["targets"], params, self.perms,
+                                        context_margin(clip["meta"]))
         return {**clip, "frames": frames, "targets": targets}

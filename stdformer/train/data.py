@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from stdformer.data.manifest import split_shards
 from stdformer.data.shards import TARGET_SPECS, check_targets, collate_clips, decode_clip, \
-    list_shards, worker_context
+    shard_read_error, worker_context
 from stdformer.io import DataError
 from stdformer.train.augment import ClipAugmenter, FlipPerms
 from stdformer.train.config import AugmentConfig
@@ -45,20 +45,23 @@ class Clip(NamedTuple):
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """The clips of one split: shard paths (sorted) and the clip keys of each, in tar order."""
+    """The clips of one split: shard paths (sorted), the clip keys of each in tar order and
+    each shard's sha256, all as the manifest lists them and verified against the files."""
 
     source: str
     shards: tuple[str, ...]
     keys: tuple[tuple[str, ...], ...]
+    digests: tuple[str, ...]
 
     @property
     def num_clips(self) -> int:
         return sum(len(k) for k in self.keys)
 
-    def fingerprint(self) -> list[tuple[str, int, int]]:
-        """(shard name, bytes, clips) per shard: changes when the shards are rewritten."""
-        return [(Path(s).name, Path(s).stat().st_size, len(k))
-                for s, k in zip(self.shards, self.keys)]
+    def fingerprint(self) -> list[tuple[str, str]]:
+        """(shard name, sha256) per shard: the data identity a checkpoint is resumed on. It
+        changes with the content, whatever the names and sizes (a preprocess param that only
+        flips `valid` flags gives shards of the same size)."""
+        return [(Path(s).name, d) for s, d in zip(self.shards, self.digests)]
 
 
 def _member_key(name: str) -> str | None:
@@ -69,30 +72,13 @@ def _member_key(name: str) -> str | None:
     return name[: len(name) - len(base)] + base.split(".", 1)[0]
 
 
-def scan_shard(path: str) -> tuple[str, ...]:
-    """Clip keys of one tar shard in tar order, reading only the member headers."""
-    keys: list[str] = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key = _member_key(member.name) if member.isreg() else None
-                if key is not None and (not keys or keys[-1] != key):
-                    keys.append(key)
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(path, f"not a readable tar shard: {e}") from e
-    if len(set(keys)) != len(keys):
-        raise DataError(path, "a clip's members are not contiguous (not a webdataset shard)")
-    return tuple(keys)
-
-
 def index_shards(source: str | Path, split: str) -> ShardIndex:
-    """Index the shards of `split` under `source` (the preprocess output directory)."""
-    urls = list_shards(source, split)
-    keys = tuple(scan_shard(u) for u in urls)
-    index = ShardIndex(source=str(Path(source) / split), shards=tuple(urls), keys=keys)
-    if index.num_clips == 0:
-        raise DataError(index.source, "the shards hold no clips")
-    return index
+    """Index the shards of `split` under `source` (the preprocess output directory) from its
+    manifest: only listed shards, every one checked for size and sha256 (manifest.split_shards),
+    so a stray, truncated or rewritten shard is a DataError naming it, before training."""
+    files = split_shards(source, split)
+    return ShardIndex(source=str(Path(source) / split), shards=tuple(f.path for f in files),
+                      keys=tuple(f.keys for f in files), digests=tuple(f.sha256 for f in files))
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +152,7 @@ def read_clips(index: ShardIndex, clips: Sequence[Clip],
         return _member_key(fname) in wanted and (members is None or members(fname))
 
     pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(
-        select_files=select))
+        handler=shard_read_error, select_files=select))
     pending: dict[str, dict] = {}
     order = iter(clips)
     upcoming = next(order)
@@ -180,10 +166,11 @@ def read_clips(index: ShardIndex, clips: Sequence[Clip],
                         "is missing (shards changed during training?)", field=upcoming.key)
 
 
-def decode_for_training(sample: dict[str, Any]) -> dict[str, Any]:
+def decode_for_training(sample: dict[str, Any], context: bool = False) -> dict[str, Any]:
     """decode_clip with uint8 frames (cheap to move; normalised on the device) and only the
-    contract targets (extras such as crop affines are not augmented)."""
-    clip = decode_clip(sample, frames_dtype="uint8")
+    contract targets (extras such as crop affines are not augmented). `context`: keep the
+    stored context around the crop, for the augmenter to cut the crop from."""
+    clip = decode_clip(sample, frames_dtype="uint8", context=context)
     clip["targets"] = {k: v for k, v in clip["targets"].items() if k in TARGET_SPECS}
     return clip
 
@@ -195,7 +182,8 @@ def _build_batches(index: ShardIndex, batches: Sequence[Sequence[Clip]],
     for batch in batches:
         decoded = []
         for _ in batch:
-            clip = decode_for_training(next(samples))
+            # The transform (ClipAugmenter) cuts each crop out of its context.
+            clip = decode_for_training(next(samples), context=transform is not None)
             decoded.append(transform(clip) if transform is not None else clip)
         yield collate_clips(decoded)
 
