@@ -29,7 +29,11 @@ import numpy as np
 class DataError(ValueError):
     """Bad input: the message names the file and, where it applies, the field."""
 
-    def __init__(self, path: str | os.PathLike, problem: str, field: str | None = None):
+    def __init__(self, path: str | os.PathLike, problem: str | None = None,
+                 field: str | None = None):
+        if problem is None:  # torch re-raising a loader worker's error: DataError(its traceback)
+            last = str(path).rstrip().splitlines()[-1] if str(path).strip() else ""
+            path, _, problem = last.split("DataError: ", 1)[-1].partition(": ")
         self.path, self.field, self.problem = str(path), field, problem
         where = f"{self.path}: {field}" if field else self.path
         super().__init__(f"{where}: {problem}")

@@ -256,8 +256,10 @@ def test_unreadable_shard_is_a_data_error_naming_it(tmp_path):
     shard = tmp_path / "shard-000000.tar"
     data = shard.read_bytes()
     shard.write_bytes(data[:_member_offsets(shard)[2] + 700])    # cut inside a member
-    with pytest.raises(DataError, match=r"shard-000000\.tar: not a readable tar shard"):
-        list(shards.make_clip_loader([str(shard)], batch_size=2))
+    for workers in (0, 1):          # raised in a loader worker, it arrives as the same line
+        with pytest.raises(DataError, match=r"shard-000000\.tar: not a readable tar shard") as e:
+            list(shards.make_clip_loader([str(shard)], batch_size=2, num_workers=workers))
+        assert len(str(e.value).splitlines()) == 1 and e.value.path == str(shard)
 
 
 def _context_clip(crop=16, margin=4):
