@@ -5,5 +5,6 @@ Modules (imported explicitly; this package imports nothing so light users stay l
     render     OpenCV mesh renderer: rasterize, render_meshes, overlay_mesh, project_points
     motion     procedural SMPL motion (walk, wave, squat)
     synthetic  SynthesizeConfig, synthesize(out_root, body, cfg): a synthetic 3DPW
-    crops, shards, preprocess: crop protocol, shard contract, preprocessing stage
+    crops, shards, manifest, targets, preprocess: crop protocol, shard contract, the manifest
+               (and its verified reading), body-model targets, preprocessing stage
 """
