@@ -20,12 +20,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from flows.retrain import PARAMS_FILE, ScheduleConfig, load_schedule, retrain
+from flows.retrain import retrain
+from flows.schedule import PARAMS_FILE, ScheduleConfig, load_schedule
 
 DEFAULT_NAME = "scheduled"
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_server(api_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """DataError unless a Prefect server answers at `api_url` (its /health endpoint)."""
+    from stdformer.io import DataError
+
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DataError(f"PREFECT_API_URL={api_url}", "Prefect server not reachable "
+                        f"({getattr(e, 'reason', e)}); start it with `prefect server start "
+                        "--host 127.0.0.1` or point PREFECT_API_URL at a running one") from e
 
 
 def deployment_parameters(project_dir: str | Path, schedule: ScheduleConfig) -> dict[str, Any]:
@@ -79,22 +98,25 @@ def main(argv: list[str] | None = None) -> None:
 
     from stdformer.io import DataError
 
+    if not args.dry_run and not PREFECT_API_URL.value():
+        print("error: PREFECT_API_URL is not set. Scheduled runs need a Prefect server:\n"
+              "  prefect server start --host 127.0.0.1\n"
+              "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+              "then run `python -m flows.deploy` again.", file=sys.stderr)
+        raise SystemExit(2)
     try:
         schedule = load_schedule(Path(args.project_dir) / PARAMS_FILE)
+        if not args.dry_run:
+            check_server(PREFECT_API_URL.value())
     except DataError as e:
-        raise SystemExit(f"error: {e}") from e
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     if args.dry_run:
         print(json.dumps({"deployment": f"retrain/{args.name}", "cron": schedule.cron,
                           "timezone": schedule.timezone,
                           "parameters": deployment_parameters(args.project_dir, schedule)},
                          indent=2))
         return
-    if not PREFECT_API_URL.value():
-        raise SystemExit(
-            "error: PREFECT_API_URL is not set. Scheduled runs need a Prefect server:\n"
-            "  prefect server start --host 127.0.0.1\n"
-            "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
-            "then run `python -m flows.deploy` again.")
     deployment = build_deployment(args.project_dir, args.name, schedule)
     print(f"serving retrain/{args.name}: cron {schedule.cron!r} ({schedule.timezone}) on "
           f"{PREFECT_API_URL.value()}; Ctrl-C stops (and pauses the schedule)", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 # Prefect reads its settings when first imported: point it at a private home first.
@@ -27,9 +28,12 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             ArtifactFilterKey, FlowRunFilter, FlowRunFilterId)
 
 from flows.deploy import build_deployment  # noqa: E402
-from flows.retrain import (REPORT_KEY, RetrainBusyError, ScheduleConfig,  # noqa: E402
-                           StageFailed, apply_overrides, load_schedule, read_decision,
-                           render_report, retrain, retrain_lock, stage_error_message)
+from flows.lock import RetrainBusyError, retrain_lock  # noqa: E402
+from flows.overrides import apply_overrides  # noqa: E402
+from flows.report import REPORT_KEY, read_decision, render_report  # noqa: E402
+from flows.retrain import retrain  # noqa: E402
+from flows.schedule import ScheduleConfig, load_schedule  # noqa: E402
+from flows.tasks import StageFailed, stage_error_message  # noqa: E402
 from stdformer.io import DataError  # noqa: E402
 
 
@@ -76,6 +80,7 @@ def test_retrain_runs_every_stage_as_a_task_in_pipeline_order(first_run):
     assert [s for s in stages if s in ("body", "synthesize", "preprocess")] == \
         ["body", "synthesize", "preprocess"]
     assert result["status"] == "retrained" and result["stages_run"] == stages
+    assert result["registered"] and result["decision"] == "promoted"     # the first version
 
     runs = task_runs(state)
     for stage in stages:
@@ -95,9 +100,11 @@ def test_second_run_is_up_to_date_and_runs_no_stage(first_run):
     lock = (project / "dvc.lock").read_text()
     state = retrain(project_dir=str(project), retries=0, return_state=True)
     assert state.result()["status"] == "up to date" and state.result()["stages_run"] == []
+    # registry.json still holds the first run's decision: this run made none
+    assert state.result()["decision"] is None and not state.result()["registered"]
     assert not [name for name in task_runs(state) if name.startswith("stage-")]
     assert (project / "dvc.lock").read_text() == lock
-    assert "no stage ran" in report_of(state)
+    assert "no stage ran" in report_of(state) and "No model was registered" in report_of(state)
 
 
 def test_param_override_is_validated_then_reruns_only_its_stage(first_run):
@@ -165,18 +172,37 @@ def test_concurrent_retrain_gets_a_clear_message(first_run):
 
 def test_failing_stage_fails_the_flow_with_that_stages_error(first_run):
     project, _ = first_run
-    state = retrain(project_dir=str(project), params={"preprocess.on_error": "bogus"},
+    params = project / "params.yaml"
+    before = params.read_text()
+    # a value the stage's config refuses never reaches params.yaml or the stage
+    with pytest.raises(DataError, match="preprocess.on_error: must be one of 'fail', 'skip', "
+                                        "got 'bogus'"):
+        retrain(project_dir=str(project), params={"preprocess.on_error": "bogus"}, retries=2)
+    # a dataset root that is not a 3DPW layout: the stage's own error, exit status 2
+    state = retrain(project_dir=str(project), params={"preprocess.dataset_root": "data/body"},
                     retries=2, retry_delay_seconds=0, return_state=True)
     assert state.is_failed()
-    assert "stage 'preprocess' failed" in state.message
-    assert "preprocess.on_error: must be one of 'fail', 'skip', got 'bogus'" in state.message
-    # Exit status 2 (bad params) is not transient: no retry.
+    assert "stage 'preprocess' failed: " in state.message
+    assert "data/body" in state.message and "(command exited with status 2)" in state.message
+    # Exit status 2 (bad input) is not transient: no retry; the failed run's override is undone.
     assert task_runs(state)["stage-preprocess"].run_count == 1
+    assert params.read_text() == before
 
     with pytest.raises(StageFailed, match="missing dependency /nonexistent/3dpw"):
-        retrain(project_dir=str(project), params={"preprocess.on_error": "fail",
-                                                  "preprocess.dataset_root": "/nonexistent/3dpw"},
+        retrain(project_dir=str(project), params={"preprocess.dataset_root": "/nonexistent/3dpw"},
                 retries=0)
+    assert params.read_text() == before
+
+
+def small_project(root, dvc_yaml: str, files: dict[str, str]):
+    """A git + DVC project at `root` with `dvc.yaml` and `files` (name -> text)."""
+    env = project_env()
+    (root / "dvc.yaml").write_text(dvc_yaml)
+    for name, text in files.items():
+        (root / name).write_text(text)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root
 
 
 FLAKY_DVC_YAML = """\
@@ -200,17 +226,165 @@ pathlib.Path("out.txt").write_text("done")
 
 def test_transient_stage_failure_is_retried(tmp_path):
     """Any dvc.yaml works: a stage that crashes once (exit 1) succeeds on the retry."""
-    env = project_env()
-    (tmp_path / "dvc.yaml").write_text(FLAKY_DVC_YAML)
-    (tmp_path / "flaky.py").write_text(FLAKY_PY)
-    (tmp_path / "params.yaml").write_text("schedule:\n  retries: 1\n  retry_delay_seconds: 0\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    small_project(tmp_path, FLAKY_DVC_YAML, {
+        "flaky.py": FLAKY_PY,
+        "params.yaml": "schedule:\n  retries: 1\n  retry_delay_seconds: 0\n"})
     state = retrain(project_dir=str(tmp_path), return_state=True)  # retries from params.yaml
     assert state.is_completed(), state.message
     assert state.result()["stages_run"] == ["flaky"]
     assert task_runs(state)["stage-flaky"].run_count == 2
     assert (tmp_path / "out.txt").read_text() == "done"
+
+
+WORK_DVC_YAML = """\
+stages:
+  work:
+    cmd: python work.py
+    deps: [work.py]
+    params: [train.steps]
+    outs: [out.txt]
+"""
+
+# Reads train.steps as a stage would; "runs out of memory" (exit 1) above 100 steps.
+WORK_PY = """\
+import pathlib, sys, yaml
+steps = yaml.safe_load(open("params.yaml"))["train"]["steps"]
+if steps > 100:
+    sys.exit("out of memory")
+pathlib.Path("out.txt").write_text(str(steps))
+"""
+
+
+def test_overrides_are_validated_by_the_stage_config_and_undone_when_the_run_fails(tmp_path):
+    project = small_project(tmp_path, WORK_DVC_YAML, {
+        "work.py": WORK_PY, "params.yaml": "train:\n  steps: 3     # training steps\n"})
+    assert retrain(project_dir=str(project), retries=0)["stages_run"] == ["work"]
+    params = project / "params.yaml"
+    before = params.read_text()
+    # `--set train.steps=abc`: refused by TrainConfig before params.yaml or any output changes
+    with pytest.raises(DataError, match=r"params.yaml: train.steps: expected an integer, "
+                                        r"got 'abc'"):
+        retrain(project_dir=str(project), params={"train.steps": "abc"}, retries=0)
+    assert params.read_text() == before and (project / "out.txt").read_text() == "3"
+    # a valid override whose run fails: params.yaml is put back as it was
+    state = retrain(project_dir=str(project), params={"train.steps": 1000}, retries=0,
+                    return_state=True)
+    assert state.is_failed() and "stage 'work' failed" in state.message
+    assert params.read_text() == before
+
+
+SLOW_DVC_YAML = """\
+stages:
+  slow:
+    cmd: python slow.py
+    deps: [slow.py]
+    outs: [out.txt]
+"""
+
+# Reports itself, then waits for the test's "release" file; on SIGTERM it says so and keeps
+# waiting for it (a stage that takes a moment to stop), so the test controls when it ends.
+SLOW_PY = """\
+import json, os, pathlib, signal, sys, time
+lock = os.path.realpath(".dvc/tmp/retrain.lock")
+fds = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+pathlib.Path("stage.json").write_text(json.dumps({
+    "pid": os.getpid(), "holds_lock": lock in fds, "run": os.environ.get("STDFORMER_RETRAIN_RUN")}))
+
+def wait_for_release():
+    deadline = time.monotonic() + 180
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+def on_term(*_):
+    pathlib.Path("terminated").write_text("")
+    wait_for_release()
+    sys.exit(1)
+
+signal.signal(signal.SIGTERM, on_term)
+wait_for_release()
+pathlib.Path("out.txt").write_text("done")
+"""
+
+
+def wait_for(condition, what: str, timeout_s: float = 180):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_killed_flow_holds_the_lock_until_its_processes_are_gone(tmp_path):
+    """kill -9 of `python -m flows.retrain` mid-stage: the stage and Prefect's temporary API
+    server are stopped, and no new retrain starts while any of them lives."""
+    import signal
+
+    from flows.guard import run_processes
+
+    (tmp_path / "repo").mkdir()
+    project = small_project(tmp_path / "repo", SLOW_DVC_YAML, {"slow.py": SLOW_PY})
+    log = tmp_path / "flow.log"
+    with log.open("w") as out:
+        flow_process = subprocess.Popen(
+            [sys.executable, "-m", "flows.retrain", "--project-dir", str(project),
+             "--retries", "0"], env=project_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (project / "stage.json").is_file() or flow_process.poll() is not None,
+                 "the stage to start")
+        stage = json.loads((project / "stage.json").read_text())
+        assert stage["holds_lock"] and stage["run"], stage
+        commands = [" ".join(p.cmdline()) for p in run_processes(stage["run"])]
+        assert any("uvicorn" in c and "prefect" in c for c in commands), commands
+        flow_process.send_signal(signal.SIGKILL)
+        flow_process.wait()
+        with pytest.raises(RetrainBusyError, match="another retrain is running"):
+            with retrain_lock(project):
+                pass
+        wait_for(lambda: (project / "terminated").exists(), "the guard to stop the stage", 60)
+        with pytest.raises(RetrainBusyError, match=f"flow process {flow_process.pid} has ended.*"
+                                                   f"{stage['pid']}"):
+            with retrain_lock(project):
+                pass
+        (project / "release").write_text("")
+        wait_for(lambda: not run_processes(stage["run"]), "the run's processes to end", 60)
+    finally:
+        flow_process.kill()
+        (project / "release").write_text("")
+    assert "stopping its processes" in log.read_text()
+    state = retrain(project_dir=str(project), retries=0, return_state=True)
+    assert state.is_completed() and (project / "out.txt").read_text() == "done"
+
+
+def test_prefect_settings_are_set_before_prefect_is_imported():
+    code = ("import flows.retrain\n"
+            "from prefect.settings import get_current_settings\n"
+            "server = get_current_settings().server\n"
+            "print(server.analytics_enabled, server.ephemeral.startup_timeout_seconds)\n")
+    env = {k: v for k, v in project_env().items() if not k.startswith("PREFECT_SERVER_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["False", "90"], done.stderr[-2000:]
+
+
+def test_deploy_against_an_unreachable_server_is_one_line_and_exit_2(tmp_path, capsys):
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import main as deploy_main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    with temporary_settings({PREFECT_API_URL: url}), pytest.raises(SystemExit) as done:
+        deploy_main(["--project-dir", str(tmp_path)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: PREFECT_API_URL={url}: Prefect server not reachable")
+    assert len(err.splitlines()) == 1 and "serving" not in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,12 +394,12 @@ def test_transient_stage_failure_is_retried(tmp_path):
 def test_overrides_keep_comments_and_refuse_unknown_keys(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("preprocess:\n  dataset_root: data/raw  # your 3DPW root\n"
-                      "  stride: {}\n  body_dir: null\n")
+                      "  stride: {}\nbody:\n  h36m_regressor: null\n")
     assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw",
                                     "preprocess.stride": {"train": 4}}) == \
         {"preprocess.dataset_root": "/data/3dpw", "preprocess.stride": {"train": 4}}
     text = params.read_text()
-    assert "dataset_root: /data/3dpw # your 3DPW root" in text and "body_dir: null" in text
+    assert "dataset_root: /data/3dpw # your 3DPW root" in text and "h36m_regressor: null" in text
     assert yaml.safe_load(text)["preprocess"]["stride"] == {"train": 4}
     assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw"}) == {}
     for bad in ("preprocess.stride.train.x", "preproces.dataset_root", "preprocess.missing"):
@@ -271,7 +445,7 @@ def test_report_compares_metrics_with_the_champion_and_shows_the_decision(tmp_pa
     assert "| train | reproduced | 12.0 |" in report and "| body | unchanged, skipped |" in report
     # Before a register stage: eval.json's overall section, no champion, no decision.
     assert "| stdformer.mpjpe | 80 | - | - |" in report and "seq_a" not in report
-    assert "no register stage" in report and "`train.steps=2`" in report
+    assert "No model was registered in this run" in report and "`train.steps=2`" in report
 
     # The layout stages/register.py writes: the gate's metrics for candidate and champion.
     (tmp_path / "metrics/registry.json").write_text(json.dumps(
@@ -279,6 +453,8 @@ def test_report_compares_metrics_with_the_champion_and_shows_the_decision(tmp_pa
          "candidate": {"version": 3, "metrics": {"mpjpe": 80.0, "pa_mpjpe": 50.0}},
          "champion": {"version": 2, "metrics": {"mpjpe": 85.0, "mpvpe": 99.0}}}))
     report = render_report(result, stages, tmp_path)
+    assert "**promoted**" not in report          # registry.json of an earlier run: no decision
+    report = render_report({**result, "registered": True}, stages, tmp_path)
     assert "| mpjpe | 80 | 85 | -5 |" in report and "| pa_mpjpe | 50 | - | - |" in report
     assert "| mpvpe | - | 99 | - |" in report
     assert "**promoted** (version 3 is now 'champion'): mpjpe 80 < 85" in report

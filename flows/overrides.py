@@ -1,0 +1,158 @@
+"""Parameter overrides for one retrain: dotted keys into params.yaml, checked against the stage
+config classes before anything is written, undone when the run fails.
+
+    apply_overrides("params.yaml", {"train.steps": 800})   # -> the keys that changed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stdformer.config import read_params, section_config
+from stdformer.io import DataError, write_text_atomic
+
+
+def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
+    """params.yaml section -> a check that builds the section's config as its stage does
+    (imported here: the configs pull in torch and the data stack)."""
+    from flows.schedule import ScheduleConfig
+    from stdformer.body.files import BodyConfig
+    from stdformer.data.preprocess import PreprocessConfig
+    from stdformer.data.synthetic import SynthesizeConfig
+    from stdformer.evaluation import EvaluateConfig
+    from stdformer.losses import LossConfig
+    from stdformer.registry import RegisterConfig
+    from stdformer.train import TrainConfig
+
+    def plain(section: str, cls: type) -> Callable[[dict, str], Any]:
+        return lambda params, source: section_config(params, section, cls, source,
+                                                     required=False)
+
+    checks = {name: plain(name, cls) for name, cls in (
+        ("body", BodyConfig), ("synthesize", SynthesizeConfig), ("preprocess", PreprocessConfig),
+        ("train", TrainConfig), ("loss", LossConfig), ("evaluate", EvaluateConfig),
+        ("register", RegisterConfig), ("schedule", ScheduleConfig))}
+    checks["model"] = checks["variants"] = _check_models
+    return checks
+
+
+def _check_models(params: dict, source: str) -> None:
+    """The `model` section, and the model of every `variants` entry (model + its overrides),
+    as the train stage builds them."""
+    from stdformer.train import model_config_from_section
+
+    base = dict(params.get("model") or {})
+    model_config_from_section(base, source, prefix="model")
+    variants = params.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise DataError(source, f"expected a mapping, got {variants!r}", field="variants")
+    for name, changes in variants.items():
+        if not isinstance(changes, (dict, type(None))):
+            raise DataError(source, f"expected a mapping, got {changes!r}",
+                            field=f"variants.{name}")
+        model_config_from_section({**base, **(changes or {})}, source, prefix=f"variants.{name}")
+
+
+def check_sections(params: dict, sections, source: str | os.PathLike) -> None:
+    """Validate `sections` of `params` with their stage config classes (DataError naming the
+    file and the field); sections no stage config describes are left to their stage."""
+    checks = _stage_configs()
+    for section in sorted(set(sections)):
+        if section in checks:
+            checks[section](params, str(source))
+
+
+def _yaml_round_trip():
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()  # round-trip mode: comments, key order and flow-style lists survive
+    yaml_rt.preserve_quotes = True
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml_rt
+
+
+def apply_overrides(params_path: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`section.key[.subkey]`) in params.yaml; returns the ones that changed.
+
+    Every key must exist already (a typo is a DataError with a did-you-mean hint), and every
+    section it touches must still load as its stage loads it (a wrong type or value is a
+    DataError naming the field); either way nothing is written. A mapping value replaces the
+    whole sub-tree. The file is rewritten atomically and only when a value actually changes,
+    keeping its comments, so the change shows in `git diff` and `dvc params diff`.
+    """
+    params_path = Path(params_path)
+    read_params(params_path)  # file present, valid YAML, a mapping
+    yaml_rt = _yaml_round_trip()
+    data = yaml_rt.load(params_path.read_text())
+    changed = {}
+    for dotted, value in overrides.items():
+        parent, leaf = _locate(data, dotted, params_path)
+        if parent[leaf] != value:
+            parent[leaf] = value
+            changed[dotted] = value
+    if not changed:
+        return changed
+    buf = io.StringIO()
+    yaml_rt.dump(data, buf)
+    check_sections(yaml.safe_load(buf.getvalue()), (k.split(".")[0] for k in changed),
+                   params_path)
+    write_text_atomic(params_path, buf.getvalue())
+    return changed
+
+
+def _locate(data: dict, dotted: str, source: Path) -> tuple[dict, str]:
+    """(mapping holding the last key, last key) of an existing dotted key."""
+    if not isinstance(dotted, str) or not dotted:
+        raise DataError(source, f"override keys are dotted names, got {dotted!r}")
+    node, keys = data, dotted.split(".")
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[: depth + 1])
+        if not isinstance(node, dict):
+            raise DataError(source, "is not a mapping, cannot set a key inside it",
+                            field=".".join(keys[:depth]))
+        if key not in node:
+            close = difflib.get_close_matches(key, [str(k) for k in node], n=1)
+            hint = f" (did you mean '{'.'.join(keys[:depth] + [close[0]])}'?)" if close else ""
+            raise DataError(source, f"unknown key{hint}; overrides may only change existing "
+                                    "keys", field=where)
+        if depth < len(keys) - 1:
+            node = node[key]
+    return node, keys[-1]
+
+
+@contextlib.contextmanager
+def undone_on_failure(params_path: str | os.PathLike, log: Callable[[str], None]
+                      ) -> Iterator[None]:
+    """Put params.yaml back as it was when the block fails: a failed run's overrides do not
+    linger for the next run. (Outputs DVC removed before a failed stage ran are in its cache
+    where the stage caches them: `dvc checkout` restores them.)"""
+    params_path = Path(params_path)
+    before = params_path.read_bytes() if params_path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if before is not None and params_path.read_bytes() != before:
+            write_text_atomic(params_path, before.decode())
+            log(f"the run failed: {params_path.name} restored as it was before this run's "
+                "overrides")
+        raise
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` arguments -> {key: YAML value} (`steps=800` is an int)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DataError("--set", f"expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
