@@ -7,8 +7,9 @@ registered model and apply the promotion gate (section `register`).
 
 Writes metrics/registry.json (version, aliases, decision, reason, metrics compared). MLflow:
 MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; artifacts under <cwd>/mlartifacts.
-The run records every params.yaml section; the version's tags hold the metrics, those params
-and the DVC hashes (dvc.lock) of the data, the model file and the train stage's params.
+The run records every params.yaml section and metric; the version's tags hold the headline
+metrics, the model file md5 and the DVC hashes (dvc.lock) of the data and the train stage's
+params; the version and the registered model get a description.
 """
 
 import argparse

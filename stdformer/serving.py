@@ -3,11 +3,13 @@
     model = mlflow.pyfunc.load_model("models:/stdformer@champion")
     out = model.predict(frames)     # frames: uint8 (B, S, H, W, 3) RGB person crops
 
-Input (the logged signature, a tensor spec): uint8 (B, S, H, W, 3), RGB, values 0..255, one
-tracked person per clip, cropped as the preprocess stage crops (square, person-centred; H and W
-multiples of 32, normally the training crop size). S is the model's clip length (fixed when the
-model has its temporal branch). MLflow checks the rank, so a single clip (S, H, W, 3) goes in as
-`frames[None]`; `STDFormerPyfunc.predict` itself also takes it directly.
+Input: uint8 (B, S, H, W, 3), RGB, values 0..255, one tracked person per clip, cropped as the
+preprocess stage crops (square, person-centred). S is the model's clip length (fixed when the
+model has its temporal branch); a single clip (S, H, W, 3) is taken as B = 1. Crops of another
+size than the training crop size are resized to it with a warning (the camera output is in
+normalised crop coordinates, so nothing else changes); non-square crops are refused. The
+signature declares the outputs only: `check_frames` validates the input and its errors name
+the shape and dtype, where MLflow's schema enforcement would print the whole array.
 
 Output: a dict of float32 arrays, camera frame, metres, relative to the SMPL pelvis:
     vertices     (B, S, V, 3)   the fine mesh
@@ -58,7 +60,8 @@ mlflow.models.set_model(STDFormerPyfunc())
 
 class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
     """context.artifacts: "model" (the model file), "body" (body directory with BODY_FILES).
-    context.model_config: "batch_size" (clips per forward, default 4), "device" ("auto")."""
+    context.model_config: "batch_size" (clips per forward, default 4), "device" ("auto"),
+    "crop_size" (the training crop size: other sizes are resized to it)."""
 
     def load_context(self, context) -> None:
         import torch
@@ -72,6 +75,7 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.batch_size = int(config.get("batch_size", 4))
+        self.crop_size = config.get("crop_size")   # training crop size; None: not recorded
         body_dir = Path(context.artifacts["body"])
         self.model = load_model(context.artifacts["model"], body_dir, map_location=self.device)
         regressor = load_npz(body_dir / "regressors.npz", required=("J_regressor_h36m",))
@@ -81,6 +85,7 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None
                 ) -> dict[str, np.ndarray]:
         frames = check_frames(model_input, self.model.cfg.clip_len if self.model.cfg.td else None)
+        frames = fit_crop_size(frames, self.crop_size)
         chunks = [self._forward(frames[i:i + self.batch_size])
                   for i in range(0, len(frames), self.batch_size)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in OUTPUT_NAMES}
@@ -105,34 +110,66 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
 
 def check_frames(frames: Any, clip_len: int | None) -> np.ndarray:
     """uint8 (S, H, W, 3) or (B, S, H, W, 3) -> (B, S, H, W, 3); ValueError saying what is
-    wrong otherwise."""
+    wrong otherwise, naming the shape and dtype only (never the data: inputs are megabytes).
+    Integer arrays within 0..255 (a JSON request's numbers) are taken as uint8."""
     frames = np.asarray(frames)
+    got = f"got {frames.dtype} {frames.shape}"
     if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB (0..255), got dtype {frames.dtype}")
+        if frames.dtype.kind not in "iu" or (frames.size and (frames.min() < 0 or
+                                                              frames.max() > 255)):
+            raise ValueError("frames must be uint8 RGB values 0..255 (float frames in 0..1: "
+                             f"multiply by 255 and convert to uint8), {got}")
+        frames = frames.astype(np.uint8)
     if frames.ndim == 4:
         frames = frames[None]
     if frames.ndim != 5 or frames.shape[-1] != 3:
-        raise ValueError("frames must be (S, H, W, 3) or (B, S, H, W, 3) RGB, got shape "
-                         f"{frames.shape}")
+        raise ValueError(f"frames must be (S, H, W, 3) or (B, S, H, W, 3) RGB, {got}")
     b, s, h, w, _ = frames.shape
     if b == 0:
-        raise ValueError("frames hold no clip (B = 0)")
+        raise ValueError(f"frames hold no clip (B = 0), {got}")
     if clip_len is not None and s != clip_len:
-        raise ValueError(f"the model takes clips of {clip_len} frames, got {s}")
-    if h % 32 or w % 32 or h == 0 or w == 0:
-        raise ValueError(f"crop height and width must be positive multiples of 32, got {h}x{w}")
+        raise ValueError(f"the model takes clips of {clip_len} frames (S), {got}")
+    if h != w or h == 0:
+        raise ValueError(f"crops must be square and non-empty (person-centred, as the "
+                         f"preprocess stage cuts them), {got}")
     return frames
 
 
+def fit_crop_size(frames: np.ndarray, crop_size: int | None) -> np.ndarray:
+    """Square crops (B, S, H, H, 3) of another size than the training crop size are resized to
+    it, with a warning: the model was trained on one size, and its camera output is in
+    normalised crop coordinates, so resizing changes nothing else. crop_size None (a model
+    logged without it): sizes must be multiples of 32, used as they are."""
+    import cv2
+
+    size = frames.shape[2]
+    if crop_size is None:
+        if size % 32:
+            raise ValueError(f"crop size must be a multiple of 32, got {size}x{size}")
+        return frames
+    if size == crop_size:
+        return frames
+    warnings.warn(f"STDFormer: resizing {size}x{size} crops to the training crop size "
+                  f"{crop_size}x{crop_size}", stacklevel=3)
+    interpolation = cv2.INTER_AREA if size > crop_size else cv2.INTER_LINEAR
+    flat = frames.reshape(-1, size, size, 3)
+    resized = np.stack([cv2.resize(f, (crop_size, crop_size), interpolation=interpolation)
+                        for f in flat])
+    return resized.reshape(*frames.shape[:2], crop_size, crop_size, 3)
+
+
 def signature(clip_len: int | None, num_vertices: int):
-    """The pyfunc signature: uint8 (B, S, H, W, 3) in; float32 named tensors out."""
+    """The pyfunc signature: float32 named tensors out. No input schema: MLflow's schema
+    enforcement would answer a wrong input with an error that begins with the whole array
+    printed; `check_frames` says what is wrong in one line (the input is documented in the
+    module docstring and the registered model's description)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     s = clip_len if clip_len is not None else -1
     f32 = np.dtype(np.float32)
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, s, -1, -1, 3))]),
+        inputs=None,
         outputs=Schema([
             TensorSpec(f32, (-1, s, num_vertices, 3), name="vertices"),
             TensorSpec(f32, (-1, s, 17, 3), name="joints_h36m"),
@@ -169,8 +206,8 @@ def log_pyfunc_model(model_file: str | Path, body_dir: str | Path, *, name: str 
     """Log the pyfunc model into the active MLflow run (the caller sets the tracking URI and
     starts the run). Returns MLflow's ModelInfo (model_uri, model_id, ...).
 
-    model_config: defaults for load time ({"batch_size": 4, "device": "auto"}); a user can
-    override them with mlflow.pyfunc.load_model(uri, model_config={...})."""
+    model_config: defaults for load time ({"batch_size": 4, "device": "auto", "crop_size":
+    None}); a user can override them with mlflow.pyfunc.load_model(uri, model_config={...})."""
     payload, num_vertices = check_servable(model_file, body_dir)
     cfg = payload["model_config"]
     with tempfile.TemporaryDirectory(prefix="stdformer-pyfunc-") as tmp:
@@ -193,7 +230,8 @@ def log_pyfunc_model(model_file: str | Path, body_dir: str | Path, *, name: str 
                 signature=signature(cfg["clip_len"] if cfg.get("td", True) else None,
                                     num_vertices),
                 pip_requirements=pip_requirements(),
-                model_config={"batch_size": 4, "device": "auto", **(model_config or {})})
+                model_config={"batch_size": 4, "device": "auto", "crop_size": None,
+                              **(model_config or {})})
 
 
 def _check_body(meta_path: Path, body_model_id: str) -> int:

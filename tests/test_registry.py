@@ -25,14 +25,14 @@ from stdformer.config import from_dict
 from stdformer.io import DataError, file_digest
 from stdformer.registry import (ModelRegistry, RegisterConfig, RegisterPaths, add_registry_commands,
                                 decide, dvc_lineage, read_eval_metrics, register)
-from stdformer.serving import check_frames
+from stdformer.serving import check_frames, fit_crop_size
 from stdformer.train.tracking import TrackingUnavailableError
 
 TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32, 16], "ffn_dims": [32, 16],
               "heads": 2}
 CROP = 64
 PARAMS = {"model": TINY_MODEL, "train": {"steps": 4, "lr": 1e-4}, "loss": {},
-          "register": {"primary_metric": "pa_mpjpe"}}
+          "preprocess": {"crop_size": CROP}, "register": {"primary_metric": "pa_mpjpe"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,16 +143,33 @@ def test_dvc_lineage_tags_and_stale_lock(tmp_path, monkeypatch):
         dvc_lineage("dvc.lock", data_path="data/shards", model_path="models/stdformer.pt")
 
 
-def test_check_frames_shapes():
+def test_check_frames_shapes_and_short_errors():
     clip = np.zeros((8, CROP, CROP, 3), np.uint8)
     assert check_frames(clip, 8).shape == (1, 8, CROP, CROP, 3)        # a single clip
     assert check_frames(np.stack([clip, clip]), 8).shape == (2, 8, CROP, CROP, 3)
-    with pytest.raises(ValueError, match="uint8"):
-        check_frames(clip.astype(np.float32), 8)
-    with pytest.raises(ValueError, match="clips of 8 frames"):
-        check_frames(clip[:4], 8)
-    with pytest.raises(ValueError, match="multiples of 32"):
-        check_frames(clip[:, :40], 8)
+    assert check_frames(clip.astype(np.int64), 8).dtype == np.uint8   # a JSON request's ints
+    big = np.random.default_rng(0).random((4, 8, 224, 224, 3))        # float frames, 10 MB
+    for frames, words in ((big, "must be uint8"), (clip[:4], "clips of 8 frames"),
+                          (clip[:, :40], "must be square"), (clip.astype(np.int64) + 300,
+                                                             "must be uint8")):
+        with pytest.raises(ValueError, match=words) as err:
+            check_frames(frames, 8)
+        assert len(str(err.value)) < 300 and str(frames.shape) in str(err.value)
+
+
+def test_crops_of_another_size_are_resized_with_a_warning():
+    import cv2
+
+    frames = frames_batch(0, clips=1, size=96)
+    with pytest.warns(UserWarning, match="resizing 96x96 crops to the training crop size 64x64"):
+        resized = fit_crop_size(frames, 64)
+    assert resized.shape == (1, 8, 64, 64, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized[0, 3], cv2.resize(frames[0, 3], (64, 64),
+                                                            interpolation=cv2.INTER_AREA))
+    assert fit_crop_size(resized, 64) is resized                        # the training size
+    assert fit_crop_size(frames, None) is frames                        # size not recorded
+    with pytest.raises(ValueError, match="multiple of 32"):
+        fit_crop_size(frames[:, :, :40, :40], None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,8 +226,8 @@ def registry_cli(argv: list[str]) -> tuple[int, str]:
     return 0, out.getvalue()
 
 
-def frames_batch(seed: int, clips: int = 2) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (clips, 8, CROP, CROP, 3), np.uint8)
+def frames_batch(seed: int, clips: int = 2, size: int = CROP) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (clips, 8, size, size, 3), np.uint8)
 
 
 def torch_reference(model_file: Path, body: Path, frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -249,7 +266,8 @@ def test_register_gate_serve_promote_rollback(project, tmp_path, monkeypatch):
     assert (second["version"], second["decision"], second["aliases"]) == (2, "challenger",
                                                                           ["challenger"])
     assert second["champion_version"] == 1
-    assert second["champion"] == {"version": 1, "metrics": {**CHAMP, "frames": 100.0}}
+    assert second["champion"] == {"version": 1, "metrics": {
+        k: v for k, v in CHAMP.items() if k in ("mpjpe", "pa_mpjpe", "mpvpe", "accel")}}
     assert second["candidate"]["metrics"]["mpvpe"] == 112.0
     assert "mpvpe regressed" in second["reason"]
     assert second["compared"]["mpvpe"] == {"candidate": 112.0, "champion": 110.0, "delta": 2.0,
@@ -258,23 +276,33 @@ def test_register_gate_serve_promote_rollback(project, tmp_path, monkeypatch):
     assert saved["version"] == 2 and saved["decision"] == "challenger"
     assert os.environ["MLFLOW_TRACKING_URI"] == uri          # the fluent URI was restored
 
-    # the version carries metrics, params and lineage; the run the metrics and params
+    # the version: headline metrics (exact), model md5, lineage, decision, and descriptions;
+    # the run: every param and metric
     registry = ModelRegistry(uri, "stdformer")
     mv = registry.version(2)
-    assert mv.tags["metric.pa_mpjpe"] == "54" and mv.tags["param.train.lr"] == "0.0001"
-    assert mv.tags["dvc.model_md5"] == file_digest(project / "model2.pt", "md5")
+    assert sorted(mv.tags) == ["decision", "dvc.data_md5", "dvc.params_md5", "metric.accel",
+                               "metric.mpjpe", "metric.mpvpe", "metric.pa_mpjpe", "model_md5"]
+    assert mv.tags["metric.pa_mpjpe"] == "54.0"
+    assert mv.tags["model_md5"] == file_digest(project / "model2.pt", "md5")
     assert mv.tags["dvc.data_md5"].endswith(".dir") and mv.tags["decision"] == "challenger"
+    assert "PA-MPJPE 54.00 mm" in mv.description and "Gate: challenger" in mv.description
+    assert "mpvpe regressed" in mv.description
+    assert mv.tags["model_md5"] in mv.description and "cc2e5c2f" in mv.description
+    assert "models:/stdformer@champion" in registry.client.get_registered_model(
+        "stdformer").description
     run = mlflow.MlflowClient(uri).get_run(mv.run_id)
     assert run.data.metrics["pa_mpjpe"] == 54.0 and run.data.metrics["mean_pose.mpjpe"] == 180.0
     assert run.data.params["model.heads"] == "2" and run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.0001" and "dvc.params.train_md5" in run.data.tags
     logged = {p.name for p in artifacts.rglob("*") if p.is_file()}
     assert {"model.npz", "hierarchy.npz", "regressors.npz", "meta.json", "stdformer.pt"} <= logged
     assert "SMPL_NEUTRAL.pkl" not in logged and not any(n.endswith(".pkl") for n in logged)
 
     # serve the champion (v1, seed 1): predictions equal the torch model's
     model = mlflow.pyfunc.load_model("models:/stdformer@champion")
-    spec = model.metadata.get_input_schema().inputs[0]
-    assert spec.shape == (-1, 8, -1, -1, 3) and spec.type == np.dtype(np.uint8)
+    assert model.metadata.get_input_schema() is None       # checked by check_frames instead
+    assert [s.name for s in model.metadata.get_output_schema().inputs] == [
+        "vertices", "joints_h36m", "joints14", "cam"]
     frames = frames_batch(0)
     out = model.predict(frames)
     want = torch_reference(project / "model1.pt", project / "data" / "body", frames)
@@ -284,6 +312,13 @@ def test_register_gate_serve_promote_rollback(project, tmp_path, monkeypatch):
         np.testing.assert_allclose(out[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     other = torch_reference(project / "model2.pt", project / "data" / "body", frames)
     assert not np.allclose(out["vertices"], other["vertices"])     # really v1's weights
+    # a wrong input: one short line, not the array; other crop sizes: resized, with a warning
+    with pytest.raises(ValueError, match="must be uint8") as err:
+        model.predict(frames.astype(np.float32) / 255)
+    assert len(str(err.value)) < 300
+    with pytest.warns(UserWarning, match="resizing 96x96 crops to the training crop size"):
+        bigger = model.predict(frames_batch(0, size=96))
+    assert bigger["vertices"].shape == (2, 8, 799, 3)
 
     # promote / rollback through the commands
     status, text = registry_cli(["list"])
@@ -330,6 +365,90 @@ def test_register_gate_serve_promote_rollback(project, tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_registering_the_champion_again_is_a_tie(project, tmp_path, monkeypatch):
+    """`dvc repro -f register`: the same model and eval.json again. Metrics compare exactly
+    (158.309996 was stored as "158.31" and looked 0.000004 better), and the champion's own
+    weights are a tie even when its evaluation changed."""
+    monkeypatch.chdir(project)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = tmp_path / "mlartifacts"
+    first = register(stage_inputs(project, 1, pa_mpjpe=158.309996), RegisterConfig(), PARAMS,
+                     uri, artifacts)
+    assert first["decision"] == "champion"
+    again = register(stage_inputs(project, 1, pa_mpjpe=158.309996), RegisterConfig(), PARAMS,
+                     uri, artifacts)
+    assert again["decision"] == "challenger" and "(+0.00)" in again["reason"]
+    assert "tie" in again["reason"] and again["compared"]["pa_mpjpe"]["delta"] == 0.0
+    reevaluated = register(stage_inputs(project, 1, pa_mpjpe=150.0), RegisterConfig(), PARAMS,
+                           uri, artifacts)
+    assert reevaluated["decision"] == "challenger"
+    assert "same weights hash" in reevaluated["reason"]
+    assert ModelRegistry(uri, "stdformer").aliases()["champion"] == "1"
+
+
+def test_a_killed_registration_is_marked_failed_by_the_next(project, tmp_path, monkeypatch):
+    import socket
+
+    import mlflow
+
+    from stdformer.train.tracking import MlflowTracker
+
+    monkeypatch.chdir(project)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = tmp_path / "mlartifacts"
+    register(stage_inputs(project, 1), RegisterConfig(), PARAMS, uri, artifacts)
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                  # a register process that no longer exists
+
+    def left_running(host: str, pid: int) -> str:
+        return MlflowTracker(uri, "stdformer", artifacts, run_name="register-stdformer", tags={
+            "stdformer.stage": "register", "stdformer.host": host,
+            "stdformer.pid": str(pid)}).run_id
+
+    killed = left_running(socket.gethostname(), gone.pid)
+    alive = left_running(socket.gethostname(), os.getpid())      # still running: untouched
+    elsewhere = left_running("another-host", gone.pid)          # cannot tell: untouched
+    register(stage_inputs(project, 2), RegisterConfig(), PARAMS, uri, artifacts)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(killed).info.status == "FAILED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+
+
+def test_a_moved_project_is_told_where_its_artifacts_went(project, tmp_path, monkeypatch,
+                                                          caplog):
+    """Local stores record absolute artifact paths: after a move they point at the old place."""
+    import shutil
+
+    monkeypatch.chdir(project)
+    old, new = tmp_path / "old", tmp_path / "new"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register(stage_inputs(project, 1), RegisterConfig(), PARAMS, uri, old / "mlartifacts")
+    shutil.copytree(old, new)                    # a copy: works, but says where artifacts go
+    register(stage_inputs(project, 2), RegisterConfig(), PARAMS, uri, new / "mlartifacts")
+    assert "keeps its artifacts in " + str(old / "mlartifacts") in caplog.text
+    shutil.rmtree(old)                           # moved: the old place is gone
+    with pytest.raises(DataError, match=r"mlartifacts does not exist.*moved project"):
+        register(stage_inputs(project, 2), RegisterConfig(), PARAMS, uri, new / "mlartifacts")
+    status, error = registry_cli(["promote", "2", "--tracking-uri", uri])
+    assert status == 2 and "model files are not at " + str(old) in error
+
+
+def test_unsupported_tracking_uri_is_one_line_and_exit_2(tmp_path):
+    from conftest import project_env
+
+    status, error = registry_cli(["list", "--tracking-uri", "garbage://nowhere"])
+    assert status == 2 and "MLFLOW_TRACKING_URI=garbage://nowhere: MLflow cannot use" in error
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    done = subprocess.run([sys.executable, "-m", "stages.register"], cwd=tmp_path,
+                          env={**project_env(), "MLFLOW_TRACKING_URI": "garbage://nowhere",
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "unsupported URI 'garbage://nowhere'" in done.stderr
 
 
 def test_register_refuses_bad_inputs_before_logging(project, tmp_path, monkeypatch):

@@ -6,7 +6,10 @@ Rules (all metrics are errors, lower is better):
 * the primary metric must be finite and lower than the champion's by more than
   `min_improvement`: a tie (equal values) never promotes, the champion stays;
 * every metric in `tolerances` may be worse than the champion's by at most its tolerance
-  (a champion without that metric, e.g. an older evaluation, is not compared on it).
+  (a champion without that metric, e.g. an older evaluation, is not compared on it);
+* the champion's own model file registered again (same weights hash) is a tie, whatever the
+  metrics say (an older version's metrics may be stored rounded).
+Values are compared exactly as evaluated (versions store them unrounded).
 """
 
 from __future__ import annotations
@@ -55,9 +58,15 @@ def _value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _delta(value: float) -> str:
+    """A signed difference that never prints a nonzero change as 0.00."""
+    return f"{value:+.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:+.2g}"
+
+
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
-           cfg: RegisterConfig) -> Decision:
-    """Should `candidate` (metric -> value) replace `champion` (None: there is none)?"""
+           cfg: RegisterConfig, same_model: bool = False) -> Decision:
+    """Should `candidate` (metric -> value) replace `champion` (None: there is none)?
+    same_model: the candidate's model file is the champion's (equal weights hashes)."""
     primary = cfg.primary_metric
     if champion is None:
         compared = {m: Comparison(_value(candidate, m), None, None, None, True)
@@ -80,7 +89,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
             ok = c - h <= tolerance
             compared[metric] = Comparison(c, h, c - h, tolerance, ok)
             if not ok:
-                regressions.append(f"{metric} regressed by {c - h:.2f} (> tolerance "
+                regressions.append(f"{metric} regressed by {_delta(c - h)[1:]} (> tolerance "
                                    f"{tolerance:g})")
 
     cand, champ = _value(candidate, primary), _value(champion, primary)
@@ -91,9 +100,12 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
         return Decision(False, f"{side} has no finite {primary}; the champion stays", primary,
                         compared)
     delta = cand - champ
-    improved = delta < -cfg.min_improvement
+    improved = delta < -cfg.min_improvement and not same_model
     compared[primary] = Comparison(cand, champ, delta, -cfg.min_improvement, improved)
-    headline = f"{primary} {cand:.2f} vs champion {champ:.2f} ({delta:+.2f})"
+    headline = f"{primary} {cand:.2f} vs champion {champ:.2f} ({_delta(delta)})"
+    if same_model:
+        return Decision(False, f"{headline}: the champion's own model file (same weights hash); "
+                        "a tie keeps the champion", primary, compared)
     if not improved:
         why = ("a tie keeps the champion" if delta == 0 else
                "worse than the champion" if delta > 0 else

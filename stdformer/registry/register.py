@@ -1,24 +1,30 @@
-"""Register an evaluated model: one MLflow run (params, metrics, lineage tags, the pyfunc
-model), a new version of the registered model with the same record as tags, then the gate.
+"""Register an evaluated model: one MLflow run (every param, every metric, lineage tags, the
+pyfunc model), a new version of the registered model with a short record as tags (headline
+metrics, model file md5, DVC lineage) and a description, then the gate.
 
 Order matters for users: the tracking store is checked and every input read and validated
-before anything is written to MLflow, so a bad input leaves no half-registered version.
+before anything is written to MLflow, so a bad input leaves no half-registered version. A
+registration killed half-way leaves its run RUNNING: the next one marks it FAILED.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stdformer.io import DataError, write_text_atomic
-from stdformer.registry.config import RegisterConfig
+from stdformer.io import DataError, file_digest, write_text_atomic
+from stdformer.registry.config import GATE_METRICS, RegisterConfig
+from stdformer.registry.describe import model_description, version_description
 from stdformer.registry.gate import decide
 from stdformer.registry.lineage import EVAL_ROW, dvc_lineage, finite, read_eval_metrics
-from stdformer.registry.store import (CHALLENGER, METRIC_PREFIX, NONE, TAG_DECISION, TAG_REASON,
+from stdformer.registry.store import (CHALLENGER, CHAMPION, METRIC_PREFIX, NONE, RUN_HOST,
+                                      RUN_PID, RUN_STAGE, TAG_DECISION, TAG_MODEL_MD5,
                                       ModelRegistry, fluent_tracking_uri)
 
 log = logging.getLogger(__name__)
@@ -38,33 +44,42 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
              tracking_uri: str, artifact_root: str | Path) -> dict[str, Any]:
     """Log, register and gate the model; write and return the registry.json record.
 
-    params: the params.yaml sections to record (run params and version tags `param.*`)."""
+    params: the params.yaml sections to record (as run params; `preprocess.crop_size`, the
+    training crop size, goes into the pyfunc's config)."""
     from stdformer.serving import check_servable
-    from stdformer.train.tracking import check_tracking, flatten_params
+    from stdformer.train.tracking import check_tracking
 
     check_tracking(tracking_uri)                     # fail fast, before any work
     table = read_eval_metrics(paths.eval, required=cfg.gated_metrics)
     candidate = table[EVAL_ROW]
     lineage = _lineage(paths, cfg)
-    check_servable(paths.model, paths.body)          # a bad model/body fails here, not in MLflow
+    payload, _ = check_servable(paths.model, paths.body)  # a bad model/body fails here
+    model_md5 = file_digest(paths.model, "md5")
+    crop_size = (params.get("preprocess") or {}).get("crop_size")
     registry = ModelRegistry(tracking_uri, cfg.model_name)
+    for run_id in registry.fail_interrupted_runs(cfg.experiment):
+        log.warning("marked registration run %s FAILED: its register process was killed", run_id)
 
     run_id, model_uri, model_id = _log_run(paths, cfg, params, table, lineage, tracking_uri,
-                                           artifact_root)
-    tags = {**{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in finite(candidate).items()},
-            **{f"param.{k}": v for k, v in flatten_params(params).items()}, **lineage}
+                                           artifact_root, crop_size)
+    headline = {k: v for k, v in finite(candidate).items() if k in GATE_METRICS}
+    tags = {**{f"{METRIC_PREFIX}{k}": repr(v) for k, v in headline.items()},   # exact values
+            TAG_MODEL_MD5: model_md5, **_version_lineage(lineage)}
     version = str(registry.create_version(model_uri, run_id=run_id, model_id=model_id,
                                           tags=tags).version)
 
-    champion = registry.by_alias("champion")       # read just before moving aliases
+    champion = registry.by_alias(CHAMPION)          # read just before moving aliases
     champion_metrics = None if champion is None else registry.metrics_of(champion)
-    decision = decide(candidate, champion_metrics, cfg)
+    same_model = champion is not None and registry.model_md5_of(champion) == model_md5
+    decision = decide(candidate, champion_metrics, cfg, same_model=same_model)
     if decision.promote:
         registry.make_champion(version)
     else:
         registry.set_alias(CHALLENGER, version)
     registry.client.set_model_version_tag(cfg.model_name, version, TAG_DECISION, decision.alias)
-    registry.client.set_model_version_tag(cfg.model_name, version, TAG_REASON, decision.reason)
+    registry.describe(model_description(cfg.model_name, payload["model_config"], crop_size))
+    registry.describe(version_description(candidate, decision, payload["model_config"],
+                                          crop_size, model_md5, lineage), version)
 
     aliases = registry.aliases()
     record = {
@@ -86,9 +101,18 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
         "data_changed": (None if champion is None or "dvc.data_md5" not in lineage else
                          champion.tags.get("dvc.data_md5") != lineage["dvc.data_md5"]),
         "lineage": lineage,
+        "model_md5": model_md5,
     }
     write_text_atomic(paths.out, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+VERSION_LINEAGE = ("dvc.data_md5", "dvc.params_md5")   # the rest: on the run, in the description
+
+
+def _version_lineage(lineage: Mapping[str, str]) -> dict[str, str]:
+    """The lineage a version's tags keep: what it was trained on, and with which params."""
+    return {k: lineage[k] for k in VERSION_LINEAGE if k in lineage}
 
 
 def _int(version: str | None) -> int | None:
@@ -107,7 +131,8 @@ def _lineage(paths: RegisterPaths, cfg: RegisterConfig) -> dict[str, str]:
 
 def _log_run(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any],
              table: Mapping[str, Mapping[str, float | None]], lineage: Mapping[str, str],
-             tracking_uri: str, artifact_root: str | Path) -> tuple[str, str, str | None]:
+             tracking_uri: str, artifact_root: str | Path, crop_size: int | None
+             ) -> tuple[str, str, str | None]:
     """The registration run: params, eval metrics ("mpjpe", baselines as "mean_pose.mpjpe"),
     lineage tags, eval.json and the pyfunc model. Returns (run_id, model_uri, model_id)."""
     import mlflow
@@ -116,7 +141,9 @@ def _log_run(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     from stdformer.train.tracking import MlflowTracker
 
     tracker = MlflowTracker(tracking_uri, cfg.experiment, artifact_root,
-                            run_name=f"register-{cfg.model_name}", params=params)
+                            run_name=f"register-{cfg.model_name}", params=params,
+                            tags={RUN_STAGE: "register", RUN_HOST: socket.gethostname(),
+                                  RUN_PID: str(os.getpid())})
     metrics = {}
     for row, values in table.items():
         prefix = "" if row == EVAL_ROW else f"{row}."
@@ -125,8 +152,9 @@ def _log_run(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
         tracker.log_metrics(0, metrics)
         tracker.log_artifact(paths.eval)
         with fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=tracker.run_id):
-            mlflow.set_tags({"stdformer.stage": "register", **lineage})
-            info = log_pyfunc_model(paths.model, paths.body)   # the run ends FINISHED
+            mlflow.set_tags(dict(lineage))
+            info = log_pyfunc_model(paths.model, paths.body,   # the run ends FINISHED
+                                    model_config={"crop_size": crop_size})
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -22,9 +22,12 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREVIOUS = "previous_champion"
 TAG_ROLLED_BACK = "rolled_back_to"
 TAG_DECISION = "decision"
-TAG_REASON = "decision_reason"
+TAG_MODEL_MD5 = "model_md5"          # md5 of the model file (weights): same file, same model
 METRIC_PREFIX = "metric."
 NONE = "none"
+INTERRUPTED = "interrupted"
+# Tags of a registration run: which process made it (a killed register is found by them).
+RUN_STAGE, RUN_HOST, RUN_PID = "stdformer.stage", "stdformer.host", "stdformer.pid"
 
 
 class ModelRegistry:
@@ -79,6 +82,25 @@ class ModelRegistry:
         return None if version is None else self.client.get_model_version(self.name, version)
 
     @staticmethod
+    def model_md5_of(mv) -> str | None:
+        """The model file md5 a version records (older versions: the DVC lineage tag)."""
+        return mv.tags.get(TAG_MODEL_MD5) or mv.tags.get("dvc.model_md5")
+
+    def missing_artifacts(self, mv) -> str | None:
+        """Where a version's model files should be, when that local directory is gone (the
+        project moved: local stores record absolute paths); None when present or remote."""
+        from stdformer.train.tracking import local_path
+
+        try:
+            location = (self.client.get_logged_model(mv.model_id).artifact_location
+                        if getattr(mv, "model_id", None) else
+                        self.client.get_run(mv.run_id).info.artifact_uri)
+        except Exception:  # noqa: BLE001 - the run or logged model was deleted: nothing to check
+            return None
+        path = local_path(location)
+        return str(path) if path is not None and not path.exists() else None
+
+    @staticmethod
     def metrics_of(mv) -> dict[str, float]:
         """The evaluation metrics recorded on a version (tags metric.<name>)."""
         out = {}
@@ -106,6 +128,37 @@ class ModelRegistry:
 
     # ---- writing ----------------------------------------------------------------------------
 
+    def describe(self, description: str, version: str | None = None) -> None:
+        """Set the registered model's description, or one version's (markdown in the UI)."""
+        if version is None:
+            self.client.update_registered_model(self.name, description=description)
+        else:
+            self.client.update_model_version(self.name, str(version), description=description)
+
+    def fail_interrupted_runs(self, experiment: str) -> list[str]:
+        """Mark FAILED the registration runs of `experiment` left RUNNING by a register process
+        of this host that no longer lives (killed), and tag their versions `interrupted`;
+        returns their run ids. Runs of other hosts are left alone (they may be running)."""
+        import socket
+
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            f"attributes.status = 'RUNNING' and tags.`{RUN_STAGE}` = 'register'")
+        failed = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(RUN_HOST) != socket.gethostname() or _alive(tags.get(RUN_PID),
+                                                                    run.info.start_time):
+                continue
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+            for mv in self.client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+                self.client.set_model_version_tag(mv.name, mv.version, TAG_DECISION, INTERRUPTED)
+            failed.append(run.info.run_id)
+        return failed
+
     def create_version(self, model_uri: str, *, run_id: str, model_id: str | None,
                        tags: Mapping[str, str]):
         from mlflow.exceptions import MlflowException
@@ -117,8 +170,11 @@ class ModelRegistry:
                 raise
             with contextlib.suppress(MlflowException):   # created meanwhile: fine
                 self.client.create_registered_model(self.name)
-        return self.client.create_model_version(self.name, model_uri, run_id=run_id,
-                                                tags=dict(tags), model_id=model_id)
+        # MLflow's sqlite registry looks the logged model up through the process-global
+        # tracking URI (MlflowClient()), whatever this client's URI is.
+        with fluent_tracking_uri(self.uri):
+            return self.client.create_model_version(self.name, model_uri, run_id=run_id,
+                                                    tags=dict(tags), model_id=model_id)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, str(version))
@@ -139,7 +195,9 @@ class ModelRegistry:
 
     def promote(self, version: str | int) -> dict[str, Any]:
         """Explicitly make `version` the champion (no gate)."""
-        version = str(self.version(version).version)
+        mv = self.version(version)
+        self._check_artifacts(mv)
+        version = str(mv.version)
         previous = self.make_champion(version)
         if previous == version:
             return {"champion": version, "previous_champion": previous, "changed": False,
@@ -156,11 +214,34 @@ class ModelRegistry:
         if not previous or previous == NONE:
             raise DataError(self.where, f"champion version {current} has no previous champion "
                             "recorded (it was the first); nothing to roll back to")
-        target = str(self.version(previous).version)   # clear error if it was deleted since
+        target_mv = self.version(previous)             # clear error if it was deleted since
+        self._check_artifacts(target_mv)
+        target = str(target_mv.version)
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
         self.client.set_model_version_tag(self.name, current, TAG_ROLLED_BACK, target)
         return {"champion": target, "rolled_back_from": current, "changed": True,
                 "message": f"champion: version {current} -> {target} (rollback)"}
+
+
+    def _check_artifacts(self, mv) -> None:
+        missing = self.missing_artifacts(mv)
+        if missing:
+            raise DataError(self.where, f"version {mv.version}'s model files are not at {missing}, "
+                            "where the tracking store says they are (was the project moved? "
+                            "Local stores record absolute paths; see the README, Model "
+                            "registry)")
+
+
+def _alive(pid: str | None, started_ms: int) -> bool:
+    """Is process `pid` the one that started a run at `started_ms` (not a later reuse)?"""
+    import psutil
+
+    if not (pid or "").isdigit():
+        return False
+    try:
+        return psutil.Process(int(pid)).create_time() * 1000 <= started_ms
+    except psutil.Error:
+        return False
 
 
 def _missing(e: Exception) -> bool:

@@ -12,8 +12,10 @@ import io
 import json
 import math
 import os
+import logging
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from stdformer.io import DataError, write_text_atomic
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PROBE_TIMEOUT_S = 5.0
+log = logging.getLogger(__name__)
 
 
 class TrackingUnavailableError(DataError):
@@ -41,7 +44,9 @@ def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Fail fast, with a message that says what to do, when `uri` cannot be used.
 
     http(s): any HTTP answer counts as reachable (MLflow's own client retries for minutes).
-    sqlite: the database file must be creatable and readable. Other schemes are left to MLflow.
+    sqlite: the database file must be creatable and readable. Other schemes: MLflow must accept
+    them for runs and the model registry (a typo such as garbage://x, a missing database driver,
+    the retired file store). Every failure is a TrackingUnavailableError (DataError: exit 2).
     """
     hint = ("start a server (`mlflow server --host 127.0.0.1 --port 5000`), point "
             "MLFLOW_TRACKING_URI at a running one, or unset it to use the local sqlite store")
@@ -67,6 +72,56 @@ def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             raise TrackingUnavailableError(
                 f"MLFLOW_TRACKING_URI={uri}", f"cannot open the sqlite tracking store ({e}); "
                 f"{hint}") from e
+    else:  # another scheme: MLflow must support it for runs and for the model registry
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+        except (MlflowException, ImportError, OSError) as e:
+            raise TrackingUnavailableError(
+                f"MLFLOW_TRACKING_URI={uri}",
+                f"MLflow cannot use this URI ({_short(e)}); {hint}") from e
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+    """The gist of an MLflow error: its first line, up to its "See <docs>" pointer."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = text.split(" See http", 1)[0].strip()
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a `file:` URI or a plain path; None for remote stores (s3://,
+    mlflow-artifacts:, ...)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def check_artifact_location(location: str, expected: Path, experiment: str) -> None:
+    """A local store records each experiment's artifact location as an absolute path, fixed
+    when the experiment was created: a project moved or copied elsewhere keeps reading and
+    writing artifacts at the old place. Refuse a location whose artifact root (its parent
+    directory, `<project>/mlartifacts`) is gone; warn when it is another checkout's."""
+    path = local_path(location)
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        raise TrackingUnavailableError(
+            f"MLflow experiment '{experiment}'",
+            f"its artifacts live in {path}, and {path.parent} does not exist: the tracking "
+            "store records absolute paths, so a moved project still points at its old place. "
+            "Move mlartifacts/ back there, or set the old mlflow.db and mlartifacts/ aside to "
+            "start a new store")
+    if path.resolve() != expected.resolve():
+        log.warning("MLflow experiment '%s' keeps its artifacts in %s, not in this project's "
+                    "%s (the tracking store was created in another checkout)", experiment, path,
+                    expected.parent)
+    path.mkdir(exist_ok=True)   # an experiment that never stored an artifact has none yet
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -86,16 +141,19 @@ class MlflowTracker:
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path,
                  run_id: str | None = None, run_name: str | None = None,
-                 params: Mapping[str, Any] | None = None):
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
+        expected = Path(artifact_root).resolve() / experiment
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            location = (Path(artifact_root).resolve() / experiment).as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            expected.mkdir(parents=True, exist_ok=True)   # present from the start: see below
+            experiment_id = self.client.create_experiment(experiment,
+                                                          artifact_location=expected.as_uri())
         else:
             experiment_id = found.experiment_id
+            check_artifact_location(found.artifact_location, expected, experiment)
         self.run_id = None
         if run_id is not None:  # continue the interrupted run when the store still has it
             try:
@@ -104,7 +162,8 @@ class MlflowTracker:
             except Exception:
                 self.run_id = None
         if self.run_id is None:
-            self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name,
+                                                 tags=dict(tags or {})).info.run_id
             if params:
                 self._log_params(flatten_params(params))
 
