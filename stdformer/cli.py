@@ -26,8 +26,39 @@ def _body_info(args: argparse.Namespace) -> None:
     from stdformer.body import BodyModel
 
     body = BodyModel.from_dir(args.body_dir)
+    meta = body.meta
     levels = " -> ".join(str(adj.shape[0]) for adj in body.hierarchy.adjacency)
-    print(f"body model {body.body_model_id}: {body.num_vertices} vertices, levels {levels}")
+    source = meta.get("source_file") or f"procedural, seed {meta.get('seed')}"
+    print(f"body model {body.body_model_id}: {body.num_vertices} vertices, levels {levels} "
+          f"({source})")
+    for line in body_check_lines(meta):
+        print(f"  {line}")
+
+
+def body_check_lines(meta: dict) -> list[str]:
+    """What the body stage checked (meta.json `checks`), one line each."""
+    checks = meta["checks"]
+    fit, reg, mirror = checks["hierarchy_fit"], checks["h36m_regressor"], checks["mirror"]
+    mm = lambda values: " / ".join(f"{v:.1f}" for v in values)  # noqa: E731
+    lines = [
+        f"hierarchy ({meta.get('hierarchy_file') or meta['hierarchy']}) fits the template: "
+        f"median edge {mm(fit['median_edge_mm'])} mm per level (expected about "
+        f"{mm(fit['expected_edge_mm'])}), up-sampling error {mm(fit['upsampling_error_mm'])} mm",
+        f"H36M regressor: rows sum to {reg['row_sums'][0]:.4f} .. {reg['row_sums'][1]:.4f}, "
+        "every joint inside the template, left/right joints on their side",
+    ]
+    if mirror.get("ok"):
+        lines.append(
+            f"mirror (flip augmentation): one-to-one, involution; {mirror['self_mapped']} "
+            f"vertices on the sagittal plane map to themselves; partner residual "
+            f"{mm(mirror['residual_mm'])} mm (median / max); flipped edges change by at most "
+            f"{mirror['edge_change_mm']:.1f} mm")
+    else:
+        lines.append(f"mirror: the body cannot be flipped ({mirror['reason']})")
+    standard = meta["standard_smpl_hierarchy"]
+    lines.append(f"standard SMPL hierarchy (needed by FastMETRO / STDFormer checkpoints): "
+                 f"{'yes' if standard['ok'] else 'no'} ({standard['why']})")
+    return lines
 
 
 def _shards_info(args: argparse.Namespace) -> None:

@@ -206,8 +206,13 @@ def safe_load_pickle(path: str | os.PathLike, allowed: frozenset = NUMPY_GLOBALS
             raise DataError(path, f"not a readable pickle (truncated or corrupt?): {e}") from e
 
 
-def load_npz_restricted(path: str | os.PathLike, allowed: frozenset) -> dict[str, object]:
-    """Read every array of an .npz; object arrays go through the restricted unpickler."""
+def load_npz_restricted(path: str | os.PathLike, allowed: frozenset,
+                        keys: tuple[str, ...] | None = None,
+                        stubs: Mapping | None = None) -> dict[str, object]:
+    """Read the arrays `keys` of an .npz (all when None); object arrays go through the
+    restricted unpickler (with `stubs`, see `RestrictedUnpickler`). Members not in `keys` are
+    never read, so a pickled member nobody needs (mesh_downsampling.npz's `M`, which names
+    `__main__.MyMesh`) does not stop the file from loading."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
@@ -216,6 +221,8 @@ def load_npz_restricted(path: str | os.PathLike, allowed: frozenset) -> dict[str
         with zipfile.ZipFile(path) as zf:
             for member in zf.namelist():
                 key = member[:-4] if member.endswith(".npy") else member
+                if keys is not None and key not in keys:
+                    continue
                 with zf.open(member) as raw:
                     fp = io.BytesIO(raw.read())
                 version = np.lib.format.read_magic(fp)
@@ -228,11 +235,11 @@ def load_npz_restricted(path: str | os.PathLike, allowed: frozenset) -> dict[str
                                     field=key)
                 if dtype.hasobject:
                     out[key] = RestrictedUnpickler(fp, path=f"{path}[{key}]", allowed=allowed,
-                                                   encoding="latin1").load()
+                                                   stubs=stubs, encoding="latin1").load()
                 else:
                     fp.seek(0)
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, pickle.UnpicklingError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(path, f"not a readable .npz (truncated or corrupt?): {e}") from e

@@ -4,6 +4,21 @@ import pytest
 
 
 @pytest.fixture(scope="session")
+def arrays():
+    """SMPL-format arrays of the default procedural body (seed 0, 6890 vertices)."""
+    from stdformer.body import make_procedural_body
+
+    return make_procedural_body(seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_arrays():
+    from stdformer.body import make_procedural_body
+
+    return make_procedural_body(seed=1, resolution=1200)
+
+
+@pytest.fixture(scope="session")
 def synth_body_dir(tmp_path_factory):
     """The default procedural body directory (data/body layout), built once per session."""
     from stdformer.body import write_body_dir

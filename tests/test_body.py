@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -16,25 +12,14 @@ import torch
 from stdformer.body import (
     COCO18_FLIP_PERM, COCO18_NAMES, H36M_FLIP_PERM, H36M_JOINT_NAMES, J14_FROM_H36M, J14_NAMES,
     SMPL_FLIP_PERM, SMPL_JOINT_NAMES, SMPL_PARENTS, BodyConfig, BodyModel, MeshHierarchy,
-    build_hierarchy, convert_smpl, derive_h36m_regressor, load_mesh_downsampling,
-    load_smpl_file, make_procedural_body, write_body_dir, write_smpl_pkl,
+    build_hierarchy, derive_h36m_regressor, make_procedural_body, write_body_dir,
 )
 from stdformer.body.smpl_files import SMPL_KEYS
 from stdformer.config import from_dict
-from stdformer.io import DataError, UnsafePickleError, load_npz
+from stdformer.io import DataError, load_npz
 
 # ---------------------------------------------------------------------------------------------
 # Shared fixtures (built once per session: the default body takes about a second)
-
-
-@pytest.fixture(scope="session")
-def arrays():
-    return make_procedural_body(seed=0)
-
-
-@pytest.fixture(scope="session")
-def small_arrays():
-    return make_procedural_body(seed=1, resolution=1200)
 
 
 @pytest.fixture(scope="session")
@@ -301,7 +286,7 @@ def test_betas_change_height_limbs_and_girth(body):
 
 
 def test_vertex_flip_perm_mirrors_meshes(body, arrays):
-    perm = body.vertex_flip_perm
+    perm = torch.from_numpy(body.flip_perms["vertices"])
     assert torch.equal(perm[perm], torch.arange(len(perm)))
     v = torch.from_numpy(arrays["v_template"])
     left, right = v[:, 0] > 0.01, v[:, 0] < -0.01
@@ -386,209 +371,6 @@ def test_hierarchy_save_load_round_trip_and_determinism(arrays, body, tmp_path):
     again = build_hierarchy(arrays["v_template"], arrays["f"], (4, 4))
     for (ka, a), (kb, b) in zip(h.to_arrays().items(), again.to_arrays().items()):
         assert ka == kb and np.array_equal(a, b), ka
-
-
-def _object_array(items):
-    out = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        out[i] = item
-    return out
-
-
-def test_load_standard_mesh_downsampling_file(body, tmp_path):
-    h = body.hierarchy
-    path = tmp_path / "mesh_downsampling.npz"
-    # The GraphCMR/METRO file: object arrays of scipy sparse matrices (mixed formats).
-    np.savez(path,
-             A=_object_array([a.tocsc() for a in h.adjacency]),
-             U=_object_array([u.tocoo() for u in h.up]),
-             D=_object_array([d.tocsr() for d in h.down]),
-             F=_object_array([f.astype(np.int32) for f in h.faces]))
-    loaded = load_mesh_downsampling(path)
-    assert loaded.num_vertices == h.num_vertices
-    for a, b in zip(loaded.up + loaded.down + loaded.adjacency, h.up + h.down + h.adjacency):
-        assert (a != b).nnz == 0
-    for a, b in zip(loaded.faces, h.faces):
-        assert np.array_equal(a, b)
-
-    evil = tmp_path / "evil.npz"
-    np.savez(evil, A=_object_array([_Evil(tmp_path / "pwned")]), U=_object_array([]),
-             D=_object_array([]), F=_object_array([]))
-    with pytest.raises(UnsafePickleError, match="evil.npz"):
-        load_mesh_downsampling(evil)
-    assert not (tmp_path / "pwned").exists()
-    np.savez(tmp_path / "partial.npz", A=_object_array([]), U=_object_array([]))
-    with pytest.raises(DataError, match="D"):
-        load_mesh_downsampling(tmp_path / "partial.npz")
-
-
-# ---------------------------------------------------------------------------------------------
-# SMPL files
-
-
-class _Evil:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _official_style_pickle(arrays, protocol: int, unsupported: bool = False) -> bytes:
-    """Pickle like the official SMPL files: shapedirs as a chumpy `Ch` and weights as a chumpy
-    `Reshape` of one (via a throw-away fake chumpy package, removed again so nothing can import
-    it), J_regressor scipy csc, extra keys, Python-2 era module paths."""
-    modules = {name: types.ModuleType(name) for name in
-               ("chumpy", "chumpy.ch", "chumpy.reordering", "chumpy.ch_ops")}
-    classes = {}
-    for module, name in (("chumpy.ch", "Ch"), ("chumpy.reordering", "Reshape"),
-                         ("chumpy.ch_ops", "add")):
-        cls = type(name, (), {"__module__": module, "__qualname__": name})
-        setattr(modules[module], name, cls)
-        classes[name] = cls
-
-    def make(name, **state):  # chumpy pickles an object's __dict__ (minus caches)
-        obj = classes[name]()
-        obj.__dict__.update({"_dirty_vars": set(), "_itr": None, "_depends_on_deps": {},
-                             "_make_dense": False, "_make_sparse": False, **state})
-        return obj
-
-    sys.modules.update(modules)
-    try:
-        weights = np.asarray(arrays["weights"])
-        data = {
-            "v_template": np.asarray(arrays["v_template"]), "f": np.asarray(arrays["f"]),
-            "shapedirs": make("Ch", x=np.asarray(arrays["shapedirs"])),
-            "posedirs": np.asarray(arrays["posedirs"]),
-            "J_regressor": scipy.sparse.csc_matrix(arrays["J_regressor"]),
-            "weights": make("Reshape", a=make("Ch", x=weights.ravel()), newshape=weights.shape),
-            "kintree_table": np.asarray(arrays["kintree_table"]),
-            "J": np.asarray(arrays["J"]), "bs_style": "lbs", "bs_type": "lrotmin",
-            "vert_sym_idxs": np.arange(len(arrays["v_template"])),
-        }
-        if unsupported:  # a chumpy expression that would have to be evaluated
-            data["posedirs"] = make("add", a=make("Ch", x=np.zeros(3)), b=make("Ch", x=1.0))
-        raw = pickle.dumps(data, protocol=protocol)
-        # Python-2 era module paths, as in the official files (GLOBAL opcodes are text here).
-        for new, old in ((b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"),
-                         (b"scipy.sparse._csc\n", b"scipy.sparse.csc\n")):
-            assert new in raw
-            raw = raw.replace(new, old)
-        return raw
-    finally:
-        for name in modules:
-            del sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def official_pkl(arrays, tmp_path_factory):
-    path = tmp_path_factory.mktemp("smpl") / "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl"
-    path.write_bytes(_official_style_pickle(arrays, protocol=2))
-    return path
-
-
-@pytest.mark.parametrize("protocol", [0, 2])
-def test_load_official_pickle_with_chumpy_stub(small_arrays, tmp_path, protocol):
-    arrays = small_arrays
-    data = _official_style_pickle(arrays, protocol)
-    assert b"chumpy" in data and "chumpy" not in sys.modules
-    path = tmp_path / f"SMPL_p{protocol}.pkl"
-    path.write_bytes(data)
-    loaded = load_smpl_file(path)
-    assert set(loaded) == set(SMPL_KEYS)
-    assert np.array_equal(loaded["shapedirs"], arrays["shapedirs"])
-    assert np.array_equal(loaded["v_template"], arrays["v_template"])
-    assert scipy.sparse.issparse(loaded["J_regressor"])
-    assert np.array_equal(loaded["J_regressor"].toarray(), arrays["J_regressor"].toarray())
-    assert np.array_equal(loaded["weights"], arrays["weights"])  # from a chumpy Reshape
-    assert loaded["f"].dtype == np.uint32 and loaded["kintree_table"][0, 0] == 4294967295
-    # a chumpy expression is not evaluated: a clear error naming file and key
-    path.write_bytes(_official_style_pickle(arrays, protocol, unsupported=True))
-    with pytest.raises(DataError, match="chumpy.ch_ops.add") as err:
-        load_smpl_file(path)
-    assert err.value.field == "posedirs" and str(path) in str(err.value)
-
-
-def test_malicious_pickle_is_refused_without_running(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "SMPL_NEUTRAL.pkl"
-    path.write_bytes(pickle.dumps({"v_template": _Evil(marker)}, protocol=2))
-    with pytest.raises(UnsafePickleError) as err:
-        load_smpl_file(path)
-    assert str(path) in str(err.value) and "system" in str(err.value)
-    assert not marker.exists()
-
-
-def test_truncated_or_incomplete_smpl_file_names_file_and_key(official_pkl, arrays, tmp_path):
-    cut = tmp_path / "cut.pkl"
-    cut.write_bytes(official_pkl.read_bytes()[: 200_000])
-    with pytest.raises(DataError, match="cut.pkl"):
-        load_smpl_file(cut)
-    partial = {k: v for k, v in arrays.items() if k != "weights"}
-    (tmp_path / "partial.pkl").write_bytes(pickle.dumps(partial))
-    with pytest.raises(DataError) as err:
-        load_smpl_file(tmp_path / "partial.pkl")
-    assert err.value.field == "weights" and "partial.pkl" in str(err.value)
-    bad = dict(arrays, posedirs=np.zeros((5, 3, 207)))
-    (tmp_path / "bad.pkl").write_bytes(pickle.dumps(bad))
-    with pytest.raises(DataError) as err:
-        load_smpl_file(tmp_path / "bad.pkl")
-    assert err.value.field == "posedirs"
-
-
-def test_convert_round_trip_and_smpl_pickle_writer(official_pkl, arrays, tmp_path):
-    import smplx
-
-    npz = tmp_path / "smpl.npz"
-    convert_smpl(official_pkl, npz)
-    with np.load(npz, allow_pickle=False) as z:  # plain arrays only
-        assert set(z.files) == set(SMPL_KEYS)
-        struct = smplx.utils.Struct(**{k: z[k] for k in z.files})
-    back = load_smpl_file(npz)
-    orig = load_smpl_file(official_pkl)
-    for key in SMPL_KEYS:
-        a, b = back[key], orig[key]
-        if scipy.sparse.issparse(a):
-            a, b = a.toarray(), b.toarray()
-        assert np.array_equal(a, b) and a.dtype == b.dtype, key
-    smpl_from_npz = smplx.SMPL(model_path=str(npz), data_struct=struct)
-    assert np.allclose(smpl_from_npz.v_template.numpy(), arrays["v_template"], atol=1e-6)
-
-    pkl = tmp_path / "smpl" / "SMPL_NEUTRAL.pkl"
-    pkl.parent.mkdir()
-    write_smpl_pkl(back, pkl)
-    model = smplx.create(str(tmp_path), "smpl")
-    assert np.allclose(model.J_regressor.numpy(), arrays["J_regressor"].toarray(), atol=1e-6)
-    assert np.array_equal(load_smpl_file(pkl)["posedirs"], arrays["posedirs"])
-
-
-def test_real_smpl_body_dir_needs_h36m_regressor(official_pkl, arrays, body, tmp_path):
-    with pytest.raises(DataError) as err:
-        write_body_dir(tmp_path / "b0", source=str(official_pkl))
-    assert err.value.field == "h36m_regressor" and "body.h36m_regressor" in str(err.value)
-    V = len(arrays["v_template"])
-    wrong = tmp_path / "wrong.npy"
-    np.save(wrong, np.zeros((17, V - 1)))
-    with pytest.raises(DataError, match="wrong.npy"):
-        write_body_dir(tmp_path / "b1", source=str(official_pkl), h36m_regressor=wrong)
-    assert not (tmp_path / "b1").exists()
-
-    reg = tmp_path / "J_regressor_h36m_correct.npy"
-    np.save(reg, derive_h36m_regressor(arrays).toarray())
-    ds = tmp_path / "mesh_downsampling.npz"
-    h = body.hierarchy
-    np.savez(ds, A=_object_array(h.adjacency), U=_object_array(h.up),
-             D=_object_array(h.down), F=_object_array(h.faces))
-    meta = write_body_dir(tmp_path / "real", source=str(official_pkl), h36m_regressor=reg,
-                          mesh_downsampling=ds)
-    assert meta["source"] == "smpl" and meta["source_file"] == official_pkl.name
-    assert meta["levels"] == h.num_vertices
-    real = BodyModel.from_dir(tmp_path / "real")
-    assert real.body_model_id == meta["body_model_id"]
-    out = real(torch.zeros(1, 72), torch.zeros(1, 10))
-    ref = body(torch.zeros(1, 72), torch.zeros(1, 10))
-    assert torch.allclose(out.vertices, ref.vertices, atol=1e-5)
-    assert torch.allclose(out.joints_h36m, ref.joints_h36m, atol=1e-5)
 
 
 def test_body_config_section():

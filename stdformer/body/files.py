@@ -5,7 +5,10 @@
       model.npz              the same arrays, pickle-free (J_regressor dense)
       regressors.npz         J_regressor (24, V), J_regressor_h36m (17, V)
       hierarchy.npz          MeshHierarchy (pickle-free)
-      meta.json              source, body_model_id, levels (vertex counts), seed, ...
+      mirror.npz             flip permutations vertices (V,), smpl (24,), h36m (17,); absent
+                             when the template is not mirror-symmetric enough to flip
+      meta.json              source, body_model_id, levels (vertex counts), seed, checks
+                             (what `stdformer.body.checks` / `mirror` measured), ...
 
 Sources: "procedural" (license-free, built from `seed` and `resolution`) or a path to the user's
 own SMPL file (.pkl or .npz), which then needs `h36m_regressor` (J_regressor_h36m_correct.npy)
@@ -22,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from stdformer.body.checks import (check_h36m_regressor, check_hierarchy_fits,
+                                   standard_smpl_hierarchy)
 from stdformer.body.constants import NUM_BETAS
 from stdformer.body.hierarchy import build_hierarchy, load_mesh_downsampling
+from stdformer.body.mirror import body_flip_perms
 from stdformer.body.model import arrays_digest
 from stdformer.body.procedural import (
     DEFAULT_RESOLUTION, derive_h36m_regressor, make_procedural_body,
@@ -115,21 +121,34 @@ def write_body_dir(out_dir: str | os.PathLike, source: str = "procedural", seed:
                    mesh_downsampling=None, factors=(4, 4)) -> dict:
     """Write the body directory atomically (see module docstring); returns meta.json's dict.
 
-    Deterministic: the same inputs give the same bytes.
+    The files must belong together (`stdformer.body.checks`): a hierarchy or regressor that
+    does not fit the template is refused, naming both files. Deterministic: the same inputs
+    give the same bytes.
     """
     arrays, h36m, meta = _load_source(str(source), seed, resolution, h36m_regressor)
     arrays = validate_smpl_arrays(arrays)
     if arrays["shapedirs"].shape[2] > NUM_BETAS:
         arrays["shapedirs"] = arrays["shapedirs"][:, :, :NUM_BETAS]
-    V = arrays["v_template"].shape[0]
+    template, faces = arrays["v_template"], arrays["f"].astype(np.int64)
+    V = template.shape[0]
+    body_file = (str(source) if meta["source"] == "smpl"
+                 else f"the procedural body (seed {seed}, {V} vertices)")
     if mesh_downsampling is not None:
         hierarchy = load_mesh_downsampling(mesh_downsampling)
         if hierarchy.num_vertices[0] != V:
             raise DataError(mesh_downsampling, f"level 0 has {hierarchy.num_vertices[0]} "
-                            f"vertices but the body has {V}", field="F[0]")
+                            f"vertices but the body ({body_file}) has {V}", field="F[0]")
     else:
-        hierarchy = build_hierarchy(arrays["v_template"], arrays["f"].astype(np.int64),
-                                    tuple(int(f) for f in factors))
+        hierarchy = build_hierarchy(template, faces, tuple(int(f) for f in factors))
+    regressor_file = str(h36m_regressor) if h36m_regressor is not None else "the derived regressor"
+    checks = {
+        "hierarchy_fit": check_hierarchy_fits(
+            template, faces, hierarchy, mesh_downsampling or "the built hierarchy", body_file),
+        "h36m_regressor": check_h36m_regressor(h36m, template, regressor_file, body_file),
+    }
+    flip_perms, checks["mirror"] = body_flip_perms(
+        template, faces, scipy.sparse.csr_matrix(arrays["J_regressor"]) @ template,
+        h36m @ template, body_file, regressor_file)
     hier_arrays = hierarchy.to_arrays()
     plain = _plain_arrays(arrays)
     regs = {"J_regressor": plain["J_regressor"], "J_regressor_h36m": h36m}
@@ -138,7 +157,12 @@ def write_body_dir(out_dir: str | os.PathLike, source: str = "procedural", seed:
     meta = {**meta, "body_model_id": body_model_id, "levels": hierarchy.num_vertices,
             "num_faces": [int(len(f)) for f in hierarchy.faces],
             "hierarchy": "mesh_downsampling.npz" if mesh_downsampling is not None else
-            f"built, factors {list(int(f) for f in factors)}"}
+            f"built, factors {list(int(f) for f in factors)}",
+            "hierarchy_file": Path(mesh_downsampling).name if mesh_downsampling else None,
+            "hierarchy_sha256": file_digest(mesh_downsampling) if mesh_downsampling else None,
+            "checks": checks}
+    standard, why = standard_smpl_hierarchy(meta)
+    meta["standard_smpl_hierarchy"] = {"ok": standard, "why": why}
     pkl_arrays = {**arrays}
     if "J" not in pkl_arrays:
         pkl_arrays["J"] = scipy.sparse.csr_matrix(arrays["J_regressor"]) @ arrays["v_template"]
@@ -148,6 +172,8 @@ def write_body_dir(out_dir: str | os.PathLike, source: str = "procedural", seed:
         (tmp / "model.npz").write_bytes(npz_bytes(plain))
         (tmp / "regressors.npz").write_bytes(npz_bytes(regs))
         (tmp / "hierarchy.npz").write_bytes(npz_bytes(hier_arrays))
+        if flip_perms is not None:
+            (tmp / "mirror.npz").write_bytes(npz_bytes(flip_perms))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import cKDTree
 
+from stdformer.body.smpl_files import _rebuild_sparse, pickle_stubs
 from stdformer.io import (
     NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, DataError, load_npz, load_npz_restricted,
     save_npz_atomic,
@@ -304,12 +305,21 @@ def build_hierarchy(vertices: np.ndarray, faces: np.ndarray,
 # The standard GraphCMR / METRO file
 
 
+MESH_DOWNSAMPLING_KEYS = ("A", "U", "D", "F")
+
+
 def load_mesh_downsampling(path: str | os.PathLike) -> MeshHierarchy:
     """Read `mesh_downsampling.npz` (A: adjacencies, U: upsampling, D: downsampling, F: faces;
-    object arrays of scipy sparse matrices / int arrays) without running pickled code."""
+    object arrays of scipy sparse matrices / int arrays) without running pickled code.
+
+    Only A, U, D and F are read. The standard file also holds `M`, the meshes pickled as
+    `__main__.MyMesh` objects (a class only the script that wrote the file had); nothing needs
+    it, so it is never unpickled. Sparse matrices pickled by old SciPy (module paths
+    `scipy.sparse.csc` etc.) load as today's classes."""
     path = Path(path)
-    raw = load_npz_restricted(path, NUMPY_GLOBALS | SCIPY_SPARSE_GLOBALS)
-    for key in ("A", "U", "D", "F"):
+    raw = load_npz_restricted(path, NUMPY_GLOBALS | SCIPY_SPARSE_GLOBALS,
+                              keys=MESH_DOWNSAMPLING_KEYS, stubs=pickle_stubs())
+    for key in MESH_DOWNSAMPLING_KEYS:
         if key not in raw:
             raise DataError(path, "missing array", field=key)
 
@@ -319,8 +329,6 @@ def load_mesh_downsampling(path: str | os.PathLike) -> MeshHierarchy:
 
     def as_csr(m, field):
         try:
-            from stdformer.body.smpl_files import _rebuild_sparse
-
             if scipy.sparse.issparse(m):
                 return _rebuild_sparse(m).tocsr()
             return scipy.sparse.csr_matrix(np.asarray(m, np.float64))

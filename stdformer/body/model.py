@@ -22,9 +22,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 import torch
-from scipy.spatial import cKDTree
 
 from stdformer.body.hierarchy import MeshHierarchy
+from stdformer.body.mirror import body_flip_perms
 from stdformer.body.smpl_files import SMPL_KEYS, validate_smpl_arrays
 from stdformer.io import DataError, load_npz, read_json
 
@@ -47,28 +47,6 @@ def arrays_digest(groups: dict[str, dict[str, np.ndarray]], length: int = 16) ->
             h.update(f"{group}/{key}:{a.dtype.str}:{a.shape};".encode())
             h.update(a.tobytes())
     return h.hexdigest()[:length]
-
-
-def mirror_permutation(vertices: np.ndarray, k: int = 8) -> np.ndarray:
-    """(V,) index of each vertex's mirror image (x -> -x); an involution.
-
-    The cost |mirror(v_i) - v_j| is symmetric in i, j, so pairs are matched greedily from the
-    cheapest; a vertex left without a partner maps to itself. Exact for a symmetric mesh.
-    """
-    v = np.asarray(vertices, np.float64)
-    n = len(v)
-    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]), k=min(k, n))
-    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
-    i = np.repeat(np.arange(n), idx.shape[1])
-    j, d = idx.reshape(-1), dist.reshape(-1)
-    order = np.lexsort((np.maximum(i, j), np.minimum(i, j), d))
-    perm = np.full(n, -1, np.int64)
-    for a, b in zip(i[order], j[order]):
-        if perm[a] < 0 and perm[b] < 0:
-            perm[a], perm[b] = b, a
-    unmatched = perm < 0
-    perm[unmatched] = np.flatnonzero(unmatched)
-    return perm
 
 
 def landmark_vertex_ids(vertices: np.ndarray, weights: np.ndarray) -> dict[str, int]:
@@ -123,16 +101,19 @@ def _apply_sparse(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class BodyModel(torch.nn.Module):
-    """SMPL-format body: posing, joint regressors, mesh hierarchy, labels, flip permutation.
+    """SMPL-format body: posing, joint regressors, mesh hierarchy, labels, flip permutations.
 
     Attributes: body_model_id (str), num_vertices (int), faces (F, 3) long, hierarchy
-    (MeshHierarchy), part_labels (V,) long (argmax skinning weight), vertex_flip_perm (V,) long,
-    J_regressor_h36m (17, V) float, meta (dict, meta.json). The smplx module is `self.smpl`.
+    (MeshHierarchy), part_labels (V,) long (argmax skinning weight), flip_perms ({"vertices"
+    (V,), "smpl" (24,), "h36m" (17,)} int64 arrays, `stdformer.body.mirror`; None when the
+    template is not mirror-symmetric enough, `flip_error` says why), J_regressor_h36m (17, V)
+    float, meta (dict, meta.json). The smplx module is `self.smpl`.
     """
 
     def __init__(self, arrays: dict, J_regressor_h36m, hierarchy: MeshHierarchy,
                  body_model_id: str | None = None, vertex_ids: dict | None = None,
-                 source: str = "<arrays>"):
+                 source: str = "<arrays>", flip_perms: dict | None = None,
+                 flip_error: str | None = None):
         super().__init__()
         import smplx
 
@@ -169,9 +150,14 @@ class BodyModel(torch.nn.Module):
         self.register_buffer("part_labels",
                              torch.from_numpy(np.argmax(arrays["weights"], 1).astype(np.int64)),
                              persistent=False)
-        self.register_buffer("vertex_flip_perm",
-                             torch.from_numpy(mirror_permutation(arrays["v_template"])),
-                             persistent=False)
+        if flip_perms is None and flip_error is None:
+            template = arrays["v_template"]
+            flip_perms, report = body_flip_perms(
+                template, arrays["f"].astype(np.int64), arrays["J_regressor"] @ template,
+                h36m @ template, str(source), str(source))
+            flip_error = report.get("reason")
+        self.source = str(source)
+        self.flip_perms, self.flip_error = flip_perms, flip_error
         # Composite level-0 <-> level-l maps, as sparse tensors.
         down, up = scipy.sparse.identity(V, format="csr"), scipy.sparse.identity(V, format="csr")
         for level in range(1, hierarchy.num_levels):
@@ -207,8 +193,21 @@ class BodyModel(torch.nn.Module):
         vertex_ids = None
         if meta.get("source") == "procedural":
             vertex_ids = landmark_vertex_ids(arrays["v_template"], arrays["weights"])
+        mirror = meta.get("checks", {}).get("mirror")
+        if mirror is None:
+            raise DataError(body_dir / "meta.json", "no mirror check recorded: written by an "
+                            "older version, rebuild the body directory (dvc repro -f body)",
+                            field="checks")
+        flip_perms = None
+        if mirror.get("ok"):
+            flip_perms = load_npz(body_dir / "mirror.npz", required=("vertices", "smpl", "h36m"))
+            flip_perms = {k: np.asarray(v, np.int64) for k, v in flip_perms.items()}
+            for name, perm in flip_perms.items():
+                if not np.array_equal(perm[perm], np.arange(len(perm))):
+                    raise DataError(body_dir / "mirror.npz", "not an involution", field=name)
         body = cls(arrays, regs["J_regressor_h36m"], hierarchy, body_model_id=digest,
-                   vertex_ids=vertex_ids, source=str(body_dir))
+                   vertex_ids=vertex_ids, source=str(body_dir), flip_perms=flip_perms,
+                   flip_error=mirror.get("reason"))
         body.meta = meta
         return body
 
@@ -259,7 +258,10 @@ class BodyModel(torch.nn.Module):
 
     def flip_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """Mirror meshes (B, V, 3) left/right: negate x and swap mirror vertices."""
-        flipped = vertices[:, self.vertex_flip_perm]
+        if self.flip_perms is None:
+            raise DataError(self.source, f"cannot flip this body: {self.flip_error}",
+                            field="mirror")
+        flipped = vertices[:, torch.from_numpy(self.flip_perms["vertices"])]
         return flipped * flipped.new_tensor([-1.0, 1.0, 1.0])
 
     def extra_repr(self) -> str:

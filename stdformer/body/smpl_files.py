@@ -103,7 +103,7 @@ def _safe_reconstructor(cls, base, state):
     return cls.__new__(cls) if issubclass(cls, ChumpyStub) else object.__new__(cls)
 
 
-def _pickle_stubs() -> dict:
+def pickle_stubs() -> dict:
     stubs = {(m, n): _stub_class(m, n) for m, names in _CHUMPY_CLASSES.items() for n in names}
     # Python-2 era module paths of scipy's sparse classes (deprecated, gone in SciPy 2).
     for fmt in ("csc", "csr", "coo"):
@@ -158,7 +158,7 @@ def load_smpl_file(path: str | os.PathLike) -> dict:
     if path.suffix == ".npz":
         raw = load_npz(path, required=SMPL_KEYS)
     else:
-        raw = safe_load_pickle(path, allowed=ALLOWED_GLOBALS, stubs=_pickle_stubs())
+        raw = safe_load_pickle(path, allowed=ALLOWED_GLOBALS, stubs=pickle_stubs())
         if not isinstance(raw, dict):
             raise DataError(path, f"expected a dict of arrays, got {type(raw).__name__}")
         raw = {str(k): v for k, v in raw.items()}

@@ -21,6 +21,7 @@ from stdformer.train.augment import FlipPerms
 class BodyAssets:
     body_model_id: str
     hierarchy: MeshHierarchy
+    meta: dict                                # the body directory's meta.json
     regressor_h36m: torch.Tensor              # (17, V) float32
     perms: FlipPerms
     down_mid: tuple[torch.Tensor, torch.Tensor]     # fine -> mid as padded (index, weight)
@@ -33,8 +34,9 @@ class BodyAssets:
 
     def to(self, device: torch.device) -> BodyAssets:
         move = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
-        return BodyAssets(self.body_model_id, self.hierarchy, self.regressor_h36m.to(device),
-                          self.perms, move(self.down_mid), move(self.down_coarse))
+        return BodyAssets(self.body_model_id, self.hierarchy, self.meta,
+                          self.regressor_h36m.to(device), self.perms, move(self.down_mid),
+                          move(self.down_coarse))
 
 
 def load_body_assets(body_dir: str | Path) -> BodyAssets:
@@ -46,13 +48,18 @@ def load_body_assets(body_dir: str | Path) -> BodyAssets:
         raise DataError(body_dir, f"the mesh hierarchy has {hierarchy.num_levels} levels; "
                         "STDFormer needs 3 (full, mid, coarse)", field="hierarchy")
     regressor = _h36m_regressor(body, Path(body_dir))
+    # The body's verified permutations (stdformer.body.mirror); COCO-18 keypoints come from the
+    # dataset, not the mesh, so theirs follows the names.
+    flip = body.flip_perms or {}
     perms = FlipPerms(
-        vertices=np.asarray(body.vertex_flip_perm, dtype=np.int64).reshape(-1),
-        smpl=np.asarray(constants.SMPL_FLIP_PERM, dtype=np.int64),
-        h36m=np.asarray(constants.H36M_FLIP_PERM, dtype=np.int64),
-        coco=np.asarray(constants.COCO18_FLIP_PERM, dtype=np.int64))
+        vertices=flip.get("vertices"),
+        smpl=flip.get("smpl", np.asarray(constants.SMPL_FLIP_PERM, dtype=np.int64)),
+        h36m=flip.get("h36m", np.asarray(constants.H36M_FLIP_PERM, dtype=np.int64)),
+        coco=np.asarray(constants.COCO18_FLIP_PERM, dtype=np.int64),
+        source=str(body_dir), unavailable=body.flip_error)
     return BodyAssets(
-        body_model_id=str(body.body_model_id), hierarchy=hierarchy, regressor_h36m=regressor,
+        body_model_id=str(body.body_model_id), hierarchy=hierarchy, meta=body.meta,
+        regressor_h36m=regressor,
         perms=perms, down_mid=sparse_rows_padded(hierarchy.down[0]),
         down_coarse=sparse_rows_padded(hierarchy.down[1]))
 

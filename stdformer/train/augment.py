@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from stdformer.data.shards import context_margin
+from stdformer.io import DataError
 from stdformer.train.config import AugmentConfig
 
 # Targets holding 3D points (S, P, 3) and the flip permutation each one uses (FlipPerms field).
@@ -46,13 +47,23 @@ PER_CLIP = frozenset({"intrinsics"})
 class FlipPerms:
     """Mirror index of every point: after a flip, point i takes the mirrored point perm[i].
 
-    vertices (V,), smpl (24,), h36m (17,), coco (18,) int arrays (each an involution).
+    vertices (V,), smpl (24,), h36m (17,), coco (18,) int arrays (each an involution), from
+    the body directory (`stdformer.body.mirror`). vertices is None when the body cannot be
+    flipped; `unavailable` then says why, and flip augmentation refuses to start.
     """
 
-    vertices: np.ndarray
+    vertices: np.ndarray | None
     smpl: np.ndarray
     h36m: np.ndarray
     coco: np.ndarray
+    source: str = "<body>"
+    unavailable: str | None = None
+
+    def check(self, cfg: AugmentConfig) -> None:
+        """DataError (naming the body) when `cfg` may flip a body that cannot be flipped."""
+        if cfg.enabled and cfg.flip_prob > 0 and self.vertices is None:
+            raise DataError(self.source, f"cannot flip this body ({self.unavailable}); set "
+                            "train.augment.flip_prob: 0", field="mirror")
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,7 @@ class ClipAugmenter:
     """
 
     def __init__(self, cfg: AugmentConfig, perms: FlipPerms, seed: int, epoch: int):
+        perms.check(cfg)
         self.cfg, self.perms, self.seed, self.epoch = cfg, perms, seed, epoch
 
     def params_for(self, key: str) -> AugmentParams:

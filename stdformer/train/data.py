@@ -201,6 +201,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.index, self.seed, self.batch_size = index, seed, batch_size
         self.rank, self.world_size, self.shuffle_window = rank, world_size, shuffle_window
+        perms.check(augment)
         self.augment, self.perms = augment, perms
         self.start_epoch, self.start_batch = start_epoch, start_batch
 
