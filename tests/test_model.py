@@ -6,6 +6,7 @@ names without allocating or initialising 128M weights.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -433,3 +434,36 @@ def test_model_loads_backbone_weights_from_config(tmp_path, small_mesh):
     model = build(cfg, small_mesh, seed=5)
     assert model.backbone_load_report == ([], [])
     assert torch.equal(model.backbone.layer4[0].conv3.weight, source.layer4[0].conv3.weight)
+
+
+@pytest.mark.parametrize("profile,backbone_total,total", [
+    ("full", 128_063_240, 153_743_134), ("resnet50", 23_511_328, 49_191_222)])
+def test_sd_td_placement_option_parameter_counts(full_size_mesh, profile, backbone_total, total):
+    """model.sd_td_at: layer1 (the paper: after the first residual stage, 256 channels) or stem
+    (the release code's hint: before it, 64 channels). With 16 channels a SD group and one
+    channel across the S frames a TD group, both readings have the published counts."""
+    for at, channels, groups in (("layer1", 256, (16, 256)), ("stem", 64, (4, 64))):
+        cfg = dataclasses.replace(ModelConfig.profile(profile), sd_td_at=at)
+        with torch.device("meta"):
+            model = STDFormer(cfg, *full_size_mesh)
+        c = model.parameter_counts()
+        assert model.disentangle.channels == channels and cfg.groups() == groups
+        assert (c["sd"], c["td"]) == (2624, 672)
+        assert (c["backbone_total"], c["total"]) == (backbone_total, total)
+        assert f"at {at}" in model.summary()
+
+
+def test_sd_td_at_stem_acts_before_the_first_residual_stage(small_mesh):
+    cfg = dataclasses.replace(ModelConfig.cpu(), sd_td_at="stem")
+    model = build(cfg, small_mesh)
+    assert model.disentangle.channels == cfg.backbone_width == 16
+    seen = []
+    model.disentangle.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    frames = torch.randn(1, cfg.clip_len, 3, 64, 64)
+    out = model(frames)
+    assert seen == [(cfg.clip_len, 16, 16, 16)]               # (B*S, stem channels, H/4, W/4)
+    assert out["vertices"].shape == (1, cfg.clip_len, 150, 3)
+    out["vertices"].abs().mean().backward()
+    assert model.disentangle.td.conv3x3.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="sd_td_at"):
+        dataclasses.replace(ModelConfig.cpu(), sd_td_at="layer2").validate()

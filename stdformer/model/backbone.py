@@ -1,8 +1,10 @@
 """Backbone construction and ImageNet weight loading.
 
-Every backbone exposes `stem(x) -> (N, stem_channels, H/4, W/4)` (after the first residual
-stage, where SD/TD are inserted), `rest(x) -> (N, out_channels, H/32, W/32)`, and the two
-channel counts as attributes.
+Every backbone exposes `stem_conv(x) -> (N, stem_conv_channels, H/4, W/4)` (before the first
+residual stage), `layer1` (the first residual stage), `stem(x) = layer1(stem_conv(x)) ->
+(N, stem_channels, H/4, W/4)`, `rest(x) -> (N, out_channels, H/32, W/32)`, and the channel
+counts as attributes. SD/TD sit after `stem` (model.sd_td_at: layer1) or after `stem_conv`
+(sd_td_at: stem).
 """
 
 from __future__ import annotations

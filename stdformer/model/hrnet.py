@@ -9,7 +9,8 @@ Where the official code registers `None` (an identity transition or the diagonal
 layers) we register `nn.Identity`, which has no parameters, so the keys are unchanged.
 
 Backbone interface (shared with `resnet.ResNet`):
-    stem(x): (N, 3, H, W) -> (N, 256, H/4, W/4)        conv1, conv2 (two stride-2 3x3), layer1
+    stem_conv(x): (N, 3, H, W) -> (N, 64, H/4, W/4)    conv1, conv2 (two stride-2 3x3)
+    stem(x): (N, 3, H, W) -> (N, 256, H/4, W/4)        stem_conv, then layer1
     rest(x): (N, 256, H/4, W/4) -> (N, 2048, H/32, W/32)  stages 2-4 and the classification head
 H and W must be multiples of 32 (the fuse layers upsample by exact powers of two).
 """
@@ -138,6 +139,7 @@ class HRNet(nn.Module):
         self.bn2 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = _make_layer(Bottleneck, 64, STAGE1_PLANES, STAGE1_BLOCKS)
+        self.stem_conv_channels = 64
         self.stem_channels = STAGE1_PLANES * Bottleneck.expansion  # 256
 
         channels = [self.stem_channels]
@@ -160,11 +162,14 @@ class HRNet(nn.Module):
         self.classifier = nn.Linear(FINAL_CHANNELS, num_classes) if classifier else None
         init_conv_bn(self)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 256, H/4, W/4)."""
+    def stem_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 64, H/4, W/4): the two stride-2 3x3 convs."""
         x = self.relu(self.bn1(self.conv1(x)))   # (N, 64, H/2, W/2)
-        x = self.relu(self.bn2(self.conv2(x)))   # (N, 64, H/4, W/4)
-        return self.layer1(x)                    # (N, 256, H/4, W/4)
+        return self.relu(self.bn2(self.conv2(x)))
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 256, H/4, W/4): stem_conv, then layer1."""
+        return self.layer1(self.stem_conv(x))
 
     def rest(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 256, H/4, W/4) -> (N, 2048, H/32, W/32)."""

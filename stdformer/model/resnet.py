@@ -5,8 +5,9 @@ torchvision does not work on this machine, so this is a small re-implementation 
 layer1..layer4 with BasicBlock/Bottleneck conv1/bn1/..., downsample.0/.1, fc): the usual
 ImageNet files load with `load_backbone_weights`.
 
-Backbone interface (shared with `hrnet.HRNet`), so SD/TD can sit between the two halves:
-    stem(x):  (N, 3, H, W)        -> (N, stem_channels, H/4, W/4)    conv1..maxpool + layer1
+Backbone interface (shared with `hrnet.HRNet`), so SD/TD can sit between the parts:
+    stem_conv(x): (N, 3, H, W)    -> (N, width, H/4, W/4)            conv1, bn1, relu, maxpool
+    stem(x):  (N, 3, H, W)        -> (N, stem_channels, H/4, W/4)    stem_conv + layer1
     rest(x):  (N, stem_channels, H/4, W/4) -> (N, out_channels, H/32, W/32)   layer2..layer4
 """
 
@@ -115,6 +116,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, width * 2, blocks[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, blocks[2], stride=2)
         self.layer4 = self._make_layer(block, width * 8, blocks[3], stride=2)
+        self.stem_conv_channels = width                   # 64 for ResNet-50
         self.stem_channels = width * block.expansion      # 256 for ResNet-50
         self.out_channels = width * 8 * block.expansion   # 2048 for ResNet-50
         self.fc = nn.Linear(self.out_channels, num_classes) if classifier else None
@@ -134,10 +136,13 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
 
+    def stem_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, width, H/4, W/4): conv1, bn1, relu, maxpool."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, stem_channels, H/4, W/4): conv1, bn1, relu, maxpool, layer1."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, width, H/4, W/4)
-        return self.layer1(x)
+        """(N, 3, H, W) -> (N, stem_channels, H/4, W/4): stem_conv, then layer1."""
+        return self.layer1(self.stem_conv(x))
 
     def rest(self, x: torch.Tensor) -> torch.Tensor:
         """(N, stem_channels, H/4, W/4) -> (N, out_channels, H/32, W/32): layer2..layer4."""

@@ -4,6 +4,7 @@
       -> backbone.stem               (B*S, C1, H/4, W/4)      C1 = 256 for ResNet-50 / HRNet-W64
       -> SD/TD disentanglement       (B*S, C1, H/4, W/4)      mixes frames only inside a clip
       -> backbone.rest               (B*S, C_out, H/32, W/32) C_out = 2048
+    (sd_td_at: stem puts SD/TD between backbone.stem_conv (64 channels) and backbone.layer1)
       -> conv_1x1                    (B*S, D0, h, w)          image tokens of the first width
       -> MeshTransformer             cam (B*S, 3), joints (B*S, J, 3), coarse verts (B*S, Vc, 3)
       -> Linear over the vertex axis (B*S, Vm, 3)             learnable coarse -> mid upsampling
@@ -44,6 +45,8 @@ class ModelConfig:
     backbone_weights: str | None = None      # local ImageNet state dict to load, or None
     sd: bool = True                          # spatial disentanglement branch
     td: bool = True                          # temporal disentanglement branch
+    sd_td_at: Literal["layer1", "stem"] = "layer1"  # after the first residual stage (paper) or
+                                             # before it, on the 64-channel stem (release code)
     clip_len: int = 8                        # S: frames per clip (TD's group size)
     sd_groups: int | None = None             # None -> stem channels / 16 (16 channels a group)
     td_groups: int | None = None             # None -> stem channels (a group = 1 channel x S)
@@ -63,14 +66,12 @@ class ModelConfig:
         The HRNet keeps its unused ImageNet classifier (2.05M params) as FastMETRO's does, so the
         count matches the published one and FastMETRO checkpoints load without leftovers.
         """
-        return cls(backbone="hrnet", backbone_width=64, backbone_classifier=True,
-                   sd_groups=16, td_groups=256)
+        return cls(backbone="hrnet", backbone_width=64, backbone_classifier=True)
 
     @classmethod
     def resnet50(cls) -> "ModelConfig":
         """FastMETRO-L's lighter variant: ResNet-50 backbone, same transformer and SD/TD."""
-        return cls(backbone="resnet", backbone_depth=50, backbone_width=64,
-                   sd_groups=16, td_groups=256)
+        return cls(backbone="resnet", backbone_depth=50, backbone_width=64)
 
     @classmethod
     def cpu(cls) -> "ModelConfig":
@@ -91,15 +92,20 @@ class ModelConfig:
         return profiles[name]()
 
     @property
-    def stem_channels(self) -> int:
-        """Channels after the first residual stage (where SD/TD act)."""
+    def sd_td_channels(self) -> int:
+        """Channels where SD/TD act: after the first residual stage (256 for ResNet-50 and
+        HRNet), or after the stem convolutions (64) with sd_td_at: stem."""
+        if self.sd_td_at == "stem":
+            return 64 if self.backbone == "hrnet" else self.backbone_width
         if self.backbone == "hrnet":
             return 256
         return self.backbone_width * (4 if self.backbone_depth >= 50 else 1)
 
     def groups(self) -> tuple[int, int]:
-        """(G_sd, G_td) with the defaults filled in."""
-        c = self.stem_channels
+        """(G_sd, G_td) with the defaults filled in: 16 channels a SD group, one channel
+        across the S frames a TD group (the paper's EMA(256, 16) and EMA(2048, 256) at layer1;
+        the same parameter counts at the stem: EMA(64, 4) and EMA(512, 64))."""
+        c = self.sd_td_channels
         sd = self.sd_groups if self.sd_groups is not None else max(1, c // SD_CHANNELS_PER_GROUP)
         td = self.td_groups if self.td_groups is not None else c
         return sd, td
@@ -107,8 +113,10 @@ class ModelConfig:
     def validate(self) -> None:
         if self.clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
+        if self.sd_td_at not in ("layer1", "stem"):
+            raise ValueError(f"sd_td_at must be 'layer1' or 'stem', got {self.sd_td_at!r}")
         sd_groups, td_groups = self.groups()
-        c = self.stem_channels
+        c = self.sd_td_channels
         if self.sd and (sd_groups < 1 or c % sd_groups):
             raise ValueError(f"sd_groups={sd_groups} must divide the {c} stem channels")
         if self.td and (td_groups < 1 or (c * self.clip_len) % td_groups):
@@ -175,8 +183,11 @@ class STDFormer(nn.Module):
         if cfg.backbone_weights is not None:
             self.backbone_load_report = load_backbone_weights(self.backbone, cfg.backbone_weights)
         sd_groups, td_groups = cfg.groups()
+        channels = (self.backbone.stem_conv_channels if cfg.sd_td_at == "stem"
+                    else self.backbone.stem_channels)
+        assert channels == cfg.sd_td_channels, (channels, cfg.sd_td_channels)
         self.disentangle = SpatioTemporalDisentangle(
-            self.backbone.stem_channels, cfg.clip_len, sd_groups, td_groups, cfg.sd, cfg.td)
+            channels, cfg.clip_len, sd_groups, td_groups, cfg.sd, cfg.td)
         self.conv_1x1 = nn.Conv2d(self.backbone.out_channels, cfg.widths[0], kernel_size=1)
         self.transformer = MeshTransformer(
             cfg.widths, cfg.ffn_dims, cfg.heads, cfg.enc_layers, cfg.dec_layers, cfg.dropout,
@@ -217,8 +228,12 @@ class STDFormer(nn.Module):
             # TD's groups hold exactly clip_len frames; another S would mix unrelated frames.
             raise ValueError(f"TD is built for clips of {self.cfg.clip_len} frames, got {s}")
         x = frames.flatten(0, 1)                          # (B*S, 3, H, W)
-        x = self.backbone.stem(x)                         # (B*S, C1, H/4, W/4)
-        x = self.disentangle(x)                           # (B*S, C1, H/4, W/4)
+        if self.cfg.sd_td_at == "stem":
+            x = self.backbone.stem_conv(x)                # (B*S, C0, H/4, W/4)
+            x = self.backbone.layer1(self.disentangle(x))  # (B*S, C1, H/4, W/4)
+        else:
+            x = self.backbone.stem(x)                     # (B*S, C1, H/4, W/4)
+            x = self.disentangle(x)                       # (B*S, C1, H/4, W/4)
         x = self.backbone.rest(x)                         # (B*S, C_out, H/32, W/32)
         x = self.conv_1x1(x)                              # (B*S, D0, h, w)
         cam, joints, coarse = self.transformer(x)         # (N, 3), (N, J, 3), (N, Vc, 3)
@@ -251,7 +266,8 @@ class STDFormer(nn.Module):
         c = self.cfg
         lines = [f"STDFormer: {c.backbone}"
                  f"{c.backbone_depth if c.backbone == 'resnet' else ''}-w{c.backbone_width}, "
-                 f"SD={'on' if c.sd else 'off'}, TD={'on' if c.td else 'off'}, S={c.clip_len}, "
+                 f"SD={'on' if c.sd else 'off'}, TD={'on' if c.td else 'off'} at {c.sd_td_at}, "
+                 f"S={c.clip_len}, "
                  f"widths={c.widths}, layers={c.enc_layers}+{c.dec_layers}, "
                  f"J={self.num_joints}, V={'/'.join(map(str, self.num_vertices))}"]
         for name, n in self.parameter_counts().items():
