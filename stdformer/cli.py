@@ -1,7 +1,9 @@
 """The `stdformer` console command: user-facing operations outside the DVC pipeline.
 
     stdformer body convert SMPL_NEUTRAL.pkl out.npz   # official SMPL pickle -> plain npz, no chumpy
-    stdformer body info data/body                     # what body model a pipeline uses
+    stdformer body info data/body                     # what body model a pipeline uses, what was checked
+    stdformer checkpoint inspect state_dict.bin       # a FastMETRO / STDFormer / project checkpoint
+    stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
     stdformer shards info data/shards [--verify]      # clips and frames per split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
 """
@@ -37,7 +39,9 @@ def _body_info(args: argparse.Namespace) -> None:
 
 def body_check_lines(meta: dict) -> list[str]:
     """What the body stage checked (meta.json `checks`), one line each."""
-    checks = meta["checks"]
+    checks = meta.get("checks")
+    if not checks:
+        return ["nothing checked: written by an older version, rebuild it (dvc repro -f body)"]
     fit, reg, mirror = checks["hierarchy_fit"], checks["h36m_regressor"], checks["mirror"]
     mm = lambda values: " / ".join(f"{v:.1f}" for v in values)  # noqa: E731
     lines = [
@@ -59,6 +63,41 @@ def body_check_lines(meta: dict) -> list[str]:
     lines.append(f"standard SMPL hierarchy (needed by FastMETRO / STDFormer checkpoints): "
                  f"{'yes' if standard['ok'] else 'no'} ({standard['why']})")
     return lines
+
+
+def _checkpoint_inspect(args: argparse.Namespace) -> None:
+    import yaml
+
+    from stdformer.model.pretrained import inspect_checkpoint
+
+    info = inspect_checkpoint(args.path)
+    t = info["transformer"]
+    print(f"{info['path']}: {info['name'] or 'a'} checkpoint in {info['layout']} layout, "
+          f"{info['total_parameters']:,} parameters")
+    print(f"  backbone     {info['backbone'] or 'none'}: {info['parameters']['backbone']:,}")
+    print(f"  SD/TD        {', '.join(info['sd_td']) or 'none (they start fresh)'}: "
+          f"{info['parameters']['SD/TD']:,}")
+    print(f"  transformer  {t['enc_layers']} + {t['dec_layers']} layers a stage, widths "
+          f"{t['widths']}, FFN {t['ffn_dims']}, {info['joint_tokens']} joint and "
+          f"{info['vertex_tokens']} vertex tokens: {info['parameters']['transformer']:,}")
+    print(f"  heads        {info['parameters']['heads']:,}")
+    if info["skipped"]:
+        print(f"  skipped      {len(info['skipped'])} keys of FastMETRO's optional "
+              "SMPL-parameter regressor (smpl_parameter_regressor.*)")
+    if info["needs_standard_smpl_hierarchy"]:
+        print("  needs the standard SMPL hierarchy: body.source = your SMPL file, "
+              "body.mesh_downsampling = mesh_downsampling.npz")
+    print("params.yaml:")
+    print("  " + yaml.safe_dump({"model": info["model_params"]}, sort_keys=False,
+                                default_flow_style=None).replace("\n", "\n  ").rstrip())
+
+
+def _checkpoint_convert(args: argparse.Namespace) -> None:
+    from stdformer.model.pretrained import convert_checkpoint
+
+    done = convert_checkpoint(args.src, args.dst, args.to)
+    skipped = f"; skipped {len(done['skipped'])} keys" if done["skipped"] else ""
+    print(f"wrote {args.dst} ({done['tensors']} tensors, {args.to} layout{skipped})")
 
 
 def _shards_info(args: argparse.Namespace) -> None:
@@ -87,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     info = body.add_parser("info", help="summarise a body directory written by the body stage")
     info.add_argument("body_dir", nargs="?", default="data/body")
     info.set_defaults(func=_body_info)
+
+    ckpt = groups.add_parser("checkpoint", help="FastMETRO / STDFormer checkpoints"
+                             ).add_subparsers(dest="cmd", required=True)
+    inspect = ckpt.add_parser("inspect", help="what a checkpoint holds and the model params "
+                              "that fit it")
+    inspect.add_argument("path")
+    inspect.set_defaults(func=_checkpoint_inspect)
+    convert_ckpt = ckpt.add_parser("convert", help="rewrite a checkpoint in this project's or "
+                                   "FastMETRO's names")
+    convert_ckpt.add_argument("src")
+    convert_ckpt.add_argument("dst")
+    convert_ckpt.add_argument("--to", choices=("project", "fastmetro"), default="project")
+    convert_ckpt.set_defaults(func=_checkpoint_convert)
 
     shards = groups.add_parser("shards", help="preprocessed shards").add_subparsers(
         dest="cmd", required=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 
-import lap
 import numpy as np
 import scipy.sparse
 from scipy.optimize import linear_sum_assignment
@@ -56,6 +55,8 @@ def _matching(points: np.ndarray, plane_x: float) -> np.ndarray:
     with 8 candidates a vertex, no answer within 100 s with 12). A dense 6890 x 6890
     `linear_sum_assignment` would need 380 MB. lapmod: about 10 ms.
     """
+    import lap  # only the body stage needs it (not a served model)
+
     n = len(points)
     mirrored = mirror_points(points, plane_x)
     _, idx = cKDTree(points).query(mirrored, k=min(CANDIDATES, n))

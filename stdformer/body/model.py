@@ -85,6 +85,28 @@ def landmark_vertex_ids(vertices: np.ndarray, weights: np.ndarray) -> dict[str, 
     return ids
 
 
+def _load_flip_perms(body_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
+    """(flip permutations from mirror.npz, None) or (None, why the body cannot be flipped).
+    A directory without mirror.npz still loads (inference never flips; a served model carries
+    only the files it needs)."""
+    mirror = meta.get("checks", {}).get("mirror")
+    if mirror is None:
+        return None, ("no mirror check recorded (written by an older version): rebuild the "
+                      "body directory (dvc repro -f body)")
+    if not mirror.get("ok"):
+        return None, mirror.get("reason")
+    path = body_dir / "mirror.npz"
+    if not path.is_file():
+        return None, f"{path} is missing"
+    perms = {k: np.asarray(v, np.int64)
+             for k, v in load_npz(path, required=("vertices", "smpl", "h36m")).items()}
+    for name, perm in perms.items():
+        if not np.array_equal(np.sort(perm), np.arange(len(perm))) or \
+                not np.array_equal(perm[perm], np.arange(len(perm))):
+            raise DataError(path, "not an involution of the vertices / joints", field=name)
+    return perms, None
+
+
 def _sparse_tensor(m, dtype=torch.float32) -> torch.Tensor:
     m = scipy.sparse.coo_matrix(m)
     idx = torch.from_numpy(np.stack([m.row, m.col]).astype(np.int64))
@@ -193,21 +215,10 @@ class BodyModel(torch.nn.Module):
         vertex_ids = None
         if meta.get("source") == "procedural":
             vertex_ids = landmark_vertex_ids(arrays["v_template"], arrays["weights"])
-        mirror = meta.get("checks", {}).get("mirror")
-        if mirror is None:
-            raise DataError(body_dir / "meta.json", "no mirror check recorded: written by an "
-                            "older version, rebuild the body directory (dvc repro -f body)",
-                            field="checks")
-        flip_perms = None
-        if mirror.get("ok"):
-            flip_perms = load_npz(body_dir / "mirror.npz", required=("vertices", "smpl", "h36m"))
-            flip_perms = {k: np.asarray(v, np.int64) for k, v in flip_perms.items()}
-            for name, perm in flip_perms.items():
-                if not np.array_equal(perm[perm], np.arange(len(perm))):
-                    raise DataError(body_dir / "mirror.npz", "not an involution", field=name)
+        flip_perms, flip_error = _load_flip_perms(body_dir, meta)
         body = cls(arrays, regs["J_regressor_h36m"], hierarchy, body_model_id=digest,
                    vertex_ids=vertex_ids, source=str(body_dir), flip_perms=flip_perms,
-                   flip_error=mirror.get("reason"))
+                   flip_error=flip_error)
         body.meta = meta
         return body
 

@@ -43,6 +43,8 @@ class ModelConfig:
     backbone_blocks: list[int] | None = None  # ResNet blocks per stage override, e.g. [1,1,1,1]
     backbone_classifier: bool = False        # keep the unused ImageNet classifier (see full())
     backbone_weights: str | None = None      # local ImageNet state dict to load, or None
+    init_checkpoint: str | None = None       # FastMETRO / STDFormer / project checkpoint to
+                                             # start from (stdformer.model.pretrained), or None
     sd: bool = True                          # spatial disentanglement branch
     td: bool = True                          # temporal disentanglement branch
     sd_td_at: Literal["layer1", "stem"] = "layer1"  # after the first residual stage (paper) or

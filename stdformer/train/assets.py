@@ -21,6 +21,7 @@ from stdformer.train.augment import FlipPerms
 class BodyAssets:
     body_model_id: str
     hierarchy: MeshHierarchy
+    body_dir: str
     meta: dict                                # the body directory's meta.json
     regressor_h36m: torch.Tensor              # (17, V) float32
     perms: FlipPerms
@@ -34,7 +35,7 @@ class BodyAssets:
 
     def to(self, device: torch.device) -> BodyAssets:
         move = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
-        return BodyAssets(self.body_model_id, self.hierarchy, self.meta,
+        return BodyAssets(self.body_model_id, self.hierarchy, self.body_dir, self.meta,
                           self.regressor_h36m.to(device), self.perms, move(self.down_mid),
                           move(self.down_coarse))
 
@@ -58,7 +59,8 @@ def load_body_assets(body_dir: str | Path) -> BodyAssets:
         coco=np.asarray(constants.COCO18_FLIP_PERM, dtype=np.int64),
         source=str(body_dir), unavailable=body.flip_error)
     return BodyAssets(
-        body_model_id=str(body.body_model_id), hierarchy=hierarchy, meta=body.meta,
+        body_model_id=str(body.body_model_id), hierarchy=hierarchy, body_dir=str(body_dir),
+        meta=body.meta,
         regressor_h36m=regressor,
         perms=perms, down_mid=sparse_rows_padded(hierarchy.down[0]),
         down_coarse=sparse_rows_padded(hierarchy.down[1]))

@@ -43,7 +43,8 @@ def load_model(path: str | Path, body_dir: str | Path,
         raise DataError(body_dir, f"body model {assets.body_model_id!r} differs from the one the "
                         f"model was trained with ({payload['body_model_id']!r})",
                         field="body_model_id")
-    cfg = from_dict(ModelConfig, dict(payload["model_config"], backbone_weights=None),
+    cfg = from_dict(ModelConfig, dict(payload["model_config"], backbone_weights=None,
+                                      init_checkpoint=None),
                     source=str(path), prefix="model_config")
     model = STDFormer.from_hierarchy(cfg, assets.hierarchy)
     model.load_state_dict(payload["weights"])

@@ -26,8 +26,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from stdformer.io import DataError, write_bytes_atomic
+from stdformer.io import DataError, file_digest, write_bytes_atomic
 from stdformer.losses import LossConfig, MeshInfo
+from stdformer.model.pretrained import load_init_checkpoint
 from stdformer.model.stdformer import ModelConfig, STDFormer, count_parameters
 from stdformer.train import checkpoint as ckpt_io
 from stdformer.train.assets import BodyAssets, load_body_assets
@@ -102,8 +103,21 @@ class Session:
     tracker: MlflowTracker | None = None
 
 
-def build_model(model_cfg: ModelConfig, assets: BodyAssets) -> STDFormer:
-    return STDFormer.from_hierarchy(model_cfg, assets.hierarchy)
+def build_model(model_cfg: ModelConfig, assets: BodyAssets, say=None) -> STDFormer:
+    """The model on the body's hierarchy, initialised from model.init_checkpoint when set
+    (its load report goes to `say`)."""
+    model = STDFormer.from_hierarchy(model_cfg, assets.hierarchy)
+    if model_cfg.init_checkpoint is not None:
+        report = load_init_checkpoint(model, model_cfg.init_checkpoint, assets.meta,
+                                      assets.body_model_id, assets.body_dir)
+        for line in report.lines():
+            (say or print)(line)
+    return model
+
+
+def _digest_or_none(path: str | None) -> str | None:
+    """sha256 of a file the run starts from (a replaced checkpoint must not resume a run)."""
+    return file_digest(path) if path is not None and Path(path).is_file() else None
 
 
 def _say(d: Dist, message: str) -> None:
@@ -151,10 +165,11 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
     train_index = index_shards(paths.shards, "train")
     val_index = index_shards(paths.shards, "validation")
     run_hash = config_hash(cfg, model_cfg, loss_cfg, world_size=d.world_size, extra={
-        "body_model_id": assets.body_model_id, "train_shards": train_index.fingerprint()})
+        "body_model_id": assets.body_model_id, "train_shards": train_index.fingerprint(),
+        "init_checkpoint": _digest_or_none(model_cfg.init_checkpoint)})
 
     _seed_everything(cfg.seed)                # same initial weights on every rank
-    raw_model = build_model(model_cfg, assets).to(d.device)
+    raw_model = build_model(model_cfg, assets, say=lambda line: _say(d, line)).to(d.device)
     if d.device.type == "cuda" and cfg.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     _seed_everything(cfg.seed + 1 + d.rank)   # then per-rank streams (dropout)
