@@ -14,10 +14,11 @@ per frame, (B, S), or per consecutive frame pair, (B, S-1), then averaged over t
 contents (even NaN) change neither the loss nor its gradient. With no valid frame the loss is
 an exact zero that is still part of the autograd graph.
 
-Centring: joints (3D, and the 3D joints fed to the camera) on the mid-hip of J14; meshes (every
-level) on the pelvis of their own fine mesh: joint 0 of the H36M-17 regression when the regressor
-has 17 rows, else the J14 mid-hip. Ground truth is centred the same way, so targets may come
-centred or not.
+Centring (FastMETRO's training code, so its camera head keeps its meaning): 3D joint terms on
+the mid-hip of J14; meshes (every level) on the pelvis of their own fine mesh, joint 0 of the
+H36M-17 regression (the J14 mid-hip for a 14-row regressor). The camera projects token joints
+centred on their mid-hip and mesh joints centred on the mesh's pelvis. Ground truth is centred
+the same way, so targets may come centred or not.
 """
 
 from __future__ import annotations
@@ -277,15 +278,17 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         gt_fine = from_target("vertices_fine")
         pred_mesh_j14, pred_pelvis = regress_joints(pred_fine, regressor)  # (B,S,14,3), (B,S,3)
         _, gt_pelvis = regress_joints(gt_fine, regressor)
-        pred_mesh_j14 = pred_mesh_j14 - mid_hip(pred_mesh_j14)[..., None, :]
 
-    # Joint sets that are on: name -> predicted J14 (B, S, 14, 3), centred on the mid-hip
+    # Joint sets that are on: name -> predicted J14 (B, S, 14, 3), centred as in FastMETRO's
+    # training code, so an imported camera head keeps its meaning: token joints on their own
+    # mid-hip, mesh joints on the mesh's pelvis (H36M joint 0). The camera projects these;
+    # the 3D terms re-centre both on the mid-hip.
     joints = {}
     if cfg.joints3d_tokens or cfg.joints2d_tokens:
         tokens = from_pred("joints3d")
         joints["tokens"] = tokens - mid_hip(tokens)[..., None, :]
     if cfg.joints3d_mesh or cfg.joints2d_mesh:
-        joints["mesh"] = pred_mesh_j14
+        joints["mesh"] = pred_mesh_j14 - pred_pelvis[..., None, :]
 
     # 3D joints
     group_j3d = anchor.new_zeros(())
@@ -294,10 +297,11 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         gt_j3d = from_target("joints3d")
         gt_j3d = gt_j3d - mid_hip(gt_j3d)[..., None, :]
         for s in sets_3d:
-            group_j3d = group_j3d + add(f"joints3d_{s}", l1_per_frame(joints[s], gt_j3d), valid)
+            pred_j3d = joints[s] - mid_hip(joints[s])[..., None, :]
+            group_j3d = group_j3d + add(f"joints3d_{s}", l1_per_frame(pred_j3d, gt_j3d), valid)
             if cfg.joints3d_velocity:
                 group_j3d = group_j3d + add(f"joints3d_{s}_vel",
-                                            velocity_per_pair(joints[s], gt_j3d), pair_valid)
+                                            velocity_per_pair(pred_j3d, gt_j3d), pair_valid)
 
     # Vertices at three levels, each centred on its fine mesh's pelvis
     group_vert = anchor.new_zeros(())

@@ -6,6 +6,9 @@ Conventions (reference section 4):
 * Joints are the 14 "common" joints (J14) taken from the H36M-17 regression by `J14_FROM_H36M`;
   the pelvis is the mid-hip (mean of J14[2] and J14[3]), subtracted separately from prediction
   and ground truth (`root_align`).
+* MPVPE centres each mesh on its own pelvis, H36M-17 joint 0 regressed from that mesh
+  (`mesh_pelvis`), as FastMETRO's and STDFormer's evaluation code does (the J14 mid-hip would
+  differ slightly).
 * Everything is computed in float64 (Procrustes SVDs and second differences lose precision in
   float32); inputs may be float32 tensors or numpy arrays.
 * Functions are pure and vectorised over frames; masks (`valid`) say which frames count, and
@@ -105,9 +108,15 @@ def pa_mpjpe(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return mpjpe(procrustes_align(pred, gt), gt)
 
 
+def mesh_pelvis(vertices: torch.Tensor, regressor: torch.Tensor) -> torch.Tensor:
+    """vertices (..., V, 3), H36M regressor (17, V) -> (..., 3): H36M joint 0 of the mesh."""
+    return torch.einsum("v,...vc->...c", regressor[0].to(vertices), vertices)
+
+
 def mpvpe(pred_verts: torch.Tensor, gt_verts: torch.Tensor,
           pred_pelvis: torch.Tensor, gt_pelvis: torch.Tensor) -> torch.Tensor:
-    """Mean per-vertex position error, each mesh centred on its own pelvis.
+    """Mean per-vertex position error, each mesh centred on its own pelvis (the protocol:
+    `mesh_pelvis` of each mesh).
 
     pred_verts, gt_verts (N, V, 3); pred_pelvis, gt_pelvis (N, 3); metres -> (N,) mm.
     """

@@ -31,6 +31,7 @@ def mesh_info():
     gen = torch.Generator().manual_seed(1)
     regressor = torch.rand(17, N_FINE, generator=gen, dtype=torch.float64)
     regressor = regressor / regressor.sum(1, keepdim=True)    # rows are convex combinations
+    regressor[0] = 0.5 * (regressor[1] + regressor[4])        # pelvis = mid-hip, as in H36M
     return losses.MeshInfo(joint_regressor=regressor, mid_faces=SQUARE_FACES)
 
 
@@ -261,6 +262,28 @@ def test_2d_terms_hand_values_and_visibility(mesh_info):
                                                         joints2d_velocity=True), mesh_info)
     assert terms["joints2d_tokens"] == pytest.approx(0.0, abs=1e-12)
     assert terms["joints2d_tokens_vel"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mesh_joints_are_projected_centred_on_the_mesh_pelvis_as_in_fastmetro(mesh_info):
+    """FastMETRO projects the J14 regressed from the mesh centred on the mesh's pelvis (H36M
+    joint 0), the token joints centred on their mid-hip: with a pelvis away from the mid-hip,
+    targets made that way give zero 2D loss on both."""
+    regressor = mesh_info.joint_regressor.clone()
+    regressor[0] = regressor[7]                     # the pelvis row somewhere else (the torso)
+    info = losses.MeshInfo(joint_regressor=regressor, mid_faces=SQUARE_FACES)
+    target, cam = make_target(info)
+    pred = pred_from(target, cam)
+    j14, pelvis = losses.regress_joints(target["vertices_fine"], regressor)
+    assert (pelvis - losses.mid_hip(j14)).norm(dim=-1).min() > 1e-3
+    mesh_target = dict(target, joints2d=losses.project_weak_perspective(
+        j14 - pelvis[..., None, :], cam))
+    _, terms = losses.compute_losses(pred, mesh_target, only(joints2d_mesh=True), info)
+    assert terms["joints2d_mesh"] == pytest.approx(0.0, abs=1e-12)
+    _, terms = losses.compute_losses(pred, target, only(joints2d_tokens=True), info)
+    assert terms["joints2d_tokens"] == pytest.approx(0.0, abs=1e-12)
+    # the 3D mesh-joint term still compares mid-hip-centred joints
+    _, terms = losses.compute_losses(pred, target, only(joints3d_mesh=True), info)
+    assert terms["joints3d_mesh"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_2d_projection_uses_the_predicted_camera(mesh_info):

@@ -130,6 +130,29 @@ def test_mpvpe_centres_each_mesh_on_its_own_pelvis(gen):
     torch.testing.assert_close(err, torch.full((3,), 5.0, dtype=torch.float64))
 
 
+def test_mpvpe_of_the_protocol_centres_on_h36m_joint_0_of_each_mesh(gen):
+    """FastMETRO / STDFormer evaluation: each mesh minus its own H36M joint 0 regressed from
+    it, not the J14 mid-hip. A prediction equal to the ground truth except for the one vertex
+    the right hip is regressed from: with the pelvis on vertex 0, only that vertex is off."""
+    from stdformer.train.evaluate import frame_errors
+
+    n, v = 2, 40
+    gt = torch.randn(n, v, 3, generator=gen, dtype=torch.float64)
+    regressor = torch.zeros(17, v, dtype=torch.float64)
+    regressor[torch.arange(17), torch.arange(17) + 1] = 1.0    # joint j sits on vertex j + 1
+    regressor[0] = 0.0
+    regressor[0, 0] = 1.0                                      # the pelvis on vertex 0
+    pred = gt.clone()
+    pred[:, 2, 0] += 0.1                 # vertex 2 (R_Hip, H36M 1) 10 cm off: mid-hip 5 cm off
+    torch.testing.assert_close(metrics.mesh_pelvis(pred, regressor), pred[:, 0])
+    errors = frame_errors(pred, gt, regressor @ gt, regressor)
+    torch.testing.assert_close(errors["mpvpe"], torch.full((n,), 100.0 / v, dtype=torch.float64))
+    # the same mesh anywhere else: zero
+    shifted = frame_errors(gt + torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64), gt,
+                           regressor @ gt, regressor)
+    assert shifted["mpvpe"].abs().max() < 1e-9
+
+
 # --------------------------------------------------------------------------------------------
 # Acceleration
 

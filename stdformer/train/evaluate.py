@@ -2,7 +2,8 @@
 
 J14 joints come from the H36M-17 regressor applied to the predicted fine mesh (the published
 protocol), ground truth from the shards' `joints_h36m`; both are root aligned on their own
-mid-hip. Meshes are compared centred on their own pelvis (MPVPE). Only valid frames count.
+mid-hip. Meshes are compared centred on their own pelvis, H36M joint 0 regressed from each mesh
+(MPVPE, as FastMETRO's evaluation). Only valid frames count.
 Results are per-frame sums plus the frame count, so DDP ranks can add them up.
 """
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-from stdformer.metrics import j14_from_h36m, j14_pelvis, mpjpe, mpvpe, pa_mpjpe, root_align
+from stdformer.metrics import (j14_from_h36m, j14_pelvis, mesh_pelvis, mpjpe, mpvpe, pa_mpjpe,
+                               root_align)
 
 METRICS = ("mpjpe", "pa_mpjpe", "mpvpe")
 
@@ -22,14 +24,16 @@ def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
                  gt_h36m: torch.Tensor, regressor: torch.Tensor) -> dict[str, torch.Tensor]:
     """pred_vertices, gt_vertices (N, V, 3), gt_h36m (N, 17, 3), regressor (17, V) -> per-frame
     mm errors {mpjpe, pa_mpjpe, mpvpe: (N,) float64}."""
-    pred_j14 = j14_from_h36m(regressor.to(pred_vertices) @ pred_vertices)     # (N, 14, 3)
+    regressor = regressor.to(pred_vertices)
+    gt_vertices = gt_vertices.to(pred_vertices)
+    pred_j14 = j14_from_h36m(regressor @ pred_vertices)                       # (N, 14, 3)
     gt_j14 = j14_from_h36m(gt_h36m.to(pred_vertices))
     pred_aligned, gt_aligned = root_align(pred_j14), root_align(gt_j14)
     return {
         "mpjpe": mpjpe(pred_aligned, gt_aligned),
         "pa_mpjpe": pa_mpjpe(pred_aligned, gt_aligned),
-        "mpvpe": mpvpe(pred_vertices, gt_vertices.to(pred_vertices), j14_pelvis(pred_j14),
-                       j14_pelvis(gt_j14)),
+        "mpvpe": mpvpe(pred_vertices, gt_vertices, mesh_pelvis(pred_vertices, regressor),
+                       mesh_pelvis(gt_vertices, regressor)),
     }
 
 
