@@ -5,6 +5,7 @@ exporter), round trips, SD/TD from STDFormer's release, and bad files."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -204,3 +205,74 @@ def test_checkpoint_cli_inspect_and_convert(tmp_path, capsys):
     assert "project layout; skipped 4 keys" in capsys.readouterr().out
     assert main(["checkpoint", "inspect", str(tmp_path / "missing.bin")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fastmetro_checkpoint_trains_and_evaluates_through_the_stages(tiny_project_factory,
+                                                                       arrays, tmp_path):
+    """A user's official files (SMPL pickle, J_regressor_h36m_correct.npy, mesh_downsampling.npz
+    and a FastMETRO-S-R50 state_dict.bin) -> body, synthesize, preprocess, train (from the
+    checkpoint, a few steps), evaluate, as `dvc repro` runs them."""
+    import subprocess
+
+    import yaml
+    from conftest import project_env
+    from realfiles import official_smpl_pickle, write_mesh_downsampling
+
+    from stdformer.body import build_hierarchy, derive_h36m_regressor
+
+    files = tmp_path / "user_files"
+    files.mkdir()
+    (files / "SMPL_NEUTRAL.pkl").write_bytes(official_smpl_pickle(arrays, protocol=2))
+    np.save(files / "J_regressor_h36m_correct.npy", derive_h36m_regressor(arrays).toarray())
+    hierarchy = build_hierarchy(arrays["v_template"], arrays["f"].astype(np.int64))
+    write_mesh_downsampling(files / "mesh_downsampling.npz", hierarchy, arrays["v_template"])
+    checkpoint = files / "FastMETRO-S-R50_3dpw_state_dict.bin"
+    torch.save(fastmetro_state_dict("S", smpl_regressor=True), checkpoint)
+
+    project = tiny_project_factory({
+        "body": {"source": str(files / "SMPL_NEUTRAL.pkl"),
+                 "h36m_regressor": str(files / "J_regressor_h36m_correct.npy"),
+                 "mesh_downsampling": str(files / "mesh_downsampling.npz")},
+        "model": {"profile": "resnet50", "enc_layers": 1, "dec_layers": 1, "dropout": 0.0,
+                  "init_checkpoint": str(checkpoint)},
+        "train": {"steps": 2, "batch_size": 1, "joint_warmup_steps": 0},
+        "evaluate": {"overlays": 0, "smoothing": {"enabled": False}, "device": "cpu"}})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["variants"] = {"stdformer": {}}                       # one model is enough here
+    params["evaluate"]["models"] = {"stdformer": "models/stdformer.pt"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    done = subprocess.run(["dvc", "repro", "evaluate"], cwd=project, capture_output=True,
+                          text=True, env={**project_env(), "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    log = done.stdout + done.stderr
+    assert f"init from {checkpoint} (fastmetro layout)" in log
+    assert "start fresh (SD/TD: 12 keys)" in log and "SMPL-parameter regressor" in log
+    meta = json.loads((project / "data/body/meta.json").read_text())
+    assert meta["standard_smpl_hierarchy"]["ok"] is True
+    overall = json.loads((project / "metrics/eval.json").read_text())["overall"]
+    assert overall["stdformer"]["frames"] > 0 and np.isfinite(overall["stdformer"]["mpvpe"])
+    trained = torch.load(project / "models/stdformer.pt", weights_only=True)
+    assert trained["model_config"]["init_checkpoint"] == str(checkpoint)
+
+
+def test_hrnet_w64_layout_maps_both_ways(smpl_sized_mesh):
+    """FastMETRO-L-H64: HRNet keeps the classification network's names (classifier included),
+    so `profile: full` takes every tensor (shapes only: built on the meta device)."""
+    from stdformer.model.fastmetro import backbone_of, from_fastmetro, layout_of, to_fastmetro
+
+    with torch.device("meta"):
+        model = STDFormer(ModelConfig.full(), *smpl_sized_mesh)
+    own = model.state_dict()
+    exported, left = to_fastmetro(own, "hrnet")
+    assert not left and layout_of(exported) == "fastmetro"
+    assert backbone_of(exported, "fastmetro") == "hrnet"
+    assert "backbone.classifier.weight" in exported
+    assert "backbone.stage4.2.fuse_layers.0.3.0.weight" in exported
+    assert "transformer_2.decoder.layers.2.norm3.bias" in exported
+    back, notes = from_fastmetro({k: v for k, v in exported.items()
+                                  if not k.startswith(("backbone.sd.", "backbone.td."))}, "hrnet")
+    assert not any(notes.values())
+    assert set(own) - set(back) == {k for k in own if k.startswith("disentangle.")}
+    assert all(back[k].shape == own[k].shape for k in back)
