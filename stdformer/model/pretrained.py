@@ -198,7 +198,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
         "path": str(path), "layout": ckpt.layout, "name": fastmetro_name,
         "backbone": ckpt.backbone, "transformer": {"widths": widths, "ffn_dims": ffn,
                                                    "enc_layers": enc, "dec_layers": dec},
-        "joint_tokens": int(s["transformer.joint_token_embed.weight"].shape[0]),
+        "joint_tokens": (int(s["transformer.joint_token_embed.weight"].shape[0])
+                         if "transformer.joint_token_embed.weight" in s else None),
         "vertex_tokens": ckpt.num_vertex_tokens,
         "sd_td": sorted({k.split(".")[1] for k in s if k.startswith("disentangle.")}),
         "parameters": {g: params[g] for g in GROUPS}, "total_parameters": sum(params.values()),
