@@ -6,6 +6,7 @@
     stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
     stdformer shards info data/shards [--verify]      # clips and frames per split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
+    stdformer predict VIDEO --model models:/stdformer@champion --out DIR   # video -> meshes
 """
 
 from __future__ import annotations
@@ -111,6 +112,77 @@ def _shards_info(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from stdformer.config import read_params, section_config
+    from stdformer.data.preprocess import PreprocessConfig
+    from stdformer.inference import PredictConfig, load_inference_model, predict_video
+
+    # The crop protocol is the project's preprocess section (what the model was trained on).
+    crop = (section_config(read_params(args.params), "preprocess", PreprocessConfig, args.params,
+                           required=False) if Path(args.params).is_file() else PreprocessConfig())
+    cfg = PredictConfig(min_track_frames=args.min_track_frames, max_people=args.max_people,
+                        box_scale=args.box_scale, focal=args.focal, device=args.device,
+                        glb=not args.no_glb, overlay=not args.no_overlay,
+                        obj_every=args.obj_every)
+    cfg.smoothing.enabled, cfg.smoothing.sigma = args.smooth is not None, args.smooth or 1.5
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise DataError("stdformer predict", str(e)) from e
+    model = load_inference_model(args.model, args.body, device="cpu")
+    result = predict_video(args.video, model, args.out, cfg, crop, boxes=args.boxes,
+                           fps=args.fps, show_progress=not args.quiet)
+    if result.message:
+        print(f"predict: {result.message}", file=sys.stderr)
+    print(f"predict: {result.num_frames} frames, {len(result.track_ids)} track(s) in "
+          f"{result.seconds:.1f} s ({result.frames_per_s:.1f} frames/s)", file=sys.stderr)
+    for kind, path in result.files.items():
+        print(f"{kind}\t{path}")
+
+
+def _add_predict(groups) -> None:
+    from stdformer.inference.config import PredictConfig
+
+    predict = groups.add_parser(
+        "predict", help="meshes of every person in a video (or a folder of frames)",
+        description="Find and track people (OpenCV HOG, or --boxes), crop them as preprocess "
+        "does, run the model over windows merged as evaluate merges them, and write "
+        "DIR/<video>.npz, an H.264 overlay video, a contact sheet and a .glb per person.")
+    predict.add_argument("video", help="video file (anything OpenCV reads) or folder of frames")
+    predict.add_argument("--model", required=True,
+                         help="models/<variant>.pt, or an MLflow URI (models:/stdformer@champion)")
+    predict.add_argument("--out", required=True, help="output directory")
+    predict.add_argument("--body", default="data/body",
+                         help="body directory a model file was trained with (default data/body)")
+    predict.add_argument("--boxes", help="person boxes, MOT-style CSV frame,id,x,y,w,h,score "
+                         "(frames from 1) or JSON; with ids on every row tracking is skipped")
+    predict.add_argument("--focal", type=float, help="focal length in pixels (default: the "
+                         "image diagonal)")
+    predict.add_argument("--fps", type=float, help="frame rate of a frame folder (default 30) or "
+                         "override of the video's")
+    defaults = PredictConfig()
+    predict.add_argument("--max-people", type=int, default=defaults.max_people,
+                         help="keep the N longest tracks (default 0: all)")
+    predict.add_argument("--min-track-frames", type=int, default=defaults.min_track_frames,
+                         help="drop tracks with fewer detected frames (default %(default)s)")
+    predict.add_argument("--box-scale", type=float, default=defaults.box_scale,
+                         help="crop side / longer side of a full-body box (default %(default)s)")
+    predict.add_argument("--smooth", type=float, metavar="SIGMA",
+                         help="Gaussian smoothing over time (frames), as evaluate's")
+    predict.add_argument("--obj-every", type=int, default=0, metavar="N",
+                         help="also write an OBJ of every Nth frame of each person")
+    predict.add_argument("--no-glb", action="store_true", help="skip the .glb files")
+    predict.add_argument("--no-overlay", action="store_true",
+                         help="skip the overlay video and contact sheet")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    predict.add_argument("--params", default="params.yaml",
+                         help="project params: the preprocess section sets the crop protocol")
+    predict.add_argument("--quiet", action="store_true", help="no progress output")
+    predict.set_defaults(func=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stdformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stdformer.registry import add_registry_commands
 
     add_registry_commands(groups)
+    _add_predict(groups)
     return parser
 
 

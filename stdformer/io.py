@@ -262,8 +262,10 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
             info.compress_type = method
             info.external_attr = 0o644 << 16
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]),
-                                      allow_pickle=False)
+            array = np.asarray(arrays[key])
+            # C order (ascontiguousarray would also turn a 0-d array into shape (1,))
+            np.lib.format.write_array(member, np.ascontiguousarray(array) if array.ndim else
+                                      array, allow_pickle=False)
             zf.writestr(info, member.getvalue())
     return buf.getvalue()
 

@@ -116,6 +116,19 @@ def track_boxes(keypoints: np.ndarray, conf_threshold: float = CONF_THRESHOLD,
     """
     centers, sides, detected = keypoint_boxes(keypoints, conf_threshold, min_visible,
                                               extent_scale)
+    return smooth_boxes(centers, sides, detected, median_kernel, sigma)
+
+
+def smooth_boxes(centers: np.ndarray, sides: np.ndarray, detected: np.ndarray,
+                 median_kernel: int = MEDIAN_KERNEL, sigma: float = GAUSSIAN_SIGMA) -> BoxTrack:
+    """Raw square boxes of one track -> interpolate missing -> median -> Gaussian.
+
+    centers (N,2), sides (N,), detected (N,) bool (other rows are ignored) -> BoxTrack. The one
+    box path for keypoint boxes (preprocess) and detector boxes (`stdformer predict`).
+    """
+    centers = np.asarray(centers, np.float64)
+    sides = np.asarray(sides, np.float64)
+    detected = np.asarray(detected, bool)
     if not detected.any():
         return BoxTrack(centers, sides, detected)
     params = interpolate_missing(np.column_stack([centers, sides]), detected)  # (N,3)

@@ -164,6 +164,24 @@ def _body(body_dir: str):
     return _BODIES[key]
 
 
+def stored_crop(image: np.ndarray | bytes | None, center, side: float, cfg: PreprocessConfig
+                ) -> bytes:
+    """The JPEG a shard stores for one frame: the person crop with context (context_size pixels,
+    the same image pixels per crop pixel as the model's crop) of `image` ((H, W, 3) BGR or JPEG
+    bytes; None: black). Decoded, its centre crop_size square is the model's input
+    (shards.decode_clip); `stdformer predict` cuts its crops with this function too."""
+    size = cfg.context_size
+    if image is None:
+        crop = np.zeros((size, size, 3), dtype=np.uint8)
+    else:
+        crop, _ = crops.crop_person(image, center, side, size,
+                                    scale=cfg.crop_scale * size / cfg.crop_size)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)])
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise RuntimeError("JPEG encoding of a crop failed")
+    return buf.tobytes()
+
+
 def crop_track_frames(image_paths, centers: np.ndarray, sides: np.ndarray,
                       cfg: PreprocessConfig
                       ) -> tuple[list[bytes], np.ndarray, dict[str, np.ndarray]]:
@@ -173,31 +191,23 @@ def crop_track_frames(image_paths, centers: np.ndarray, sides: np.ndarray,
     n = len(image_paths)
     missing = np.zeros(n, dtype=bool)
     corrupt = np.zeros(n, dtype=bool)
-    size = cfg.context_size
-    scale = cfg.crop_scale * size / cfg.crop_size  # same pixels per image pixel as the crop
-    blank = np.zeros((size, size, 3), dtype=np.uint8)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)]
     jpegs = []
     for i, path in enumerate(image_paths):
-        crop = blank
+        data = None
         try:
             data = Path(path).read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
             if cfg.on_error == "fail":
                 raise DataError(path, f"image file cannot be read ({type(e).__name__})") from e
             missing[i] = True
-        else:
-            try:
-                crop, _ = crops.crop_person(data, centers[i], sides[i], size, scale=scale)
-            except crops.UnreadableImageError as e:
-                if cfg.on_error == "fail":
-                    raise DataError(path, f"not a readable JPEG (corrupt or truncated): "
-                                    f"{e}") from e
-                corrupt[i] = True
-        ok, buf = cv2.imencode(".jpg", crop, params)
-        if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
-            raise RuntimeError(f"JPEG encoding failed for {path}")
-        jpegs.append(buf.tobytes())
+        try:
+            jpegs.append(stored_crop(data, centers[i], sides[i], cfg))
+        except crops.UnreadableImageError as e:
+            if cfg.on_error == "fail":
+                raise DataError(path, f"not a readable JPEG (corrupt or truncated): "
+                                f"{e}") from e
+            corrupt[i] = True
+            jpegs.append(stored_crop(None, centers[i], sides[i], cfg))
     return jpegs, ~(missing | corrupt), {"missing_image": missing, "corrupt_image": corrupt}
 
 

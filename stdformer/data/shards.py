@@ -249,7 +249,7 @@ def shard_read_error(exn: Exception) -> bool:
     raise DataError(url, f"not a readable tar shard (truncated or corrupt?): {problem}") from exn
 
 
-def _decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
+def decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(where, "frame is not a readable JPEG")
@@ -281,7 +281,7 @@ def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32",
     frame_names = sorted(k for k in sample if re.fullmatch(r"f\d+\.jpg", k))
     if not frame_names:
         raise DataError(where, "no frames", field="f00.jpg")
-    frames = np.stack([_decode_jpeg_rgb(sample[k], f"{where}.{k}") for k in frame_names])
+    frames = np.stack([decode_jpeg_rgb(sample[k], f"{where}.{k}") for k in frame_names])
     stored = int(meta.get("context_size", meta.get("crop_size", frames.shape[1])))
     if frames.shape[1:3] != (stored, stored):
         raise DataError(where, f"frames are {frames.shape[2]}x{frames.shape[1]}, the meta says "

@@ -1,0 +1,108 @@
+"""Settings of `stdformer predict` (and of the `demo` stage's `predict` subsection).
+
+The crop protocol (crop size and scale, box smoothing, crop JPEG quality) is not here: it is the
+`preprocess` section the model was trained with (`PreprocessConfig`), so inference crops come out
+of the same code with the same numbers as training crops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from stdformer.evaluation.config import MERGE_MODES, SmoothingConfig
+
+
+@dataclass
+class HOGConfig:
+    """OpenCV's built-in HOG people detector (no download). Its 64x128 window needs people about
+    100 px tall, so frames are upscaled first; numbers measured on the synthetic test split
+    (README, "Predict on a video")."""
+
+    upscale: float = 2.0               # frame zoom before detection (1 = none)
+    win_stride: int = 4                # pixels between windows (smaller: more recall, slower)
+    scale: float = 1.1                 # pyramid step between detection scales
+    hit_threshold: float = 0.0         # SVM margin a window needs
+    # The window holds margins around the person: its box shrunk about its centre to these
+    # fractions of (width, height) is the full-body box (median over the synthetic test split).
+    box_shrink: list[float] = field(default_factory=lambda: [0.8, 0.86])
+
+    def validate(self) -> None:
+        if self.upscale <= 0 or self.scale <= 1.0 or self.win_stride < 1:
+            raise ValueError("detector: need upscale > 0, scale > 1 and win_stride >= 1, got "
+                             f"{self.upscale}, {self.scale}, {self.win_stride}")
+        if len(self.box_shrink) != 2 or not all(0 < s <= 2 for s in self.box_shrink):
+            raise ValueError(f"detector.box_shrink: need two fractions in (0, 2], got "
+                             f"{self.box_shrink}")
+
+
+@dataclass
+class TrackerConfig:
+    """ByteTrack (supervision) over the per-frame detections."""
+
+    track_threshold: float = 0.25      # detection score that can start or extend a track
+    lost_frames: int = 30              # frames a lost track waits to be found again (at 30 fps)
+    match_threshold: float = 0.8       # IoU-based matching cost threshold
+
+    def validate(self) -> None:
+        if not 0 < self.track_threshold < 1 or not 0 < self.match_threshold <= 1:
+            raise ValueError("tracker: track_threshold must be in (0, 1) and match_threshold in "
+                             f"(0, 1], got {self.track_threshold}, {self.match_threshold}")
+        if self.lost_frames < 0:
+            raise ValueError(f"tracker.lost_frames must be >= 0, got {self.lost_frames}")
+
+
+@dataclass
+class PredictConfig:
+    """How people are found, cut out and run through the model, and what is written."""
+
+    detector: HOGConfig = field(default_factory=HOGConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    min_track_frames: int = 8          # tracks with fewer detected frames are dropped
+    max_people: int = 0                # keep the N longest tracks (0 = every track)
+    # Square crop side = box_scale x the longer side of a full-body person box: preprocess's
+    # keypoint box is 0.95 x the full-body box (median over the synthetic test split).
+    box_scale: float = 0.95
+    stride: int | None = None          # window stride; None = half the model's clip length
+    merge: str = "mean"                # overlapping windows: mean | first | center (as evaluate)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)   # as evaluate's
+    focal: float | None = None         # pixels; None = the image diagonal (full-frame camera)
+    batch_size: int = 8                # windows per forward pass
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    overlay: bool = True               # write <video>_overlay.mp4 and <video>_sheet.png
+    glb: bool = True                   # write <video>_track<ID>.glb (morph-target animation)
+    obj_every: int = 0                 # write an OBJ of every Nth frame of each track (0 = none)
+    sheet_frames: int = 8              # frames on the contact sheet
+
+    def validate(self) -> None:
+        self.detector.validate()
+        self.tracker.validate()
+        self.smoothing.validate()
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {', '.join(MERGE_MODES)}, got {self.merge!r}")
+        for name in ("min_track_frames", "batch_size", "sheet_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_people", "obj_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1 (or null), got {self.stride}")
+        if self.box_scale <= 0 or (self.focal is not None and self.focal <= 0):
+            raise ValueError(f"box_scale and focal must be > 0, got {self.box_scale}, "
+                             f"{self.focal}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class DemoConfig:
+    """The `demo` stage: the registered champion on one synthetic test sequence, as a video."""
+
+    model: str = "models:/stdformer@champion"
+    split: str = "test"
+    sequence: str = "synth_test_02_squat"   # a two-actor sequence of the default synthetic set
+    predict: PredictConfig = field(default_factory=lambda: PredictConfig(glb=False))
+
+    def validate(self) -> None:
+        self.predict.validate()

@@ -1,0 +1,333 @@
+"""`predict_video`: a video (or a folder of frames) -> per-person meshes, an overlay video and
+mesh files.
+
+    1. people: detector on every frame + ByteTrack, or a boxes file (ids: tracking skipped);
+       short tracks dropped, the longest `max_people` kept              (detect.py, track.py)
+    2. crops: boxes squared, smoothed and cut by preprocess's code     (people.py)
+    3. model: windows of the clip length, merged per frame as evaluate
+       merges, optionally smoothed as evaluate smooths                  (windows.py)
+    4. joints from the mesh, camera-space translation                   (camera.py)
+    5. DIR/<video>.npz, <video>_track<ID>.glb, <video>_obj/,
+       <video>_overlay.mp4, <video>_sheet.png                           (export.py, overlay.py)
+
+The video is read once per pass (detect, crop, draw), so memory holds boxes and crops, not frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stdformer.data.preprocess import PreprocessConfig
+from stdformer.evaluation.overlays import png_bytes
+from stdformer.evaluation.predict import model_predictor
+from stdformer.inference import camera, export, people
+from stdformer.inference import overlay as ov
+from stdformer.inference.config import PredictConfig
+from stdformer.inference.detect import Detector, HOGPeopleDetector, read_boxes
+from stdformer.inference.model import InferenceModel
+from stdformer.inference.track import (PersonTrack, select_tracks, track_detections,
+                                       tracks_from_ids)
+from stdformer.inference.video import FrameSource, write_h264
+from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_output,
+                                         window_starts)
+from stdformer.io import DataError, atomic_output, write_bytes_atomic
+from stdformer.metrics import j14_from_h36m
+
+
+@dataclass
+class PredictResult:
+    video: str
+    num_frames: int
+    track_ids: list[int]
+    files: dict[str, Path] = field(default_factory=dict)   # kind -> path (glb: one per track)
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.num_frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Progress (the one place that draws it: a bar on a terminal, log lines with rates otherwise)
+
+
+class _LogLines:
+    def __init__(self, total: int | None, desc: str, unit: str, every_s: float = 10.0):
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.count, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        rate = self.count / max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        print(f"predict: {self.desc} {self.count}{of} {self.unit}s ({rate:.1f} {self.unit}s/s)",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._line(time.perf_counter())
+
+
+def progress(total: int | None, desc: str, unit: str = "frame", enabled: bool = True):
+    """An object with update(n) and close(); nothing is shown when disabled."""
+    if not enabled:
+        return _Silent()
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total or None, desc=f"predict: {desc}", unit=unit, file=sys.stderr)
+    return _LogLines(total, desc, unit)
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Passes over the video
+
+
+def find_people(source: FrameSource, detector: Detector, cfg: PredictConfig, show: bool
+                ) -> tuple[list[PersonTrack], int]:
+    """Detect in every frame and track. Returns (tracks, number of frames read)."""
+    bar = progress(source.frame_count, "detect", enabled=show)
+    detections = []
+    try:
+        for frame in source:
+            detections.append(detector(frame.image))
+            bar.update()
+    finally:
+        bar.close()
+    return track_detections(detections, source.fps, cfg.tracker), len(detections)
+
+
+def cut_crops(source: FrameSource, tracks: list[PersonTrack], boxes: dict, crop: PreprocessConfig,
+              show: bool) -> tuple[dict[int, np.ndarray], int]:
+    """RGB model crops {track id: (T, H, W, 3) uint8} of the smoothed `boxes` {track id:
+    BoxTrack}, and the number of frames read."""
+    size = crop.crop_size
+    out = {t.track_id: np.zeros((len(t), size, size, 3), np.uint8) for t in tracks}
+    bar = progress(source.frame_count, "crop", enabled=show)
+    count = 0
+    try:
+        for frame in source:
+            count += 1
+            for t in tracks:
+                i = frame.index - t.first
+                if 0 <= i < len(t):
+                    box = boxes[t.track_id]
+                    out[t.track_id][i] = people.model_crop(
+                        frame.pixels, box.centers[i], box.sides[i], crop,
+                        str(frame.path or f"{source.path}[frame {frame.index}]"))
+            bar.update()
+    finally:
+        bar.close()
+    return out, count
+
+
+def overlay_frames(source: FrameSource, rows: dict[str, np.ndarray], faces: np.ndarray,
+                   K: np.ndarray, keep: set[int], kept: dict[int, np.ndarray], show: bool
+                   ) -> Iterator[np.ndarray]:
+    """Overlay images of every frame; the ones in `keep` are also stored in `kept`."""
+    by_frame: dict[int, list[int]] = {}
+    for row, f in enumerate(rows["frame"]):
+        by_frame.setdefault(int(f), []).append(row)
+    bar = progress(source.frame_count, "draw", enabled=show)
+    try:
+        for frame in source:
+            views = [ov.PersonView(int(rows["track_id"][r]),
+                                   rows["vertices"][r] + rows["translation"][r],
+                                   rows["bbox_center"][r], float(rows["bbox_side"][r]))
+                     for r in by_frame.get(frame.index, [])]
+            image = ov.draw_people(frame.image, views, faces, K)
+            if frame.index in keep:
+                kept[frame.index] = image
+            bar.update()
+            yield image
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Per-track arrays
+
+
+def track_rows(track: PersonTrack, output: TrackOutput, boxes, affines: np.ndarray,
+               model: InferenceModel, crop_size: int, K: np.ndarray) -> dict[str, np.ndarray]:
+    """The .npz rows of one track (export.ROW_ARRAYS)."""
+    regressor = model.regressor.double()
+    vertices = output.vertices
+    h36m = torch.einsum("jv,tvc->tjc", regressor, torch.as_tensor(vertices).double())
+    translation = camera.mesh_translation(vertices, output.cam, affines, crop_size, K, regressor)
+    t = len(track)
+    return {"track_id": np.full(t, track.track_id), "frame": track.frames,
+            "detected": track.detected, "box": track.xyxy, "bbox_center": boxes.centers,
+            "bbox_side": boxes.sides, "crop_affine": affines, "cam": output.cam,
+            "translation": translation, "vertices": vertices,
+            "joints_h36m": h36m.numpy(), "joints14": j14_from_h36m(h36m).numpy()}
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return {"track_id": np.zeros(0)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
+                  cfg: PredictConfig | None = None, crop: PreprocessConfig | None = None, *,
+                  boxes: str | Path | None = None, detector: Detector | None = None,
+                  fps: float | None = None, show_progress: bool = True) -> PredictResult:
+    """Run the whole pipeline on `video` and write every output to `out_dir` (see the module
+    docstring). `crop` is the preprocess section the model was trained with (its crop size is
+    replaced by the model file's, when the file records one). A video without people gives an
+    empty result (zero rows) and a message, not an error."""
+    cfg = cfg or PredictConfig()
+    cfg.validate()
+    crop = crop or PreprocessConfig()
+    if model.crop_size and model.crop_size != crop.crop_size:
+        crop = dataclasses.replace(crop, crop_size=int(model.crop_size))
+    started = time.perf_counter()
+    source = FrameSource(video, fps)
+    out_dir = Path(out_dir)
+    name = source.name
+
+    # 1. people
+    num_frames = None
+    if boxes is not None:
+        table = read_boxes(boxes)
+        if table.has_ids:
+            found = tracks_from_ids(table)
+        else:
+            found = track_detections(table.per_frame(int(table.frame.max()) + 1), source.fps,
+                                     cfg.tracker)
+    else:
+        found, num_frames = find_people(source, detector or HOGPeopleDetector(cfg.detector),
+                                        cfg, show_progress)
+    tracks = select_tracks(found, cfg.min_track_frames, cfg.max_people)
+
+    # 2. crops
+    smoothed, affines = {}, {}
+    for t in tracks:
+        smoothed[t.track_id], affines[t.track_id] = people.track_boxes(t, cfg.box_scale, crop)
+    crops_rgb, read = cut_crops(source, tracks, smoothed, crop, show_progress)
+    num_frames = read if num_frames is None else num_frames
+    if boxes is not None and table.frame.max() >= num_frames:
+        raise DataError(boxes, f"a box names frame {int(table.frame.max()) + 1}, the video has "
+                        f"{num_frames} frames", field="frame")
+
+    # 3. model
+    device = _device(cfg.device)
+    stride = cfg.stride or max(model.clip_len // 2, 1)
+    outputs: dict[int, TrackOutput] = {}
+    if tracks:
+        windows = sum(len(window_starts(len(t), model.clip_len, stride)) for t in tracks)
+        bar = progress(windows, "model", unit="window", enabled=show_progress)
+        try:
+            outputs = predict_tracks(crops_rgb, model_predictor(model.model, device),
+                                     model.clip_len, stride, cfg.merge, cfg.batch_size,
+                                     bar.update)
+        finally:
+            bar.close()
+        if cfg.smoothing.enabled:
+            outputs = {tid: smooth_output(o, cfg.smoothing.sigma) for tid, o in outputs.items()}
+
+    # 4. joints, translation; 5. files
+    K = camera.full_frame_intrinsics(source.width, source.height, cfg.focal)
+    rows = _concat([track_rows(t, outputs[t.track_id], smoothed[t.track_id],
+                               affines[t.track_id], model, crop.crop_size, K) for t in tracks])
+    meta = {"video": str(video), "model": model.spec, "body_model_id": model.body_model_id,
+            "clip_len": model.clip_len, "stride": stride, "crop_size": crop.crop_size,
+            "crop_scale": crop.crop_scale, "boxes": None if boxes is None else str(boxes),
+            "settings": dataclasses.asdict(cfg)}
+    arrays = export.result_arrays(rows, faces=model.faces, intrinsics=K, width=source.width,
+                                  height=source.height, fps=source.fps, num_frames=num_frames,
+                                  meta=meta)
+    result = PredictResult(str(video), num_frames, [t.track_id for t in tracks])
+    result.files["npz"] = out_dir / f"{name}.npz"
+    export.write_result_npz(result.files["npz"], arrays)
+    _write_meshes(result, arrays, tracks, cfg, out_dir, name, model.faces)
+    if cfg.overlay:
+        _write_overlay(result, source, arrays, cfg, out_dir, name, K, show_progress)
+    result.seconds = time.perf_counter() - started
+    if not tracks:
+        result.message = (f"no person found in {video} ({num_frames} frames"
+                          f"{'' if boxes is None else ', boxes from ' + str(boxes)}; tracks "
+                          f"need {cfg.min_track_frames} detected frames): the result is empty")
+    return result
+
+
+def _device(name: str) -> torch.device:
+    from stdformer.evaluation.run import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise DataError("predict", str(e), field="device") from e
+
+
+def _write_meshes(result: PredictResult, arrays, tracks, cfg: PredictConfig, out_dir: Path,
+                  name: str, faces: np.ndarray) -> None:
+    written = set()
+    for t in tracks:
+        rows = arrays["track_id"] == t.track_id
+        vertices = arrays["vertices"][rows] + arrays["translation"][rows][:, None]
+        if cfg.glb:
+            path = out_dir / f"{name}_track{t.track_id}.glb"
+            color = tuple(c / 255.0 for c in ov.track_color(t.track_id)[::-1])   # BGR -> RGB
+            export.write_glb(path, vertices, faces, float(arrays["fps"]), color=color,
+                             name=f"track{t.track_id}",
+                             extras={"track_id": t.track_id, "first_frame": t.first})
+            result.files[f"glb{t.track_id}"] = path
+            written.add(path.name)
+    for stale in out_dir.glob(f"{name}_track*.glb"):         # from an earlier run of this video
+        if stale.name not in written:
+            stale.unlink()
+    obj_dir = out_dir / f"{name}_obj"
+    if cfg.obj_every > 0 and tracks:
+        with atomic_output(obj_dir, directory=True) as tmp:
+            for t in tracks:
+                rows = np.flatnonzero(arrays["track_id"] == t.track_id)
+                for r in rows[::cfg.obj_every]:
+                    export.write_obj(tmp / f"track{t.track_id}_frame{arrays['frame'][r]:05d}.obj",
+                                     arrays["vertices"][r] + arrays["translation"][r], faces)
+        result.files["obj"] = obj_dir
+    elif obj_dir.is_dir():
+        shutil.rmtree(obj_dir)
+
+
+def _write_overlay(result: PredictResult, source: FrameSource, arrays, cfg: PredictConfig,
+                   out_dir: Path, name: str, K: np.ndarray, show: bool) -> None:
+    keep = set(ov.sheet_frames(result.num_frames, arrays["frame"], cfg.sheet_frames))
+    kept: dict[int, np.ndarray] = {}
+    path = out_dir / f"{name}_overlay.mp4"
+    write_h264(path, overlay_frames(source, arrays, arrays["faces"], K, keep, kept,
+                                    show), source.fps)
+    result.files["overlay"] = path
+    frames = sorted(kept)
+    sheet = ov.contact_sheet([kept[f] for f in frames], [f"frame {f}" for f in frames])
+    result.files["sheet"] = out_dir / f"{name}_sheet.png"
+    write_bytes_atomic(result.files["sheet"], png_bytes(sheet))
