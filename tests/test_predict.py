@@ -424,3 +424,42 @@ def test_registered_model_uri_gives_the_model_files_outputs(tmp_path, model_file
         assert torch.equal(served.model.state_dict()[name], value), name
     with pytest.raises(DataError, match="models:/tiny@nobody: cannot fetch the model"):
         load_inference_model("models:/tiny@nobody", tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_root, model_file,
+                                                              synth_body_dir):
+    """`python -m stages.demo` as dvc.yaml runs it: the champion from the MLflow store, one test
+    sequence (the one with the most visible people) written as a video, plots/demo/ complete."""
+    import mlflow
+    import yaml
+
+    from conftest import project_env
+    from stdformer.registry.store import ModelRegistry, fluent_tracking_uri
+    from stdformer.serving import log_pyfunc_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**project_env(), "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        with fluent_tracking_uri(uri):
+            experiment = mlflow.create_experiment("d", artifact_location=(tmp_path / "a").as_uri())
+            with mlflow.start_run(experiment_id=experiment) as run:
+                info = log_pyfunc_model(model_file, synth_body_dir)
+        registry = ModelRegistry(uri, "stdformer")
+        registry.make_champion(registry.create_version(
+            info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags={}).version)
+    params = {"preprocess": {"dataset_root": str(synth_root), "crop_size": 32, "clip_len": CLIP},
+              "demo": {"predict": {"glb": False, "min_track_frames": 4}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "stages.demo", "--no-progress"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test") if t.num_actors == 2})[0]
+    demo = tmp_path / "plots" / "demo"
+    assert sorted(p.name for p in demo.iterdir()) == sorted(
+        f"{sequence}{suffix}" for suffix in (".mp4", ".npz", "_overlay.mp4", "_sheet.png"))
+    assert "models:/stdformer@champion" in done.stdout
+    with np.load(demo / f"{sequence}.npz") as z:
+        assert json.loads(str(z["meta"]))["model"] == "models:/stdformer@champion"

@@ -101,7 +101,7 @@ class DemoConfig:
 
     model: str = "models:/stdformer@champion"
     split: str = "test"
-    sequence: str = "synth_test_02_squat"   # a two-actor sequence of the default synthetic set
+    sequence: str | None = None        # None: the first sequence with the most people
     predict: PredictConfig = field(default_factory=lambda: PredictConfig(glb=False))
 
     def validate(self) -> None:
