@@ -10,6 +10,8 @@ the HOG detector (not the annotations). Printed per sequence and overall:
 * recall: annotated people (visible: more than `min_keypoints` confident keypoints, as preprocess
   counts them) whose full-body box (the projected body) has a detection with IoU >= 0.5;
 * tracks and identity switches: per person, the track whose box matches it (IoU >= 0.5) changes;
+* placement: IoU of the box of predict's mesh, placed by its translation and projected through
+  the assumed full-frame camera, with the annotated body's box (median; pose-independent-ish);
 * MPJPE / PA-MPJPE of predict's meshes on the frames where a track covers an annotated person
   (the track matched to that person most often), next to evaluate's merged predictions of the
   same model on the same frames (crops from the annotations);
@@ -33,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from stdformer.data import crops  # noqa: E402
 from stdformer.data.preprocess import PreprocessConfig, body_targets, project  # noqa: E402
+from stdformer.data.render import project_points  # noqa: E402
 from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402
@@ -114,7 +117,8 @@ def score_sequence(out: dict, actors: list, evaluated: dict, sequence: str, regr
     from stdformer.evaluation.scoring import track_errors
 
     result = {"people": len(actors), "tracks": int(len(np.unique(out["track_id"]))),
-              "switches": 0, "predict": [], "evaluate": [], "pa_predict": [], "pa_evaluate": []}
+              "switches": 0, "predict": [], "evaluate": [], "pa_predict": [], "pa_evaluate": [],
+              "mesh_box_iou": []}
     for a in actors:
         n = len(a["box"])
         matched = np.full(n, -1)
@@ -136,6 +140,11 @@ def score_sequence(out: dict, actors: list, evaluated: dict, sequence: str, regr
         valid = ref.valid[frames]
         if not valid.any():
             continue
+        placed = out["vertices"][rows] + out["translation"][rows][:, None]   # camera frame
+        uv = project_points(placed, out["intrinsics"])
+        mesh_boxes = np.concatenate([uv.min(1), uv.max(1)], axis=1)
+        result["mesh_box_iou"] += [float(iou(a["box"][f], mesh_boxes[i:i + 1])[0])
+                                   for i, f in enumerate(frames) if valid[i]]
         for name, vertices in (("predict", out["vertices"][rows]),
                                ("evaluate", ref.vertices["m"][frames])):
             errors = track_errors(vertices, ref.gt_vertices[frames], ref.gt_h36m[frames], valid,
@@ -211,6 +220,8 @@ def main(argv=None) -> dict:
         "mpjpe_predict": mean("predict"), "mpjpe_evaluate_same_frames": mean("evaluate"),
         "pa_mpjpe_predict": mean("pa_predict"), "pa_mpjpe_evaluate_same_frames":
             mean("pa_evaluate"),
+        "mesh_box_iou_median": float(np.median([v for s in per_sequence.values()
+                                                for v in s["mesh_box_iou"]])),
         "frames_per_s": frames / seconds, "device": args.device, "model": args.model}
     for name, s in per_sequence.items():
         print(f"{name}: {s['people']} people, {s['tracks']} tracks, {s['switches']} switches, "

@@ -35,7 +35,7 @@ def main() -> None:
                       show_progress=not args.no_progress)
     if result.message:
         print(f"demo: {result.message}", file=sys.stderr)
-    print(f"demo: {cfg.model} on {result.video}: {len(result.track_ids)} track(s), "
+    print(f"demo: {cfg.model} on {Path(result.video).name}: {len(result.track_ids)} track(s), "
           f"{result.num_frames} frames in {result.seconds:.1f} s ({result.frames_per_s:.1f} "
           f"frames/s) -> {args.out}")
 
