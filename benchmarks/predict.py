@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stdformer.data import crops  # noqa: E402
-from stdformer.data.preprocess import PreprocessConfig, body_targets, project  # noqa: E402
+from stdformer.data.preprocess import PreprocessConfig  # noqa: E402
 from stdformer.data.render import project_points  # noqa: E402
+from stdformer.data.targets import body_targets, project  # noqa: E402
 from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402
@@ -102,7 +103,8 @@ def detector_sweep(root: Path, people: dict, settings: list[dict]) -> list[dict]
 
 def evaluate_tracks(shards: Path, model, split: str) -> dict:
     """(sequence, actor) -> evaluate's TrackPrediction of the model (merged windows)."""
-    from stdformer.data.shards import list_shards, make_clip_loader, read_manifest
+    from stdformer.data.manifest import read_manifest
+    from stdformer.data.shards import list_shards, make_clip_loader
     from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout
 
     layout = track_layout(read_manifest(shards), split)

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from stdformer.data import crops
-from stdformer.data.preprocess import PreprocessConfig, body_targets, preprocess, project
-from stdformer.data.shards import list_shards, make_clip_loader, read_manifest
+from stdformer.data.manifest import read_manifest
+from stdformer.data.preprocess import PreprocessConfig, preprocess
+from stdformer.data.shards import list_shards, make_clip_loader
+from stdformer.data.targets import body_targets, project
 from stdformer.data.threedpw import iter_tracks
 from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normalized
 from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout
@@ -221,12 +223,12 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
 def test_crops_follow_the_boxes():
     """Geometry of the crop path: a full-body box of known size gives crops whose image-space
     square is box_scale x the box, centred on it, smoothed over time."""
-    from stdformer.inference.people import track_affines
+    from stdformer.inference.people import track_boxes
     from stdformer.inference.track import PersonTrack
 
     xyxy = np.tile([100.0, 40.0, 140.0, 200.0], (12, 1))
     xyxy[5] = np.nan                                         # a missed frame is interpolated
-    boxes, affines = track_affines(PersonTrack(0, 3, xyxy, np.ones(12)), 0.95, CROP_CFG)
+    boxes, affines = track_boxes(PersonTrack(0, 3, xyxy, np.ones(12)), 0.95, CROP_CFG)
     assert np.allclose(boxes.centers, [120.0, 120.0]) and np.allclose(boxes.sides, 152.0)
     centers, sides = camera.crop_in_image(affines, CROP_CFG.crop_size)
     assert np.allclose(centers, [120.0, 120.0]) and np.allclose(sides, 152.0 * 1.2)
