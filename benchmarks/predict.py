@@ -15,7 +15,8 @@ the HOG detector (not the annotations). Printed per sequence and overall:
 * MPJPE / PA-MPJPE of predict's meshes on the frames where a track covers an annotated person
   (the track matched to that person most often), next to evaluate's merged predictions of the
   same model on the same frames (crops from the annotations);
-* end-to-end frames/s of predict (reading, detection, tracking, crops, model, files, overlay).
+* end-to-end frames/s of predict (reading, detection, tracking, crops, model, files, overlay),
+  and CPU seconds per frame (all threads; meaningful when other work shares the machine).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def main(argv=None) -> dict:
     regressor = model.regressor.double()
     cfg = PredictConfig(device=args.device, glb=False)
     detector = HOGPeopleDetector(cfg.detector)
-    per_sequence, seconds, frames = {}, 0.0, 0
+    per_sequence, seconds, cpu_seconds, frames = {}, 0.0, 0.0, 0
     found = total = 0
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         for sequence, actors in sorted(people.items()):
@@ -205,8 +206,10 @@ def main(argv=None) -> dict:
                     if a["visible"][frame.index]:
                         total += 1
                         found += len(boxes) > 0 and iou(a["box"][frame.index], boxes).max() >= IOU
+            cpu = time.process_time()
             result = predict_video(video, model, Path(tmp) / "out", cfg, crop,
                                    show_progress=False)
+            cpu_seconds += time.process_time() - cpu
             seconds += result.seconds
             frames += result.num_frames
             with np.load(result.files["npz"]) as z:
@@ -224,7 +227,8 @@ def main(argv=None) -> dict:
             mean("pa_evaluate"),
         "mesh_box_iou_median": float(np.median([v for s in per_sequence.values()
                                                 for v in s["mesh_box_iou"]])),
-        "frames_per_s": frames / seconds, "device": args.device, "model": args.model}
+        "frames_per_s": frames / seconds, "cpu_seconds_per_frame": cpu_seconds / frames,
+        "load_average": __import__("os").getloadavg()[0], "device": args.device, "model": args.model}
     for name, s in per_sequence.items():
         print(f"{name}: {s['people']} people, {s['tracks']} tracks, {s['switches']} switches, "
               f"{len(s['predict'])} scored frames")

@@ -150,6 +150,21 @@ def test_two_actor_sequence_gives_two_tracks(synth_root, tmp_path):
         assert min(errors) < 1e-3 and max(errors) > 5.0
 
 
+def test_short_tracks_are_dropped_and_max_people_keeps_the_longest():
+    from stdformer.inference.track import PersonTrack
+
+    def track(tid, first, detected):
+        xyxy = np.tile([0.0, 0.0, 10.0, 20.0], (len(detected), 1))
+        xyxy[~np.asarray(detected, bool)] = np.nan
+        return PersonTrack(tid, first, xyxy, np.ones(len(detected)))
+
+    tracks = [track(0, 0, [1] * 5 + [0] * 20 + [1] * 4), track(1, 3, [1] * 12),
+              track(2, 1, [1] * 20), track(3, 0, [1] * 7)]
+    assert [t.track_id for t in select_tracks(tracks, min_frames=8)] == [0, 1, 2]
+    assert [t.track_id for t in select_tracks(tracks, min_frames=8, max_people=2)] == [1, 2]
+    assert len(tracks[0]) == 29 and tracks[0].detected.sum() == 9     # gaps are part of it
+
+
 def test_hog_finds_the_people_of_the_two_actor_sequence(synth_root, synth_body):
     """The default detector on the synthetic 320x240 frames: both actors detected (IoU >= 0.5
     with the box of the projected body) in most frames where they are visible."""
@@ -315,8 +330,6 @@ def readme_npz_keys() -> tuple[str, ...]:
 
 
 def test_h264_writer_is_deterministic(tmp_path):
-    import cv2
-
     frames = [np.full((31, 45, 3), 10 * i, np.uint8) for i in range(6)]
     for i, f in enumerate(frames):
         f[5:15, 5 + i:15 + i] = 255
