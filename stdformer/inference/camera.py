@@ -1,8 +1,8 @@
 """From the model's weak-perspective crop camera to a translation in the full frame's camera.
 
 The camera head predicts (s, tx, ty) with x = s * (X_xy + (tx, ty)) in crop coordinates
-normalised to [-1, 1], for points X centred on the mesh's J14 mid-hip (the centring of the 2D
-loss, `stdformer.losses`). One normalised unit is b / 2 image pixels, b the crop's side in image
+normalised to [-1, 1], for mesh points X centred on the mesh's pelvis, H36M joint 0 regressed
+from it (the centring of the 2D loss, `stdformer.losses`, as in FastMETRO). One normalised unit is b / 2 image pixels, b the crop's side in image
 pixels, and normalised 0 is the crop centre c_box (crops.crop_affine maps the box centre to the
 crop centre). So in image pixels
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from stdformer.data import crops
-from stdformer.losses import mid_hip, regress_joints
+from stdformer.losses import regress_joints
 
 
 def full_frame_intrinsics(width: int, height: int, focal: float | None = None) -> np.ndarray:
@@ -47,7 +47,7 @@ def crop_in_image(affines: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.n
 def anchor_translation(cam: np.ndarray, affines: np.ndarray, crop_size: int, K: np.ndarray
                        ) -> np.ndarray:
     """cam (T, 3) = (s, tx, ty), affines (T, 2, 3) of the crops it was predicted on, K (3, 3)
-    -> (T, 3) camera-frame position of the point the camera is centred on (the J14 mid-hip).
+    -> (T, 3) camera-frame position of the point the camera is centred on (the mesh pelvis).
     Frames with s <= 0 (no usable camera) get NaN."""
     cam = np.asarray(cam, np.float64)
     s, t = cam[:, 0], cam[:, 1:3]
@@ -61,10 +61,11 @@ def anchor_translation(cam: np.ndarray, affines: np.ndarray, crop_size: int, K: 
 
 
 def camera_anchor(vertices: np.ndarray, regressor: torch.Tensor) -> np.ndarray:
-    """vertices (T, V, 3) -> (T, 3): the J14 mid-hip the camera head is centred on."""
-    j14, _ = regress_joints(torch.as_tensor(np.asarray(vertices), dtype=torch.float64),
-                            torch.as_tensor(regressor).double())
-    return mid_hip(j14).numpy()
+    """vertices (T, V, 3) -> (T, 3): the mesh pelvis the camera head is centred on (as the 2D
+    loss centres mesh joints: `stdformer.losses.regress_joints`)."""
+    _, pelvis = regress_joints(torch.as_tensor(np.asarray(vertices), dtype=torch.float64),
+                               torch.as_tensor(regressor).double())
+    return pelvis.numpy()
 
 
 def mesh_translation(vertices: np.ndarray, cam: np.ndarray, affines: np.ndarray, crop_size: int,
