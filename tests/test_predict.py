@@ -478,3 +478,8 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
     assert "models:/stdformer@champion" in done.stdout
     with np.load(demo / f"{sequence}.npz") as z:
         assert json.loads(str(z["meta"]))["model"] == "models:/stdformer@champion"
+    first = {p.name: p.read_bytes() for p in demo.iterdir()}
+    done = subprocess.run([sys.executable, "-m", "stages.demo", "--no-progress"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert {p.name: p.read_bytes() for p in demo.iterdir()} == first     # stable DVC hashes

@@ -259,9 +259,11 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
     K = camera.full_frame_intrinsics(source.width, source.height, cfg.focal)
     rows = _concat([track_rows(t, outputs[t.track_id], smoothed[t.track_id],
                                affines[t.track_id], model, crop.crop_size, K) for t in tracks])
-    meta = {"video": str(video), "model": model.spec, "body_model_id": model.body_model_id,
+    # File names, not paths: the same video and settings give the same bytes wherever they lie.
+    meta = {"video": Path(video).name, "model": model.spec, "body_model_id": model.body_model_id,
             "clip_len": model.clip_len, "stride": stride, "crop_size": crop.crop_size,
-            "crop_scale": crop.crop_scale, "boxes": None if boxes is None else str(boxes),
+            "crop_scale": crop.crop_scale, "context": crop.context,
+            "boxes": None if boxes is None else Path(boxes).name,
             "settings": dataclasses.asdict(cfg)}
     arrays = export.result_arrays(rows, faces=model.faces, intrinsics=K, width=source.width,
                                   height=source.height, fps=source.fps, num_frames=num_frames,
