@@ -5,7 +5,6 @@ hierarchy to data/body.
 """
 
 import argparse
-import json
 
 from stdformer.body.files import BodyConfig, write_body_dir_from_config
 from stdformer.config import load_section
@@ -20,7 +19,9 @@ def main() -> None:
 
     cfg = load_section("body", BodyConfig, args.params)
     meta = write_body_dir_from_config(args.out_dir, cfg)
-    print(json.dumps(meta, indent=2))
+    levels = " -> ".join(str(n) for n in meta["levels"])
+    print(f"body: model {meta['body_model_id']} ({meta['source']}), mesh levels {levels} "
+          f"vertices -> {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@
 """
 
 import argparse
-import json
 import logging
 
 from stdformer.config import load_section
@@ -22,8 +21,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_section("preprocess", PreprocessConfig, args.params)
-    report = preprocess(cfg.dataset_root, args.body_dir, args.out_dir, cfg)
-    print(json.dumps(report, indent=2))
+    preprocess(cfg.dataset_root, args.body_dir, args.out_dir, cfg)   # report.json; logs a summary
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ params; the version and the registered model get a description.
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -44,8 +43,8 @@ def main() -> None:
                       lock=Path(args.lock), data=Path(args.data), out=Path(args.out)),
         cfg, params, tracking_uri=default_tracking_uri(project),
         artifact_root=project / "mlartifacts")
-    print(json.dumps({k: record[k] for k in ("model_name", "version", "decision", "reason",
-                                             "aliases", "champion_version")}, indent=2))
+    print(f"register: {record['model_name']} version {record['version']}: "
+          f"{record['decision']} ({record['reason']})")
 
 
 if __name__ == "__main__":

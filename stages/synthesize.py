@@ -4,7 +4,6 @@
 """
 
 import argparse
-import json
 import logging
 
 from stdformer.body import BodyModel
@@ -22,8 +21,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_section("synthesize", SynthesizeConfig, args.params)
-    report = synthesize(args.out_dir, BodyModel.from_dir(args.body_dir), cfg)
-    print(json.dumps({k: v for k, v in report.items() if k != "sequences"}, indent=2))
+    synthesize(args.out_dir, BodyModel.from_dir(args.body_dir), cfg)   # logs its summary
 
 
 if __name__ == "__main__":

@@ -411,6 +411,6 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from stdformer.progress import progress
 
-    return tqdm(total=total, unit="frame", desc="preprocess", file=sys.stderr)
+    return progress(total=total, unit="frame", desc="preprocess")

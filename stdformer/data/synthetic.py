@@ -540,12 +540,27 @@ def _clear_of(path_xz, others_xz, radius):
     return all(np.linalg.norm(path_xz - o, axis=-1).min() > radius for o in others_xz)
 
 
+def _scene_key(cfg: SynthesizeConfig, split: str, index: int) -> tuple[int, int, int]:
+    return (cfg.seed, SPLITS.index(split), index)
+
+
+def _draw_num_frames(rng: np.random.Generator, cfg: SynthesizeConfig) -> int:
+    """A sequence's length: the first draw of its generator (so it is known before rendering)."""
+    return int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+
+
+def total_frames(cfg: SynthesizeConfig) -> int:
+    """Frames `synthesize` will render (for its progress)."""
+    return sum(_draw_num_frames(np.random.default_rng(list(_scene_key(cfg, split, index))), cfg)
+               for split in SPLITS for index in range(cfg.sequences_per_split[split]))
+
+
 def build_scene(assets: BodyAssets, cfg: SynthesizeConfig, split: str, index: int,
                 two_actors: bool) -> Scene:
     """Draw every random choice of one sequence from its own seeded generator."""
-    key = (cfg.seed, SPLITS.index(split), index)
+    key = _scene_key(cfg, split, index)
     rng = np.random.default_rng(list(key))
-    n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+    n = _draw_num_frames(rng, cfg)
     K = intrinsics(rng, cfg.width, cfg.height)
 
     first = make_person(assets, rng, n, {"start_xz": (0.0, 0.0)})
@@ -804,7 +819,7 @@ def synthesize(out_root: str | Path, body, cfg: SynthesizeConfig, progress: bool
     """Write a synthetic 3DPW to out_root (replaced atomically as a whole). `body` is a
     stdformer.body.BodyModel. Returns a report: sequences per split, frames, tracks, seconds."""
     cfg.validate()
-    from tqdm import tqdm
+    from stdformer.progress import progress as progress_bar
 
     assets = BodyAssets(body)
     start = time.perf_counter()
@@ -812,7 +827,8 @@ def synthesize(out_root: str | Path, body, cfg: SynthesizeConfig, progress: bool
               "invalid_campose_frames": 0}
     with atomic_output(out_root, directory=True) as tmp:
         tmp.chmod(0o755)  # a temp directory starts private; the data set is not
-        bar = tqdm(total=None, unit="frame", disable=not progress, desc="synthesize")
+        bar = progress_bar(total=total_frames(cfg), unit="frame", desc="synthesize",
+                           disable=not progress)
         (tmp / IMAGE_DIR).mkdir()
         for split in SPLITS:
             (tmp / SEQUENCE_DIR / split).mkdir(parents=True)  # every split, even when empty

@@ -6,7 +6,6 @@ frames of one split, then the metrics files, csvs, charts and overlays.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,10 +136,10 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
         observers.append(_body_check(body_model_id, shards / split))
     batches: Any = loader
     if progress:
-        from tqdm import tqdm
+        from stdformer.progress import progress as progress_bar
 
         total = -(-sum(1 for s in manifest["split"] if s == split) // batch_size)
-        batches = tqdm(loader, total=total, unit="batch", desc="evaluate", file=sys.stderr)
+        batches = progress_bar(loader, total=total, unit="batch", desc="evaluate")
     table = FrameTable()
     for track in predict_tracks(batches, predictors, layout, merge, observers,
                                 where=str(shards / split)):
