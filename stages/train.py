@@ -4,19 +4,23 @@
                            [--out models/stdformer.pt]
     torchrun --nproc_per_node 2 -m stages.train ...      # DDP (NCCL on GPU, gloo on CPU)
 
-Also writes checkpoints/ (resumed automatically when the config matches), metrics/train.json
-and metrics/train_curve.csv. MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
+Also writes checkpoints/<hash of the config>/ (resumed automatically when the config matches;
+`stdformer checkpoints list | prune`), metrics/train.json and metrics/train_curve.csv.
+MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
 """
 
 import argparse
-import json
 from pathlib import Path
 
-from stdformer.config import read_params, section_config
-from stdformer.io import DataError, run_guarded
-from stdformer.losses import LossConfig
+from stdformer.numerics import pin_environment
+
+pin_environment()  # before torch runs anything: ATen and oneDNN read their ISA settings once
+
+from stdformer.config import read_params, section_config  # noqa: E402
+from stdformer.io import DataError, run_guarded  # noqa: E402
+from stdformer.losses import LossConfig  # noqa: E402
 from stdformer.train import (TrainConfig, TrainPaths, Tracking, default_tracking_uri,
-                             model_config_from_section, train)
+                             model_config_from_section, train)  # noqa: E402
 
 
 def main() -> None:
@@ -47,15 +51,13 @@ def main() -> None:
     loss_cfg = section_config(params, "loss", LossConfig, source, required=False)
 
     project = Path.cwd()
-    result = train(cfg, model_cfg, loss_cfg,
-                   TrainPaths(shards=Path(args.shards), body=Path(args.body),
-                              model=Path(args.out), checkpoints=Path(args.checkpoints),
-                              metrics=Path(args.metrics), curve=Path(args.curve)),
-                   Tracking(uri=default_tracking_uri(project),
-                            artifact_root=project / "mlartifacts", run_name=args.variant),
-                   progress=not args.no_progress)
-    if result.is_main:
-        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    train(cfg, model_cfg, loss_cfg,                       # logs the validation summary
+          TrainPaths(shards=Path(args.shards), body=Path(args.body), model=Path(args.out),
+                     checkpoints=Path(args.checkpoints), metrics=Path(args.metrics),
+                     curve=Path(args.curve)),
+          Tracking(uri=default_tracking_uri(project), artifact_root=project / "mlartifacts",
+                   run_name=args.variant),
+          progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     stdformer body info data/body                     # what body model a pipeline uses, what was checked
     stdformer checkpoint inspect state_dict.bin       # a FastMETRO / STDFormer / project checkpoint
     stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
+    stdformer checkpoint list [checkpoints]           # training checkpoints, one dir per config
+    stdformer checkpoint prune [checkpoints] [--keep 1] [--dry-run]   # remove older configs
     stdformer shards info data/shards [--verify]      # clips and frames per split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
     stdformer predict VIDEO --model models:/stdformer@champion --out DIR   # video -> meshes
@@ -99,6 +101,26 @@ def _checkpoint_convert(args: argparse.Namespace) -> None:
     done = convert_checkpoint(args.src, args.dst, args.to)
     skipped = f"; skipped {len(done['skipped'])} keys" if done["skipped"] else ""
     print(f"wrote {args.dst} ({done['tensors']} tensors, {args.to} layout{skipped})")
+
+
+def _checkpoint_list(args: argparse.Namespace) -> None:
+    from stdformer.train.checkpoint import format_configs, list_configs
+
+    print(format_configs(list_configs(args.root)))
+
+
+def _checkpoint_prune(args: argparse.Namespace) -> None:
+    from stdformer.train.checkpoint import prune_configs
+
+    if args.keep < 0:
+        raise DataError("--keep", f"must be >= 0, got {args.keep}")
+    removed = prune_configs(args.root, keep=args.keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for c in removed:
+        print(f"{verb} {c.directory} ({len(c.steps)} checkpoint(s), {c.bytes / 1e6:.1f} MB)")
+    if not removed:
+        print(f"nothing to remove: every variant under {args.root} has at most {args.keep} "
+              "configuration(s)")
 
 
 def _shards_info(args: argparse.Namespace) -> None:
@@ -199,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("body_dir", nargs="?", default="data/body")
     info.set_defaults(func=_body_info)
 
-    ckpt = groups.add_parser("checkpoint", help="FastMETRO / STDFormer checkpoints"
+    ckpt = groups.add_parser("checkpoint", help="FastMETRO / STDFormer checkpoints (inspect, "
+                             "convert) and training checkpoints (list, prune)"
                              ).add_subparsers(dest="cmd", required=True)
     inspect = ckpt.add_parser("inspect", help="what a checkpoint holds and the model params "
                               "that fit it")
@@ -211,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert_ckpt.add_argument("dst")
     convert_ckpt.add_argument("--to", choices=("project", "fastmetro"), default="project")
     convert_ckpt.set_defaults(func=_checkpoint_convert)
+    clist = ckpt.add_parser("list", help="training checkpoints: one line per configuration, "
+                            "newest first, with steps, size and what the newest changed")
+    clist.add_argument("root", nargs="?", default="checkpoints")
+    clist.set_defaults(func=_checkpoint_list)
+    prune = ckpt.add_parser("prune", help="remove all but the newest training configurations "
+                            "of each variant")
+    prune.add_argument("root", nargs="?", default="checkpoints")
+    prune.add_argument("--keep", type=int, default=1,
+                       help="configurations to keep per variant (default 1: the newest)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
+    prune.set_defaults(func=_checkpoint_prune)
 
     shards = groups.add_parser("shards", help="preprocessed shards").add_subparsers(
         dest="cmd", required=True)

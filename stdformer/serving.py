@@ -95,7 +95,7 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
         import torch
 
         from stdformer.metrics import j14_from_h36m
-        from stdformer.train.loop import normalize_frames
+        from stdformer.train.steps import normalize_frames
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 1, 4, 2, 3)                                   # (b, S, 3, H, W) uint8

@@ -235,7 +235,7 @@ def torch_reference(model_file: Path, body: Path, frames: np.ndarray) -> dict[st
     from stdformer.io import load_npz
     from stdformer.metrics import j14_from_h36m
     from stdformer.train import load_model
-    from stdformer.train.loop import normalize_frames
+    from stdformer.train.steps import normalize_frames
 
     model = load_model(model_file, body)
     regressor = torch.as_tensor(load_npz(body / "regressors.npz")["J_regressor_h36m"]).float()

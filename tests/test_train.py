@@ -40,7 +40,7 @@ TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32, 16], "ffn_di
 
 def tiny_train(**overrides) -> TrainConfig:
     base = dict(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, val_every=0,
-                log_every=1, num_workers=0, shuffle_buffer=4, val_max_clips=2)
+                log_every=1, num_workers=0, shuffle_buffer=4)
     return from_dict(TrainConfig, {**base, **overrides})
 
 
@@ -251,8 +251,8 @@ WORKER = textwrap.dedent("""
         spec = json.loads(sys.argv[1])
         if spec.get("block_after_checkpoint"):
             save = ckpt_io.save_checkpoint
-            def save_then_block(directory, ckpt, keep):
-                path = save(directory, ckpt, keep)
+            def save_then_block(*args, **kwargs):
+                path = save(*args, **kwargs)
                 print("CHECKPOINT", path, flush=True)
                 threading.Event().wait()            # stay mid-run until the test kills us
             ckpt_io.save_checkpoint = save_then_block
@@ -286,7 +286,7 @@ RECORD_KEYS = textwrap.dedent("""
 def _spec(directory: Path, dataset, **train_overrides) -> dict:
     paths = paths_in(directory, dataset)
     base = dict(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, val_every=3,
-                log_every=1, num_workers=0, shuffle_buffer=4, val_max_clips=2)
+                log_every=1, num_workers=0, shuffle_buffer=4)
     return {"train": {**base, **train_overrides}, "model": TINY_MODEL,
             "paths": {k: str(v) for k, v in dataclasses.asdict(paths).items()}}
 
@@ -298,6 +298,30 @@ def _run_worker(tmp_path: Path, spec: dict, prefix: str = "") -> subprocess.Comp
                           capture_output=True, text=True, timeout=600)
 
 
+def _only_config_dir(root: Path) -> Path:
+    (config,) = ckpt_io.list_configs(root)
+    return config.directory
+
+
+def _kill_group_and_reap(child: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGKILL a child started with start_new_session=True and every process of its group
+    (its loader workers' forkserver and resource tracker outlive it otherwise), then wait
+    until none is left."""
+    import time
+
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(child.pid, 0)              # anyone of the group left (not yet reaped)?
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes of group {child.pid} outlived SIGKILL")
+        time.sleep(0.1)
+
+
 def test_sigkilled_run_resumes_to_bit_identical_weights(dataset, tmp_path):
     reference = _spec(tmp_path / "reference", dataset)
     done = _run_worker(tmp_path, reference)
@@ -305,16 +329,18 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(dataset, tmp_path):
 
     interrupted = _spec(tmp_path / "interrupted", dataset, num_workers=1)
     script = tmp_path / "worker.py"
-    child = subprocess.Popen(
-        [PYTHON, str(script), json.dumps({**interrupted, "block_after_checkpoint": True})],
-        env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with open(tmp_path / "interrupted.err", "w") as err:
+        child = subprocess.Popen(
+            [PYTHON, str(script), json.dumps({**interrupted, "block_after_checkpoint": True})],
+            env=CHILD_ENV, stdout=subprocess.PIPE, stderr=err, text=True,
+            start_new_session=True)
     try:
         marker = child.stdout.readline()            # blocks until the first checkpoint is saved
     finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert marker.startswith("CHECKPOINT"), marker
-    checkpoints = Path(interrupted["paths"]["checkpoints"])
+        _kill_group_and_reap(child)
+        child.stdout.close()
+    assert marker.startswith("CHECKPOINT"), (tmp_path / "interrupted.err").read_text()[-3000:]
+    checkpoints = _only_config_dir(Path(interrupted["paths"]["checkpoints"]))
     assert [s for s, _ in ckpt_io.list_checkpoints(checkpoints)] == [2]
     assert not Path(interrupted["paths"]["model"]).exists()
     (checkpoints / ".step-00000004.pt.x1.tmp").write_bytes(b"half a checkpoint")  # a torn write
@@ -348,55 +374,14 @@ def test_ddp_two_cpu_ranks_agree_on_weights_and_split_the_clips(dataset, tmp_pat
     assert ranks[0]["keys"] and ranks[1]["keys"]
     assert not set(ranks[0]["keys"]) & set(ranks[1]["keys"])
     # only rank 0 wrote outputs; the checkpoint holds both ranks' RNG states
-    ckpt = torch.load(ckpt_io.checkpoint_path(spec["paths"]["checkpoints"], 3),
-                      weights_only=True)
+    ckpt = torch.load(ckpt_io.checkpoint_path(_only_config_dir(Path(spec["paths"]["checkpoints"])),
+                                              3), weights_only=True)
     assert len(ckpt["rng"]) == 2
     assert json.loads(Path(spec["paths"]["metrics"]).read_text())["steps"] == 3
 
 
 # --------------------------------------------------------------------------------------------
 # Files, MLflow and the stage
-
-
-def test_checkpoints_resume_only_with_a_matching_hash(tmp_path):
-    state = ckpt_io.Checkpoint(step=4, epoch=1, batches_in_epoch=2, config_hash="a" * 64,
-                               model={"w": torch.ones(2)}, optimizer={}, scheduler={},
-                               rng=[ckpt_io.capture_rng()], curve=[{"step": 4, "loss": 1.0}])
-    ckpt_io.save_checkpoint(tmp_path, state, keep=2)
-    raw = torch.load(ckpt_io.checkpoint_path(tmp_path, 4), weights_only=True)
-    assert raw["step"] == 4 and torch.equal(raw["model"]["w"], torch.ones(2))
-    found, notes = ckpt_io.find_resumable(tmp_path, "a" * 64)
-    assert found is not None and found.batches_in_epoch == 2
-    found, notes = ckpt_io.find_resumable(tmp_path, "b" * 64)
-    assert found is None and "another configuration" in notes[0]
-    # restoring RNG states replays the same random numbers
-    ckpt_io.restore_rng(raw["rng"][0])
-    first = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
-    ckpt_io.restore_rng(raw["rng"][0])
-    assert torch.equal(torch.rand(3), first[0])
-    assert __import__("numpy").random.rand() == first[1]
-    assert __import__("random").random() == first[2]
-    for step in (6, 8):
-        ckpt_io.save_checkpoint(tmp_path, dataclasses.replace(state, step=step), keep=2)
-    assert [s for s, _ in ckpt_io.list_checkpoints(tmp_path)] == [6, 8]
-
-
-def test_another_configuration_starts_fresh_and_says_so(tmp_path, capsys):
-    from stdformer.train.distributed import Dist
-    from stdformer.train.loop import _resume_or_start
-
-    state = ckpt_io.Checkpoint(step=2, epoch=0, batches_in_epoch=2, config_hash="a" * 64,
-                               model={}, optimizer={}, scheduler={}, rng=[], curve=[])
-    ckpt_io.save_checkpoint(tmp_path, state, keep=2)
-    solo = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    assert _resume_or_start(tiny_train(), tmp_path, "a" * 64, solo).step == 2
-    assert _resume_or_start(tiny_train(), tmp_path, "b" * 64, solo) is None
-    err = capsys.readouterr().err
-    assert "another configuration" in err and "starting fresh" in err
-    assert ckpt_io.list_checkpoints(tmp_path) == []      # a later resume cannot pick it up
-    ckpt_io.save_checkpoint(tmp_path, state, keep=2)
-    assert _resume_or_start(tiny_train(resume="never"), tmp_path, "a" * 64, solo) is None
-    assert ckpt_io.list_checkpoints(tmp_path) == []
 
 
 def test_unreachable_tracking_server_fails_before_training(dataset, tmp_path):
@@ -458,7 +443,8 @@ def test_stage_trains_logs_to_mlflow_and_writes_loadable_files(dataset, tmp_path
     assert {"weights", "model_config", "body_model_id", "train_config", "metrics"} <= \
         model_file.keys()
     assert model_file["metrics"]["val_mpjpe"] == metrics["val_mpjpe"]
-    checkpoint = torch.load(tmp_path / "checkpoints" / "step-00000003.pt", weights_only=True)
+    checkpoint = torch.load(_only_config_dir(tmp_path / "checkpoints") / "step-00000003.pt",
+                            weights_only=True)
     assert checkpoint["step"] == 3 and checkpoint["optimizer"]["state"]
 
     model = load_model(tmp_path / "models" / "stdformer.pt", dataset[0])
@@ -479,3 +465,58 @@ def test_stage_trains_logs_to_mlflow_and_writes_loadable_files(dataset, tmp_path
     losses = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in losses] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mpjpe")] == [2, 3]
+
+
+def test_stage_writes_the_same_model_bytes_whatever_the_cores_and_instruction_set(dataset,
+                                                                                   tmp_path):
+    # What differs between machines, as environment variables: the thread count torch would
+    # take from the cores, and the ISA of ATen's kernels, oneDNN's convolutions and MKL's
+    # BLAS. Each of these alone changes the weights when the stage does not pin them.
+    machines = {
+        "one_core_avx512": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        "two_cores_sse41": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+                            "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default",
+                            "MKL_CBWR": "AUTO"},
+    }
+    models = {}
+    for name, env in machines.items():
+        (tmp_path / name).mkdir()
+        _write_params(tmp_path / name, steps=2, val_every=0)
+        proc = _run_stage(tmp_path / name, dataset, {**CHILD_ENV, **env})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        models[name] = (tmp_path / name / "models" / "stdformer.pt").read_bytes()
+    assert models["one_core_avx512"] == models["two_cores_sse41"]
+    recorded = torch.load(tmp_path / "one_core_avx512" / "models" / "stdformer.pt",
+                          weights_only=True)["numerics"]
+    assert recorded["threads"] == 2 and recorded["aten_cpu_capability"] == "AVX2"
+    assert recorded["onednn_max_cpu_isa"] == "AVX2" and recorded["mkl_cbwr"] == "COMPATIBLE"
+    assert recorded["deterministic_algorithms"] is True
+
+
+def test_validation_scores_every_frame_once_exactly_as_evaluate_does(dataset, tmp_path):
+    from stdformer.evaluation import evaluate_predictors, model_predictor
+    from stdformer.train.data import iter_targets
+
+    body, shards = dataset
+    paths = paths_in(tmp_path, dataset)
+    metrics = train(tiny_train(steps=1, checkpoint_every=1), tiny_model(), LossConfig(), paths,
+                    Tracking(uri=None), progress=False).metrics
+
+    # The validation track's last clip overlaps the one before it: counted per clip, the
+    # overlapping frames would count twice.
+    clip_frames, unique_frames = 0, set()
+    for key, arrays in iter_targets(index_shards(shards, "validation"), ["valid"]):
+        track, start = key.rsplit("__", 1)
+        clip_frames += int(arrays["valid"].sum())
+        unique_frames |= {(track, int(start) + i) for i in range(len(arrays["valid"]))
+                          if arrays["valid"][i]}
+    assert clip_frames > len(unique_frames)
+    assert metrics["val_frames"] == len(unique_frames)
+
+    regressor = load_body_assets(body).regressor_h36m.double()
+    predictor = model_predictor(load_model(paths.model, body), torch.device("cpu"))
+    evaluated = evaluate_predictors({"model": predictor}, shards, "validation",
+                                    regressor).overall["model"]
+    for name in ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "frames"):
+        assert metrics[f"val_{name}"] == pytest.approx(evaluated[name], rel=1e-6), name
+    assert metrics["baseline_val_mpjpe"] > 0

@@ -24,23 +24,14 @@ import torch
 
 from stdformer.evaluation.config import MERGE_MODES
 from stdformer.io import DataError
+from stdformer.train.steps import normalize_frames
 
 Predictor = Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
 TrackId = tuple[str, int]                   # (sequence, actor)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # --------------------------------------------------------------------------------------------
 # Predictors
-
-
-def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, S, 3, H, W) -> ImageNet-normalised float32 (the model's input, as in training)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    return (frames.float() / 255.0 - mean) / std
 
 
 def model_predictor(model: torch.nn.Module, device: torch.device) -> Predictor:

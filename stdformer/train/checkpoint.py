@@ -5,14 +5,25 @@ RNG states of every rank (python, numpy, torch, cuda; stored as tensors and plai
 weights-only unpickler accepts them), the data position (epoch, batches consumed in it), the
 step, the learning curve so far, the MLflow run id and the config hash that guards resuming.
 
-Files are `checkpoints/step-00000050.pt`; the newest `keep` are kept.
+Every configuration has its own directory, named after its config hash, under the variant's
+checkpoint root:
+
+    checkpoints/stdformer/3f2a9c0e5b1d7a44/config.json          # the run identity (readable)
+    checkpoints/stdformer/3f2a9c0e5b1d7a44/step-00000050.pt      # the newest `keep` steps
+
+so a run with other params starts fresh in its own directory and never touches another
+configuration's steps; changing a param back resumes the old ones. Nothing is deleted but the
+older steps of one configuration (`keep`) and what `stdformer checkpoints prune` is told to.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.io import DataError, write_bytes_atomic
+from stdformer.io import DataError, write_bytes_atomic, write_text_atomic
 
 FORMAT = "stdformer-train-checkpoint/1"
+CONFIG_FILE = "config.json"
 _NAME = re.compile(r"step-(\d{8})\.pt")
+_HASH_CHARS = 16
+
+
+def config_dir(root: str | Path, config_hash: str) -> Path:
+    """The directory of one configuration's checkpoints under a variant's root."""
+    return Path(root) / config_hash[:_HASH_CHARS]
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -94,8 +112,10 @@ class Checkpoint:
     path: Path | None = None
 
 
-def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int) -> Path:
-    """Write atomically, then delete all but the newest `keep` checkpoints."""
+def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int,
+                    identity: dict[str, Any] | None = None) -> Path:
+    """Write atomically (and the run identity as config.json, once), then delete all but the
+    newest `keep` checkpoints of this directory."""
     path = checkpoint_path(directory, ckpt.step)
     payload = {
         "format": FORMAT, "step": ckpt.step, "epoch": ckpt.epoch,
@@ -104,6 +124,10 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int) -> Path:
         "rng": ckpt.rng, "curve": ckpt.curve, "run_id": ckpt.run_id,
     }
     write_bytes_atomic(path, torch_save_bytes(payload))
+    if identity is not None and not (Path(directory) / CONFIG_FILE).is_file():
+        write_text_atomic(Path(directory) / CONFIG_FILE, json.dumps(
+            {"config_hash": ckpt.config_hash, "identity": identity}, indent=2,
+            sort_keys=True) + "\n")
     for _, old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -144,10 +168,115 @@ def find_resumable(directory: str | Path, config_hash: str
 
 
 def clear_checkpoints(directory: str | Path) -> list[Path]:
-    """Remove every checkpoint file (a fresh run must not leave stale steps behind that a later
-    resume could pick)."""
+    """Remove every checkpoint file of one directory (`resume: never` restarts a configuration:
+    its old steps must not outlive the new run's and be resumed later)."""
     removed = []
     for _, path in list_checkpoints(directory):
         path.unlink(missing_ok=True)
         removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations under a root (`stdformer checkpoints list | prune`)
+
+
+@dataclass
+class ConfigCheckpoints:
+    """The checkpoints of one configuration directory, or the step files lying directly in a
+    variant's root (the flat layout of earlier versions)."""
+
+    directory: Path
+    steps: list[int]
+    bytes: int
+    modified: float                   # newest file's mtime (0 when empty)
+    identity: dict[str, Any] | None   # config.json's run identity; None in the flat layout
+
+    @property
+    def variant(self) -> Path:
+        """The variant's checkpoint root this configuration belongs to."""
+        return self.directory if self.identity is None else self.directory.parent
+
+
+def _describe(directory: Path) -> ConfigCheckpoints:
+    found = list_checkpoints(directory)
+    stats = [p.stat() for _, p in found]
+    identity = None
+    if (directory / CONFIG_FILE).is_file():
+        try:
+            identity = json.loads((directory / CONFIG_FILE).read_text())["identity"]
+        except (json.JSONDecodeError, OSError, KeyError, TypeError):
+            identity = {}                              # unreadable: still a configuration
+    return ConfigCheckpoints(directory, [s for s, _ in found], sum(st.st_size for st in stats),
+                             max((st.st_mtime for st in stats), default=0.0), identity)
+
+
+def list_configs(root: str | Path) -> list[ConfigCheckpoints]:
+    """Configurations under `root` (a variant's root, or `checkpoints/` above several), newest
+    first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    children = sorted(p for p in root.iterdir() if p.is_dir())
+    grandchildren = sorted(q for p in children for q in p.iterdir() if q.is_dir())
+    configs = [_describe(d) for d in (root, *children, *grandchildren)
+               if list_checkpoints(d) or (d / CONFIG_FILE).is_file()]
+    return sorted(configs, key=lambda c: (-c.modified, str(c.directory)))
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_changes(old: dict[str, Any] | None, new: dict[str, Any] | None,
+                     limit: int = 4) -> str:
+    """'train.lr 0.001 -> 0.002, ...': what differs from `old` to `new` run identity."""
+    if not old or not new:
+        return "configuration not recorded"
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
+             for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more if diffs else "same configuration"
+
+
+def format_configs(configs: list[ConfigCheckpoints]) -> str:
+    """One line per configuration, newest first, each compared with the newest of its variant
+    (what `stdformer checkpoints list` prints)."""
+    if not configs:
+        return "no checkpoints"
+    newest: dict[Path, ConfigCheckpoints] = {}
+    lines = []
+    for c in configs:
+        ref = newest.setdefault(c.variant, c)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.modified)) if c.modified \
+            else "-"
+        steps = (f"steps {c.steps[0]}..{c.steps[-1]}" if len(c.steps) > 1
+                 else f"step {c.steps[0]}" if c.steps else "no steps")
+        note = "newest" if ref is c else \
+            f"newest differs: {identity_changes(c.identity, ref.identity)}"
+        lines.append(f"{c.directory}  {steps}  {c.bytes / 1e6:.1f} MB  {when}  ({note})")
+    return "\n".join(lines)
+
+
+def prune_configs(root: str | Path, keep: int = 1, dry_run: bool = False
+                  ) -> list[ConfigCheckpoints]:
+    """Remove all but the `keep` most recently written configurations of every variant under
+    `root` (a configuration's whole directory; flat-layout step files). Returns what was (with
+    dry_run: would be) removed."""
+    by_variant: dict[Path, list[ConfigCheckpoints]] = {}
+    for c in list_configs(root):                       # newest first
+        by_variant.setdefault(c.variant, []).append(c)
+    removed = [c for configs in by_variant.values() for c in configs[keep:]]
+    if not dry_run:
+        for c in removed:
+            if c.identity is None:
+                clear_checkpoints(c.directory)
+            else:
+                shutil.rmtree(c.directory)
     return removed

@@ -64,20 +64,22 @@ class TrainConfig:
     resume: Literal["auto", "never"] = "auto"
     seed: int = 0
     num_workers: int = 1                # DataLoader workers per rank
+    threads: int = 2                    # CPU intra-op threads: fixed, so weights do not depend
+                                        # on the machine's core count (stdformer/numerics.py)
     shuffle_buffer: int = 32            # clips, per loader stream
-    val_every: int = 100                # steps; 0 = only at the end
-    val_max_clips: int = 0              # 0 = the whole validation split
+    val_every: int = 100                # steps; 0 = only at the end (whole split, as evaluate)
     log_every: int = 10
     experiment: str = "stdformer"       # MLflow experiment name
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
-        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
+                    "threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("lr", "weight_decay", "grad_clip", "warmup_steps", "joint_warmup_steps",
-                        "seed", "num_workers", "shuffle_buffer", "val_every", "val_max_clips")
+                        "seed", "num_workers", "shuffle_buffer", "val_every")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -91,7 +93,7 @@ class TrainConfig:
 # Fields that change neither the weights nor the data order (batches do not depend on the
 # number of loader workers): a resumed run may differ in them.
 _NOT_HASHED = frozenset({"checkpoint_every", "keep_checkpoints", "resume", "log_every",
-                         "val_every", "val_max_clips", "experiment", "num_workers"})
+                         "val_every", "experiment", "num_workers"})
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
@@ -112,19 +114,26 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16
 
 
-def config_hash(train: TrainConfig, model: Any, loss: Any, *, world_size: int,
-                extra: dict[str, Any] | None = None) -> str:
-    """sha256 over everything that determines the trained weights; a checkpoint is resumed only
-    when its hash matches. `extra`: data fingerprint, body model id."""
+def run_identity(train: TrainConfig, model: Any, loss: Any, *, world_size: int,
+                 body_model_id: str, train_data: Any, init_checkpoint: str | None = None
+                 ) -> dict[str, Any]:
+    """Everything that determines the trained weights, as plain JSON values: the one place the
+    resume key is composed. `train_data`: the identity of the training shards
+    (`ShardIndex.fingerprint()`); `init_checkpoint`: the sha256 of the file the weights start
+    from, if any. Stored next to the checkpoints as config.json."""
+    def plain(obj: Any) -> Any:
+        return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
     train_dict = {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_HASHED}
-    payload = {
-        "train": train_dict,
-        "model": dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model,
-        "loss": dataclasses.asdict(loss) if dataclasses.is_dataclass(loss) else loss,
-        "world_size": world_size,
-        "extra": extra or {},
-    }
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    identity = {"train": train_dict, "model": plain(model), "loss": plain(loss),
+                "world_size": world_size, "body_model_id": body_model_id,
+                "train_data": train_data, "init_checkpoint": init_checkpoint}
+    return json.loads(json.dumps(identity, default=str))        # tuples -> lists, paths -> str
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    """sha256 of a `run_identity`: a checkpoint is resumed only when its hash matches."""
+    text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

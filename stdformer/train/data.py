@@ -114,18 +114,6 @@ def train_batches(index: ShardIndex, *, seed: int, epoch: int, rank: int, world_
     return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
 
 
-def eval_batches(index: ShardIndex, *, rank: int, world_size: int, batch_size: int,
-                 max_clips: int = 0) -> list[list[Clip]]:
-    """This rank's share of the split in stream (sorted shard) order, every clip once; with
-    max_clips, an evenly spaced subset. The last batch may be short."""
-    clips = stream_order(index, range(len(index.shards)))
-    if 0 < max_clips < len(clips):
-        picks = np.linspace(0, len(clips) - 1, max_clips).round().astype(int)
-        clips = [clips[i] for i in np.unique(picks)]
-    mine = [clips[i] for i in np.array_split(np.arange(len(clips)), world_size)[rank]]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
 # --------------------------------------------------------------------------------------------
 # Reading planned clips
 
@@ -223,18 +211,6 @@ class TrainStream(torch.utils.data.IterableDataset):
             built = _build_batches(self.index, [plan[b] for b in numbers], transform)
             for b, batch in zip(numbers, built):
                 yield {**batch, "epoch": epoch, "batch": b}
-
-
-class EvalStream(torch.utils.data.IterableDataset):
-    """Un-augmented batches of a fixed plan (validation), split over loader workers."""
-
-    def __init__(self, index: ShardIndex, batches: Sequence[Sequence[Clip]]):
-        super().__init__()
-        self.index, self.batches = index, [list(b) for b in batches]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, num_workers = _worker()
-        yield from _build_batches(self.index, self.batches[worker::num_workers], None)
 
 
 def make_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, seed: int,

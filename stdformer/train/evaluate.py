@@ -1,23 +1,21 @@
-"""Validation metrics (reference section 4) of a model, and of the mean-pose baseline.
+"""Per-frame errors (reference section 4) and the training set's mean pose, shared by
+training's validation and `evaluate` (stdformer/evaluation/scoring.py scores merged tracks with
+`frame_errors`).
 
 J14 joints come from the H36M-17 regressor applied to the predicted fine mesh (the published
 protocol), ground truth from the shards' `joints_h36m`; both are root aligned on their own
 mid-hip. Meshes are compared centred on their own pelvis, H36M joint 0 regressed from each mesh
 (MPVPE, as FastMETRO's evaluation). Only valid frames count.
-Results are per-frame sums plus the frame count, so DDP ranks can add them up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 
 from stdformer.metrics import (j14_from_h36m, j14_pelvis, mesh_pelvis, mpjpe, mpvpe, pa_mpjpe,
                                root_align)
-
-METRICS = ("mpjpe", "pa_mpjpe", "mpvpe")
 
 
 def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
@@ -35,43 +33,6 @@ def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
         "mpvpe": mpvpe(pred_vertices, gt_vertices, mesh_pelvis(pred_vertices, regressor),
                        mesh_pelvis(gt_vertices, regressor)),
     }
-
-
-def _accumulate(sums: torch.Tensor, errors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """sums (len(METRICS) + 1,) float64: per-metric error sums, then the frame count."""
-    n = next(iter(errors.values())).shape[0]
-    add = torch.tensor([float(errors[m].sum()) for m in METRICS] + [float(n)],
-                       dtype=torch.float64)
-    return sums + add
-
-
-def empty_sums() -> torch.Tensor:
-    return torch.zeros(len(METRICS) + 1, dtype=torch.float64)
-
-
-def sums_to_metrics(sums: torch.Tensor, prefix: str = "val_") -> dict[str, float]:
-    count = float(sums[-1])
-    return {f"{prefix}{m}": (float(sums[i]) / count if count else float("nan"))
-            for i, m in enumerate(METRICS)} | {f"{prefix}frames": int(count)}
-
-
-@torch.no_grad()
-def evaluate_model(predict: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                   batches: Iterable[dict[str, Any]], regressor: torch.Tensor,
-                   device: torch.device) -> torch.Tensor:
-    """Error sums of `predict` (uint8 frames (B, S, 3, H, W) on device -> model output dict)
-    over loader batches (collate_clips output). Returns sums on the CPU (see `_accumulate`)."""
-    sums = empty_sums()
-    for batch in batches:
-        frames = batch["frames"].to(device, non_blocking=True)
-        pred = predict(frames)["vertices"].float().cpu()                      # (B, S, V, 3)
-        targets = batch["targets"]
-        valid = targets["valid"].bool()                                       # (B, S)
-        if not valid.any():
-            continue
-        sums = _accumulate(sums, frame_errors(pred[valid], targets["vertices"][valid],
-                                              targets["joints_h36m"][valid], regressor))
-    return sums
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,20 +61,3 @@ def mean_pose(clips: Iterable[tuple[str, dict]], regressor: torch.Tensor
     if total is None:
         raise ValueError("no valid frame to average")
     return total / count, count
-
-
-@torch.no_grad()
-def evaluate_constant(mean_vertices: torch.Tensor, clips: Iterable[tuple[str, dict]],
-                      regressor: torch.Tensor) -> torch.Tensor:
-    """Error sums of predicting `mean_vertices` (V, 3) for every valid frame of `clips`."""
-    sums = empty_sums()
-    for _, arrays in clips:
-        valid = torch.as_tensor(arrays["valid"]).bool()
-        if not valid.any():
-            continue
-        n = int(valid.sum())
-        pred = mean_vertices.double()[None].expand(n, -1, -1)
-        sums = _accumulate(sums, frame_errors(
-            pred, torch.as_tensor(arrays["vertices"]).double()[valid],
-            torch.as_tensor(arrays["joints_h36m"]).double()[valid], regressor.double()))
-    return sums

@@ -26,23 +26,24 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from stdformer import numerics
 from stdformer.io import DataError, file_digest, write_bytes_atomic
 from stdformer.losses import LossConfig, MeshInfo
 from stdformer.model.pretrained import load_init_checkpoint
 from stdformer.model.stdformer import ModelConfig, STDFormer, count_parameters
 from stdformer.train import checkpoint as ckpt_io
 from stdformer.train.assets import BodyAssets, load_body_assets
-from stdformer.train.config import TrainConfig, config_hash, resolve_precision
-from stdformer.train.data import (EvalStream, ShardIndex, TrainStream, eval_batches,
-                                  index_shards, iter_targets, make_loader)
+from stdformer.progress import progress as progress_bar
+from stdformer.train.config import (TrainConfig, config_hash, resolve_device, resolve_precision,
+                                    run_identity)
+from stdformer.train.data import (ShardIndex, TrainStream, index_shards, iter_targets,
+                                  make_loader)
 from stdformer.train.distributed import (Dist, all_reduce_sum, barrier, distributed_env,
                                          gather_objects, setup_distributed, sync_buffers,
                                          wrap_ddp)
-from stdformer.train.evaluate import (evaluate_constant, evaluate_model, mean_pose,
-                                      sums_to_metrics)
+from stdformer.train.evaluate import mean_pose
 from stdformer.train.export import MODEL_FORMAT
-from stdformer.train.steps import (autocast, batch_loss, loss_config_at, lr_factor,
-                                   normalize_frames, optimizer_step)
+from stdformer.train.steps import batch_loss, loss_config_at, lr_factor, optimizer_step
 from stdformer.train.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
 
 
@@ -51,7 +52,7 @@ class TrainPaths:
     shards: Path                  # preprocess output: <shards>/<split>/shard-*.tar
     body: Path                    # body model directory
     model: Path                   # final model file
-    checkpoints: Path             # checkpoint directory
+    checkpoints: Path             # the variant's checkpoint root (one directory per config)
     metrics: Path                 # final metrics (json)
     curve: Path                   # learning curve (csv, for `dvc plots`)
 
@@ -94,7 +95,10 @@ class Session:
     mesh_info: MeshInfo
     train_index: ShardIndex
     val_index: ShardIndex
+    identity: dict[str, Any]      # run_identity: what the resume key hashes
     run_hash: str
+    run_dir: Path                 # this configuration's checkpoint directory
+    numerics: dict[str, Any]      # the numeric environment in effect (numerics.in_effect)
     raw_model: STDFormer
     model: nn.Module              # raw_model, maybe DDP-wrapped and compiled
     optimizer: torch.optim.Optimizer
@@ -139,12 +143,14 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig, paths:
           tracking: Tracking, progress: bool = True) -> TrainResult:
     """Train (or resume), validate, write the model/metrics/curve files. Every rank returns the
     final metrics and its model replica; only rank 0 writes files and talks to MLflow."""
-    rank, _, _ = distributed_env()
+    rank, _, local_rank = distributed_env()
+    # Before torch runs anything here (see stdformer/numerics.py); the stage pins even earlier.
+    effect = numerics.apply(cfg.threads, resolve_device(cfg, local_rank).type)
     if rank == 0 and tracking.uri is not None:
         check_tracking(tracking.uri)          # before anything expensive: fail fast
     d, created_group = setup_distributed(cfg)
     try:
-        s = _open_session(cfg, model_cfg, loss_cfg, paths, tracking, d)
+        s = _open_session(cfg, model_cfg, loss_cfg, paths, tracking, d, effect)
         try:
             _fit(s, progress)
             return _finish(s)
@@ -158,15 +164,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig, paths:
 
 
 def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig,
-                  paths: TrainPaths, tracking: Tracking, d: Dist) -> Session:
+                  paths: TrainPaths, tracking: Tracking, d: Dist,
+                  effect: dict[str, Any]) -> Session:
     """Data index, model, optimizer; state from a matching checkpoint or fresh; MLflow run."""
     autocast_dtype = resolve_precision(cfg, d.device)
     assets = load_body_assets(paths.body)
     train_index = index_shards(paths.shards, "train")
     val_index = index_shards(paths.shards, "validation")
-    run_hash = config_hash(cfg, model_cfg, loss_cfg, world_size=d.world_size, extra={
-        "body_model_id": assets.body_model_id, "train_shards": train_index.fingerprint(),
-        "init_checkpoint": _digest_or_none(model_cfg.init_checkpoint)})
+    identity = run_identity(cfg, model_cfg, loss_cfg, world_size=d.world_size,
+                            body_model_id=assets.body_model_id,
+                            train_data=train_index.fingerprint(),
+                            init_checkpoint=_digest_or_none(model_cfg.init_checkpoint))
+    run_hash = config_hash(identity)
+    run_dir = ckpt_io.config_dir(paths.checkpoints, run_hash)
 
     _seed_everything(cfg.seed)                # same initial weights on every rank
     raw_model = build_model(model_cfg, assets, say=lambda line: _say(d, line)).to(d.device)
@@ -194,8 +204,8 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
         model = torch.compile(model)
     device_assets = assets.to(d.device)
     s = Session(cfg, model_cfg, loss_cfg, paths, d, autocast_dtype, assets, device_assets,
-                device_assets.mesh_info, train_index, val_index, run_hash, raw_model, model,
-                optimizer, scheduler, state)
+                device_assets.mesh_info, train_index, val_index, identity, run_hash, run_dir,
+                effect, raw_model, model, optimizer, scheduler, state)
     if d.main and tracking.uri is not None:
         s.tracker = MlflowTracker(
             tracking.uri, cfg.experiment, tracking.artifact_root, run_id=state.run_id,
@@ -203,32 +213,46 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
                 "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
                 "loss": dataclasses.asdict(loss_cfg), "world_size": d.world_size,
                 "config_hash": run_hash, "body_model_id": assets.body_model_id,
-                "parameters": count_parameters(raw_model)})
+                "parameters": count_parameters(raw_model), "numerics": effect})
         state.run_id = s.tracker.run_id
     _say(d, f"{count_parameters(raw_model):,} parameters; {train_index.num_clips} train / "
             f"{val_index.num_clips} validation clips; {d.world_size} rank(s) on {d.device}, "
-            f"{'bf16 autocast' if autocast_dtype else 'fp32'}")
+            f"{'bf16 autocast' if autocast_dtype else 'fp32'}; {effect['threads']} thread(s), "
+            f"ATen {effect['aten_cpu_capability']}, oneDNN <= {effect['onednn_max_cpu_isa']}, "
+            f"MKL_CBWR {effect['mkl_cbwr']}")
+    if d.device.type == "cpu" and numerics.pinned_too_late(effect):
+        _say(d, "warning: torch ran before the numeric environment was pinned (ATen uses "
+                f"{effect['aten_cpu_capability']}): the weights may differ on other CPUs; call "
+                "stdformer.numerics.pin_environment() first, as stages/train.py does")
     return s
 
 
-def _resume_or_start(cfg: TrainConfig, directory: Path, run_hash: str, d: Dist
+def _resume_or_start(cfg: TrainConfig, root: Path, run_hash: str, d: Dist
                      ) -> ckpt_io.Checkpoint | None:
-    """The checkpoint to resume (resume: auto and a matching hash), else None after removing
-    stale checkpoints (so a later resume cannot pick a step of another configuration)."""
-    found, notes = (ckpt_io.find_resumable(directory, run_hash) if cfg.resume == "auto"
+    """The newest checkpoint of this configuration's directory under `root` (resume: auto),
+    else None. Other configurations' directories are never touched: the log says they are
+    there and how to remove them. `resume: never` restarts this configuration (its old steps
+    are removed, so a later resume cannot pick one of them)."""
+    run_dir = ckpt_io.config_dir(root, run_hash)
+    found, notes = (ckpt_io.find_resumable(run_dir, run_hash) if cfg.resume == "auto"
                     else (None, []))
     for note in notes:
         _say(d, note)
     barrier(d)                                # everyone has read before rank 0 deletes
-    if found is None and d.main:
-        stale = ckpt_io.list_checkpoints(directory)
-        if stale:
-            why = "resume: never" if cfg.resume == "never" else "no checkpoint matches this config"
-            _say(d, f"starting fresh ({why}); removing {len(stale)} old checkpoint(s) in "
-                    f"{directory}")
-            ckpt_io.clear_checkpoints(directory)
-        else:
-            _say(d, "starting fresh")
+    if found is not None or not d.main:
+        return found
+    if cfg.resume == "never" and ckpt_io.list_checkpoints(run_dir):
+        removed = ckpt_io.clear_checkpoints(run_dir)
+        _say(d, f"resume: never; removed {len(removed)} checkpoint(s) of this configuration "
+                f"in {run_dir}")
+    others = [c for c in ckpt_io.list_configs(root) if c.directory != run_dir and c.steps]
+    message = f"starting fresh in {run_dir}"
+    if others:
+        size = sum(c.bytes for c in others) / 1e6
+        message += (f"; kept {len(others)} other configuration(s) in {root} ({size:.1f} MB): "
+                    f"`stdformer checkpoints list {root}` shows them, "
+                    f"`stdformer checkpoints prune {root}` removes all but the newest")
+    _say(d, message)
     return found
 
 
@@ -247,8 +271,8 @@ def _fit(s: Session, progress: bool) -> None:
     stream.plan(state.epoch)  # a dataset too small for the batch size fails here, not in a worker
     batches = iter(make_loader(stream, cfg.num_workers, cfg.seed,
                                pin_memory=d.device.type == "cuda"))
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not (progress and d.main),
-               dynamic_ncols=True, mininterval=1.0, desc="train", unit="step")
+    bar = progress_bar(total=cfg.steps, initial=state.step, desc="train", unit="step",
+                       disable=not (progress and d.main))
     parameters = list(s.raw_model.parameters())
     clips_per_s, tick = float("nan"), time.perf_counter()
     s.raw_model.train()
@@ -271,9 +295,9 @@ def _fit(s: Session, progress: bool) -> None:
             rate = cfg.batch_size * d.world_size / max(now - tick, 1e-9)
             clips_per_s = rate if math.isnan(clips_per_s) else 0.9 * clips_per_s + 0.1 * rate
             tick = now
-            bar.update(1)
             bar.set_postfix(loss=f"{terms['total']:.3f}", clips_s=f"{clips_per_s:.2f}",
                             refresh=False)
+            bar.update(1)
             _log_step(s, terms, grad_norm, clips_per_s)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 _save_checkpoint(s)
@@ -299,7 +323,7 @@ def _log_step(s: Session, terms: Mapping[str, float], grad_norm: float,
             s.tracker.log_metrics(state.step, {**row, "grad_norm": grad_norm,
                                                "clips_per_s": clips_per_s})
     if cfg.val_every and state.step % cfg.val_every == 0 and state.step != cfg.steps:
-        val = _validate(s, cfg.val_max_clips)
+        val = _validate(s)
         row.update(val)
         if s.tracker is not None:
             s.tracker.log_metrics(state.step, val)
@@ -309,35 +333,50 @@ def _log_step(s: Session, terms: Mapping[str, float], grad_norm: float,
         state.curve.append({"step": state.step, **row})
 
 
-def _validate(s: Session, max_clips: int) -> dict[str, float]:
-    """Validation metrics over this rank's share of the split, summed over ranks."""
-    d = s.d
-    sync_buffers(s.raw_model, d)
-    s.raw_model.eval()
+VAL_METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "frames")
 
-    def predict(frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        with autocast(d.device, s.autocast_dtype):
-            return s.raw_model(normalize_frames(frames))
 
+def _validate(s: Session, baseline: torch.Tensor | None = None) -> dict[str, float]:
+    """Validation metrics exactly as `evaluate` computes them on its split: every clip
+    predicted in fp32, overlapping windows merged into one prediction per frame
+    (`evaluate.merge`'s default, mean), each valid frame counted once. With `baseline` (mean
+    mesh (V, 3)), the mean-pose rows too. Every rank scores the whole split (the same numbers,
+    no waiting at a collective); the global RNG states are left as they were, so validating
+    more or less often does not change the weights."""
+    from stdformer.evaluation import BASELINE_NAME, EvaluateConfig, evaluate_predictors
+    from stdformer.evaluation.predict import constant_predictor, model_predictor
+
+    sync_buffers(s.raw_model, s.d)
+    rng = ckpt_io.capture_rng()
+    predictors = {"model": model_predictor(s.raw_model, s.d.device)}
+    if baseline is not None:
+        predictors[BASELINE_NAME] = constant_predictor(baseline)
     try:
-        plan = eval_batches(s.val_index, rank=d.rank, world_size=d.world_size,
-                            batch_size=s.cfg.batch_size, max_clips=max_clips)
-        loader = make_loader(EvalStream(s.val_index, plan), s.cfg.num_workers, s.cfg.seed)
-        sums = evaluate_model(predict, loader, s.assets.regressor_h36m, d.device)
+        result = evaluate_predictors(predictors, s.paths.shards, "validation",
+                                     s.assets.regressor_h36m.double(),
+                                     merge=EvaluateConfig().merge,
+                                     batch_size=s.cfg.batch_size,
+                                     num_workers=s.cfg.num_workers)
     finally:
         s.raw_model.train()
-    return sums_to_metrics(all_reduce_sum(sums, d))
+        ckpt_io.restore_rng(rng)
+    metrics = {f"val_{m}": result.overall["model"][m] for m in VAL_METRICS}
+    if baseline is not None:
+        metrics |= {f"baseline_val_{m}": result.overall[BASELINE_NAME][m]
+                    for m in VAL_METRICS if m != "frames"}
+    return metrics
 
 
 def _save_checkpoint(s: Session) -> None:
     rng = gather_objects(ckpt_io.capture_rng(), s.d)     # every rank's streams
     if s.d.main:
         st = s.state
-        ckpt_io.save_checkpoint(s.paths.checkpoints, ckpt_io.Checkpoint(
+        ckpt_io.save_checkpoint(s.run_dir, ckpt_io.Checkpoint(
             step=st.step, epoch=st.epoch, batches_in_epoch=st.batch_in_epoch,
             config_hash=s.run_hash, model=s.raw_model.state_dict(),
             optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(), rng=rng,
-            curve=list(st.curve), run_id=st.run_id), keep=s.cfg.keep_checkpoints)
+            curve=list(st.curve), run_id=st.run_id), keep=s.cfg.keep_checkpoints,
+            identity=s.identity)
     barrier(s.d)
 
 
@@ -346,25 +385,30 @@ def _save_checkpoint(s: Session) -> None:
 
 
 def _finish(s: Session) -> TrainResult:
-    """Validate on the whole split (all ranks); rank 0 adds the mean-pose baseline and writes
-    the model, metrics and curve files."""
+    """Validate on the whole split with the mean-pose baseline (every rank); rank 0 writes the
+    model, metrics and curve files."""
     d, state = s.d, s.state
-    final = _validate(s, 0)
+    names = ("vertices", "joints_h36m", "valid")
+    mean_vertices, train_frames = mean_pose(iter_targets(s.train_index, names),
+                                            s.assets.regressor_h36m)
+    final = _validate(s, baseline=mean_vertices)
     barrier(d)
-    metrics: dict[str, Any] = {"steps": state.step, **final}
+    metrics: dict[str, Any] = {"steps": state.step, **final,
+                               "baseline_train_frames": train_frames}
     losses = [row["loss/total"] for row in state.curve if "loss/total" in row]
     if losses:
         metrics["train_loss"] = losses[-1]
     if not d.main:
         return TrainResult(metrics, s.raw_model, False)
 
-    metrics.update(mean_pose_baseline(s.train_index, s.val_index, s.assets))
     curve = state.curve
+    row = {k: v for k, v in final.items() if k.startswith("val_")}
     if curve and curve[-1]["step"] == state.step:
-        curve[-1].update(final)
+        curve[-1].update(row)
     else:
-        curve.append({"step": state.step, **final})
-    write_model(s.paths.model, s.raw_model, s.model_cfg, s.cfg, s.loss_cfg, s.assets, metrics)
+        curve.append({"step": state.step, **row})
+    write_model(s.paths.model, s.raw_model, s.model_cfg, s.cfg, s.loss_cfg, s.assets, metrics,
+                s.numerics)
     write_metrics(s.paths.metrics, metrics)
     write_curve(s.paths.curve, curve)
     if s.tracker is not None:
@@ -374,30 +418,18 @@ def _finish(s: Session) -> TrainResult:
             s.tracker.log_artifact(path)
         s.tracker.finish()
     m = metrics
-    _say(d, f"validation MPJPE {m['val_mpjpe']:.1f} mm (PA {m['val_pa_mpjpe']:.1f}, "
-            f"MPVPE {m['val_mpvpe']:.1f}); mean-pose baseline MPJPE "
-            f"{m['baseline_val_mpjpe']:.1f} mm (PA {m['baseline_val_pa_mpjpe']:.1f}, "
+    _say(d, f"validation ({m['val_frames']} frames) MPJPE {m['val_mpjpe']:.1f} mm "
+            f"(PA {m['val_pa_mpjpe']:.1f}, MPVPE {m['val_mpvpe']:.1f}); mean-pose baseline "
+            f"MPJPE {m['baseline_val_mpjpe']:.1f} mm (PA {m['baseline_val_pa_mpjpe']:.1f}, "
             f"MPVPE {m['baseline_val_mpvpe']:.1f})")
     return TrainResult(metrics, s.raw_model, True)
 
 
-def mean_pose_baseline(train_index: ShardIndex, val_index: ShardIndex, assets: BodyAssets
-                       ) -> dict[str, float]:
-    """Validation errors of predicting the training set's mean root-relative mesh (and so its
-    mean J14 pose) for every frame: the floor a trained model has to beat clearly."""
-    names = ("vertices", "joints_h36m", "valid")
-    mean_vertices, frames = mean_pose(iter_targets(train_index, names), assets.regressor_h36m)
-    sums = evaluate_constant(mean_vertices, iter_targets(val_index, names),
-                             assets.regressor_h36m.double())
-    metrics = sums_to_metrics(sums, prefix="baseline_val_")
-    metrics.pop("baseline_val_frames")
-    metrics["baseline_train_frames"] = frames
-    return metrics
-
-
 def write_model(path: Path, raw_model: nn.Module, model_cfg: ModelConfig, cfg: TrainConfig,
-                loss_cfg: LossConfig, assets: BodyAssets, metrics: Mapping[str, Any]) -> None:
-    """The released model: weights + everything `load_model` needs, weights_only-loadable."""
+                loss_cfg: LossConfig, assets: BodyAssets, metrics: Mapping[str, Any],
+                numeric_env: Mapping[str, Any] | None = None) -> None:
+    """The released model: weights + everything `load_model` needs, weights_only-loadable;
+    `numeric_env`: the numeric environment it was trained in (stdformer/numerics.py)."""
     payload = {
         "format": MODEL_FORMAT,
         "weights": {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()},
@@ -406,5 +438,6 @@ def write_model(path: Path, raw_model: nn.Module, model_cfg: ModelConfig, cfg: T
         "train_config": dataclasses.asdict(cfg),
         "loss_config": dataclasses.asdict(loss_cfg),
         "metrics": dict(metrics),
+        "numerics": dict(numeric_env or {}),
     }
     write_bytes_atomic(path, ckpt_io.torch_save_bytes(payload))

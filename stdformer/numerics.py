@@ -1,0 +1,77 @@
+"""The numeric environment of training, fixed so the same params give the same weights, bit for
+bit, on any x86-64 CPU whatever its core count or instruction set.
+
+What changes float results on a CPU, and what pins it (measured with torch 2.13, see
+tests/test_numerics.py):
+
+* the intra-op thread count (how reductions such as a convolution's weight gradient are split):
+  `torch.set_num_threads(train.threads)`, not the machine's core count;
+* the instruction set of ATen's own kernels (AVX-512 vs AVX2 changes softmax, random number
+  generation, ...): ATEN_CPU_CAPABILITY=avx2;
+* oneDNN's convolutions (AVX-512 vs AVX2 vs SSE4.1 kernels): ONEDNN_MAX_CPU_ISA=AVX2;
+* MKL's BLAS/LAPACK (matmul, SVD): conditional numerical reproducibility, MKL_CBWR=COMPATIBLE
+  (the one branch MKL documents as giving the same results on Intel and non-Intel CPUs), with
+  dynamic thread adjustment off;
+* non-deterministic algorithms: `torch.use_deterministic_algorithms(True)` on CPU.
+
+ATen and oneDNN read their variables once, when torch runs its first operation, so
+`pin_environment()` must run before that (`stages/train.py` calls it before importing the
+library; DataLoader workers inherit the environment). `apply()` then sets the thread count and
+reports what is in effect, including whether the pin came too late in this process.
+This module does not import torch at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+}
+
+
+def pin_environment(threads: int | None = None) -> None:
+    """Set the ISA variables (and the OpenMP/MKL thread counts when given). Call before torch
+    runs its first operation in this process; overrides whatever the caller's shell set."""
+    os.environ.update(PINNED_ENV)
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def apply(threads: int, device_type: str = "cpu") -> dict[str, Any]:
+    """Pin this process's numerics for training on `device_type` and return what is in effect
+    (recorded in the metrics and the model file). GPU kernels are not pinned (see README)."""
+    import cv2
+    import torch
+
+    pin_environment(threads)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    if device_type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    return in_effect()
+
+
+def in_effect() -> dict[str, Any]:
+    """The numeric settings this process runs with."""
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{name.lower(): os.environ.get(name) for name in
+           ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")},
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "torch": str(torch.__version__),
+    }
+
+
+def pinned_too_late(effect: dict[str, Any]) -> bool:
+    """True when ATen picked its AVX-512 kernels before the pin (torch ran an operation first):
+    then oneDNN may have too, and the weights can differ from other machines'."""
+    return str(effect["aten_cpu_capability"]).startswith("AVX512")
