@@ -59,6 +59,9 @@ def synth_root(tmp_path_factory, synth_body, synth_cfg):
 # A tiny copy of the whole project (git + DVC), for tests that run the pipeline as users do.
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+__import__("sys").path.insert(0, str(REPO / "benchmarks"))
+
+from project_copy import copy_project, deep_merge, project_env  # noqa: E402,F401 (shared)
 
 # Deep-merged over the project's params.yaml: the same pipeline, small enough for seconds.
 TINY_PARAMS = {
@@ -73,51 +76,10 @@ TINY_PARAMS = {
 }
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = (deep_merge(out[key], value)
-                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
-    return out
-
-
-def project_env() -> dict:
-    """Environment for running the project's commands in a subprocess (venv first on PATH)."""
-    import os
-    import sys
-
-    env = dict(os.environ)
-    env["PATH"] = f"{__import__('pathlib').Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONHASHSEED="0")
-    return env
-
-
 def make_tiny_project(dest, overrides: dict | None = None):
-    """Copy the pipeline (dvc.yaml, stages/, stdformer/, flows/) into a fresh git + DVC repo at
-    `dest` with TINY_PARAMS (+ overrides) applied; returns dest."""
-    import shutil
-    import subprocess
-
-    import yaml
-
-    dest = __import__("pathlib").Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("stages", "stdformer", "flows"):
-        shutil.copytree(REPO / name, dest / name, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, dest / name)
-    (dest / "data").mkdir(exist_ok=True)
-    shutil.copy(REPO / "data" / ".gitignore", dest / "data" / ".gitignore")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_merge(deep_merge(params, TINY_PARAMS), overrides or {})
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = project_env()
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
-    return dest
+    """Copy the pipeline into a fresh git + DVC repo at `dest` with TINY_PARAMS (+ overrides)
+    applied; returns dest."""
+    return copy_project(dest, deep_merge(TINY_PARAMS, overrides or {}))
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +87,55 @@ def tiny_project_factory(tmp_path_factory):
     """Call with optional params overrides to get a fresh tiny project directory."""
     return lambda overrides=None: make_tiny_project(tmp_path_factory.mktemp("project") / "repo",
                                                     overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# A test that starts a process stops it. Every process of the session inherits this marker in
+# its environment; those still alive at the end (after a grace period for the ones already
+# exiting) are named, killed and reported as an error. Not counted: the multiprocessing
+# forkserver and resource tracker of pytest's own process, which end when it does.
+
+SESSION_MARK = "STDFORMER_TEST_SESSION"
+_OWN_HELPERS = ("multiprocessing.forkserver import main", "multiprocessing.resource_tracker import")
+
+
+def _left_behind(mark: str) -> list[tuple[int, str]]:
+    import os
+    from pathlib import Path
+
+    found, needle, me = [], f"{SESSION_MARK}={mark}".encode(), os.getpid()
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        try:
+            if pid == me or needle not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):     # gone, or not ours to read
+            continue
+        if ppid == me and any(helper in cmd for helper in _OWN_HELPERS):
+            continue
+        found.append((pid, cmd.strip()[:200]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    import os
+    import signal
+    import time
+
+    mark = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[SESSION_MARK] = mark
+    yield
+    deadline = time.monotonic() + 15.0
+    while (left := _left_behind(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        pytest.fail("processes started by the tests were still running at the end (killed "
+                    "now):\n" + "\n".join(f"  {pid}: {cmd}" for pid, cmd in left))
