@@ -1,6 +1,11 @@
 """Training throughput: the data loader alone, the training step alone, and both together.
 
     python benchmarks/train.py [--shards data/shards --body data/body] [--steps 10]
+    python benchmarks/train.py --native      # the machine's own threads and instruction set
+
+By default the numeric environment is pinned as the training stage pins it (train.threads = 2
+threads, AVX2 kernels, MKL's compatible branch: stdformer/numerics.py); `--native` leaves torch
+its defaults (all cores, the CPU's widest kernels), which shows what the pinning costs.
 
 CPU: the default (`cpu`) model profile, fp32. GPU (when available): the `full` profile
 (HRNet-W64 + SD/TD + FastMETRO-L) with bf16 autocast, without and with torch.compile, plus the
@@ -25,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from stdformer import numerics
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig, count_parameters
 from stdformer.train.assets import load_body_assets
@@ -76,12 +82,13 @@ def loader_throughput(stream: TrainStream, num_workers: int, batches: int) -> fl
     return clips / (time.perf_counter() - start)
 
 
-def train_step_fn(model, assets, device, autocast_dtype, compile_model: bool):
+def train_step_fn(model, assets, device, autocast_dtype, compile_model: bool,
+                  compile_backend: str = "inductor"):
     """One optimizer step on a batch, as the training loop does it; returns the loss."""
     loss_cfg, mesh_info = LossConfig(), assets.mesh_info
     parameters = list(model.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, weight_decay=1e-4)
-    forward = torch.compile(model) if compile_model else model
+    forward = torch.compile(model, backend=compile_backend) if compile_model else model
 
     def step(batch):
         loss, _ = batch_loss(forward, batch, assets, mesh_info, loss_cfg, device, autocast_dtype)
@@ -96,16 +103,28 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def step_throughput(step, batch, device, steps: int, warmup: int) -> float:
-    """Clips/s of the training step alone on one cached batch."""
-    for _ in range(warmup):
+def measure_steps(step, batch, device, steps: int, warmup: int) -> dict:
+    """The training step alone on one cached batch: clips/s over `steps` timed steps after
+    `warmup` (the first one includes torch.compile's compilation: `first_step_s`), and the
+    peak GPU memory of the whole run (None on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step(batch)
+    _sync(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         step(batch)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step(batch)
     _sync(device)
-    return steps * len(batch["key"]) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {"clips_per_s": steps * len(batch["key"]) / seconds, "step_s": seconds / steps,
+            "first_step_s": first,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda" else None}
 
 
 def end_to_end_throughput(step, stream, num_workers, device, steps: int) -> float:
@@ -153,7 +172,8 @@ def run_profile(name: str, model_cfg: ModelConfig, args, device, autocast_dtype,
     for compiled in compile_options:
         tag = "compiled" if compiled else "eager"
         step = train_step_fn(model, device_assets, device, autocast_dtype, compiled)
-        rate = step_throughput(step, batch, device, args.steps, warmup=3 if compiled else 1)
+        rate = measure_steps(step, batch, device, args.steps,
+                             warmup=3 if compiled else 1)["clips_per_s"]
         result[f"{tag}_step_clips_per_s"] = rate
         result[f"{tag}_end_to_end_clips_per_s"] = end_to_end_throughput(
             step, stream, args.workers, device, args.steps)
@@ -177,6 +197,9 @@ def main() -> None:
                         help="clips per step (default 4 on CPU, 16 on GPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="loader workers (default 1 on CPU, 8 on GPU)")
+    parser.add_argument("--threads", type=int, default=2, help="pinned CPU threads (train.threads)")
+    parser.add_argument("--native", action="store_true",
+                        help="do not pin threads and instruction sets (see the docstring)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="override the profile's transformer dropout (CPU: attention "
                         "dropout costs more than half of a step)")
@@ -184,6 +207,8 @@ def main() -> None:
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
+    numeric_env = numerics.in_effect() if args.native else numerics.apply(args.threads,
+                                                                          device.type)
     args.batch_size = args.batch_size or (16 if gpu else 4)
     args.workers = args.workers if args.workers is not None else (8 if gpu else 1)
     model_cfg = ModelConfig.full() if gpu else ModelConfig.cpu()
@@ -205,6 +230,7 @@ def main() -> None:
         result = run_profile("full" if gpu else "cpu", model_cfg, args, device,
                              torch.bfloat16 if gpu else None, body, shards,
                              [False, True] if gpu else [False])
+    result["numerics"] = numeric_env
     for key, value in result.items():
         print(f"{key:>28}: {value:,.2f}" if isinstance(value, float) else f"{key:>28}: {value}")
     print(json.dumps(result))
