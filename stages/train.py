@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 -m stages.train ...      # DDP (NCCL on GPU, gloo on CPU)
 
 Also writes checkpoints/<hash of the config>/ (resumed automatically when the config matches;
-`stdformer checkpoints list | prune`), metrics/train.json and metrics/train_curve.csv.
+`stdformer checkpoint list | prune`), metrics/train.json and metrics/train_curve.csv.
 MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
 """
 

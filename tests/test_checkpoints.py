@@ -1,6 +1,6 @@
 """Training checkpoints: weights_only files, resuming only the matching configuration, one
 directory per configuration (a changed param never deletes another's steps), and the
-`stdformer checkpoints list | prune` commands."""
+`stdformer checkpoint list | prune` commands."""
 
 import dataclasses
 import os
@@ -57,19 +57,19 @@ def test_another_configuration_keeps_old_checkpoints_and_changing_back_resumes(t
     assert _resume_or_start(TrainConfig(), root, "b" * 64, solo) is None      # a param changed
     err = capsys.readouterr().err
     assert f"starting fresh in {root / ('b' * 16)}" in err
-    assert "kept 1 other configuration(s)" in err and "stdformer checkpoints prune" in err
+    assert "kept 1 other configuration(s)" in err and "stdformer checkpoint prune" in err
     new = _fake_checkpoint(root, "b" * 64, step=4, lr=0.002)
     assert [s for s, _ in ckpt_io.list_checkpoints(old)] == [2]               # nothing deleted
     assert _resume_or_start(TrainConfig(), root, "a" * 64, solo).step == 2     # changed back
 
     os.utime(ckpt_io.checkpoint_path(old, 2), (1e9, 1e9))                    # `old` is older
-    assert cli(["checkpoints", "list", str(tmp_path / "checkpoints")]) == 0
+    assert cli(["checkpoint", "list", str(tmp_path / "checkpoints")]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listing] == [str(new), str(old)]
     assert "(newest)" in listing[0] and "train.lr 0.001 -> 0.002" in listing[1]
-    assert cli(["checkpoints", "prune", str(tmp_path / "checkpoints"), "--dry-run"]) == 0
+    assert cli(["checkpoint", "prune", str(tmp_path / "checkpoints"), "--dry-run"]) == 0
     assert f"would remove {old}" in capsys.readouterr().out and old.is_dir()
-    assert cli(["checkpoints", "prune", str(tmp_path / "checkpoints")]) == 0
+    assert cli(["checkpoint", "prune", str(tmp_path / "checkpoints")]) == 0
     assert not old.exists() and [s for s, _ in ckpt_io.list_checkpoints(new)] == [4]
 
     # resume: never restarts this configuration only

@@ -13,7 +13,7 @@ checkpoint root:
 
 so a run with other params starts fresh in its own directory and never touches another
 configuration's steps; changing a param back resumes the old ones. Nothing is deleted but the
-older steps of one configuration (`keep`) and what `stdformer checkpoints prune` is told to.
+older steps of one configuration (`keep`) and what `stdformer checkpoint prune` is told to.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def clear_checkpoints(directory: str | Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# Configurations under a root (`stdformer checkpoints list | prune`)
+# Configurations under a root (`stdformer checkpoint list | prune`)
 
 
 @dataclass
@@ -247,7 +247,7 @@ def identity_changes(old: dict[str, Any] | None, new: dict[str, Any] | None,
 
 def format_configs(configs: list[ConfigCheckpoints]) -> str:
     """One line per configuration, newest first, each compared with the newest of its variant
-    (what `stdformer checkpoints list` prints)."""
+    (what `stdformer checkpoint list` prints)."""
     if not configs:
         return "no checkpoints"
     newest: dict[Path, ConfigCheckpoints] = {}

@@ -250,8 +250,8 @@ def _resume_or_start(cfg: TrainConfig, root: Path, run_hash: str, d: Dist
     if others:
         size = sum(c.bytes for c in others) / 1e6
         message += (f"; kept {len(others)} other configuration(s) in {root} ({size:.1f} MB): "
-                    f"`stdformer checkpoints list {root}` shows them, "
-                    f"`stdformer checkpoints prune {root}` removes all but the newest")
+                    f"`stdformer checkpoint list {root}` shows them, "
+                    f"`stdformer checkpoint prune {root}` removes all but the newest")
     _say(d, message)
     return found
 
