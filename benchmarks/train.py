@@ -42,12 +42,14 @@ from stdformer.train.steps import batch_loss, optimizer_step
 
 def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, clips: int) -> Path:
     """`clips` train clips (and 2 validation) of smooth random images and random targets, in
-    the shard contract (real JPEG decoding cost, no rendering)."""
+    the shard contract with its manifest (real JPEG decoding cost, no rendering)."""
+    from stdformer.data.manifest import write_manifest
     from stdformer.data.shards import encode_clip, write_shards
 
     assets = load_body_assets(body_dir)
     num_vertices = assets.hierarchy.num_vertices[0]
     rng = np.random.default_rng(0)
+    rows = []
 
     def clip(split: str, i: int) -> dict:
         frames = []
@@ -62,14 +64,23 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
                    "joints_h36m": points(17), "joints2d": pixels(17), "keypoints2d": pixels(18),
                    "pose": rng.normal(scale=0.2, size=(clip_len, 72)),
                    "betas": np.zeros((clip_len, 10)), "valid": np.ones(clip_len, bool)}
-        meta = {"sequence": f"bench{i}", "actor": 0, "split": split, "source": "random",
-                "clip_start": 0, "frame_ids": list(range(clip_len)), "crop_size": crop,
-                "body_model_id": assets.body_model_id}
-        return encode_clip(f"bench{i:05d}__a0__00000", frames, targets, meta)
+        key, sequence = f"bench{i:05d}__a0__00000", f"bench{i:05d}"
+        common = {"sequence": sequence, "actor": 0, "split": split, "source": "random",
+                  "crop_size": crop, "context_size": crop}
+        rows.append({**common, "key": key, "frame_start": 0, "frame_end": clip_len,
+                     "num_frames": clip_len, "num_valid": clip_len,
+                     "valid": [True] * clip_len})
+        return encode_clip(key, frames, targets, {
+            **common, "clip_start": 0, "frame_ids": list(range(clip_len)),
+            "body_model_id": assets.body_model_id})
 
     shards = root / "shards"
-    write_shards(shards / "train", (clip("train", i) for i in range(clips)), 16)
-    write_shards(shards / "validation", (clip("validation", i) for i in range(2)), 16)
+    for split, count in (("train", clips), ("validation", 2)):
+        placed = dict(write_shards(shards / split, (clip(split, i) for i in range(count)), 16))
+        for row in rows:
+            if row["split"] == split:
+                row["shard"] = f"{split}/{placed[row['key']]}"
+    write_manifest(shards, rows)
     return shards
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_out
                                          window_starts)
 from stdformer.io import DataError, atomic_output, write_bytes_atomic
 from stdformer.metrics import j14_from_h36m
+from stdformer.progress import progress as progress_bar
 
 
 @dataclass
@@ -58,49 +58,13 @@ class PredictResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Progress (the one place that draws it: a bar on a terminal, log lines with rates otherwise)
-
-
-class _LogLines:
-    def __init__(self, total: int | None, desc: str, unit: str, every_s: float = 10.0):
-        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
-        self.count, self.start = 0, time.perf_counter()
-        self.last = self.start
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self._line(now)
-
-    def _line(self, now: float) -> None:
-        rate = self.count / max(now - self.start, 1e-9)
-        of = f"/{self.total}" if self.total else ""
-        print(f"predict: {self.desc} {self.count}{of} {self.unit}s ({rate:.1f} {self.unit}s/s)",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self._line(time.perf_counter())
+# Progress: a bar on a terminal, log lines with rates otherwise (stdformer/progress.py)
 
 
 def progress(total: int | None, desc: str, unit: str = "frame", enabled: bool = True):
     """An object with update(n) and close(); nothing is shown when disabled."""
-    if not enabled:
-        return _Silent()
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total or None, desc=f"predict: {desc}", unit=unit, file=sys.stderr)
-    return _LogLines(total, desc, unit)
-
-
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return progress_bar(total=total or None, desc=f"predict: {desc}", unit=unit,
+                        disable=not enabled)
 
 
 # --------------------------------------------------------------------------------------------
