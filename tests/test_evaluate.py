@@ -27,6 +27,7 @@ from stdformer.data.shards import clip_key, encode_clip, write_shards
 from stdformer.evaluation import (BASELINE_NAME, EvaluateConfig, EvaluatePaths, WindowMerger,
                                   constant_predictor, evaluate_predictors, gaussian_smooth,
                                   merge_windows, write_outputs)
+from stdformer.evaluation.overlays import LEGEND_HEIGHT as LEGEND_BAND
 from stdformer.evaluation.overlays import (fit_weak_perspective, project_weak_perspective,
                                            weak_perspective_view)
 from stdformer.evaluation.report import PER_FRAME_SCHEMA
@@ -357,9 +358,11 @@ def test_weak_perspective_as_far_pinhole_and_camera_fit():
 def test_outputs_have_the_documented_schema(dataset, tmp_path):
     body_dir, shards, body, truth = dataset
     result = run({"perfect": perfect, "noisy": noisy}, dataset, smoothed=["noisy"],
-                 overlay_keys=["seqA__a0__00004", "seqB__a0__00000"])
+                 overlay_keys=["seqA__a0__00004", "seqB__a0__00000"],
+                 part_labels=body.part_labels.numpy())
     paths = EvaluatePaths(shards=shards, body=body_dir,
                           metrics=tmp_path / "metrics/eval.json",
+                          diagnostics=tmp_path / "metrics/eval_diagnostics.json",
                           per_frame=tmp_path / "metrics/per_frame.parquet",
                           per_sequence_csv=tmp_path / "metrics/eval_per_sequence.csv",
                           over_time_csv=tmp_path / "metrics/eval_error_over_time.csv",
@@ -367,14 +370,22 @@ def test_outputs_have_the_documented_schema(dataset, tmp_path):
     worst = write_outputs(result, paths, body.faces.numpy(), "noisy", worst=1, overlay_size=64,
                           overlay_frames=2)
     assert len(worst) == 1
+    # eval.json: the headline numbers only (`dvc metrics show`), no per-sequence table
     doc = json.loads(paths.metrics.read_text())
+    assert list(doc) == ["overall"]
     assert list(doc["overall"]) == ["perfect", "noisy", "noisy_smooth"]
-    assert set(doc["overall"]["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel", "frames"}
-    assert set(doc["per_sequence"]["noisy"]) == {"seqA", "seqB"}
+    assert set(doc["overall"]["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel",
+                                            "yaw_median", "frames"}
+    assert doc["overall"]["perfect"]["yaw_median"] == 0.0
+    diagnostics = json.loads(paths.diagnostics.read_text())
+    assert diagnostics["perfect"]["width_ratio"] == pytest.approx(1.0)
+    assert diagnostics["perfect"]["part_head"] < 0.05       # mm (float16 targets)
+    assert diagnostics["noisy"]["part_hands"] > 0
     table = pq.read_table(paths.per_frame)
     assert table.schema.equals(PER_FRAME_SCHEMA)
     assert table.num_rows == 3 * valid_frames(truth)
     assert table.column("accel").null_count > 0               # track ends carry no term
+    assert table.column("yaw").null_count == 0
     per_seq = paths.per_sequence_csv.read_text().splitlines()
     assert per_seq[0] == "sequence,model,mpjpe,pa_mpjpe,mpvpe,accel,frames"
     assert len(per_seq) == 1 + 2 * 3
@@ -383,12 +394,16 @@ def test_outputs_have_the_documented_schema(dataset, tmp_path):
     assert {line.split(",")[0] for line in over_time[1:]} == set(worst)
     pngs = sorted(p.relative_to(paths.plots).as_posix() for p in paths.plots.rglob("*.png"))
     assert pngs == ["error_over_time.png", "overlays/seqA__a0__00004.png",
-                    "overlays/seqB__a0__00000.png", "per_sequence.png"]
+                    "overlays/seqB__a0__00000.png", "per_sequence.png", "yaw_error.png"]
     import cv2
 
     grid = cv2.imread(str(paths.plots / "overlays/seqA__a0__00004.png"))
-    # rows: input, perfect (it has a camera; noisy has none, so no row), ground truth
-    assert grid.shape == (3 * 64, 2 * 64, 3)
+    # a colour legend band, then rows: input, perfect (it has a camera; noisy has none, so no
+    # row), ground truth
+    assert grid.shape == (LEGEND_BAND + 3 * 64, 2 * 64, 3)
+    # the clip's image frame numbers travel with it (printed on the input row)
+    clip = next(c for c in result.overlay_clips if c.key == "seqA__a0__00004")
+    assert clip.frame_ids == list(range(104, 104 + S))
 
 
 def test_config_validation_names_the_field():

@@ -67,6 +67,7 @@ class SynthesizeConfig:
     invalid_campose_fraction: float = 0.06  # frames per sequence with campose_valid False
     jpeg_quality: int = 90
     texture_size: int = 64  # side of the placeholder texture_maps
+    side_cues: bool = True  # left limbs warm, right limbs cool: which way a person faces shows
 
     def validate(self) -> None:
         for name in ("train_sequences", "validation_sequences", "test_sequences",
@@ -222,14 +223,25 @@ def person_palette(rng: np.random.Generator) -> np.ndarray:
 _HAIR_TONES = np.array([[20, 25, 30], [25, 45, 70], [40, 70, 110], [90, 140, 180],
                         [60, 60, 60]], np.float64)  # BGR
 _FRONT_PRINT_PARTS = ("Spine1", "Spine2", "Spine3")
+# Side cues: the body's left limbs in a warm colour, its right limbs in a cool one (BGR), so
+# left and right, and with them the facing direction, can be told apart in a 64 px crop. Real
+# people carry such cues in faces and asymmetric clothing; our plain bodies need them spelled out.
+_SIDE_LIMBS = ("Shoulder", "Elbow", "Hip", "Knee")
+_SIDE_COLORS = {"L_": np.array([40.0, 110.0, 240.0]), "R_": np.array([230.0, 150.0, 40.0])}
 
 
-def face_colors_for(assets: BodyAssets, palette: np.ndarray,
-                    rng: np.random.Generator) -> np.ndarray:
+def face_colors_for(assets: BodyAssets, palette: np.ndarray, rng: np.random.Generator,
+                    side_cues: bool = False) -> np.ndarray:
     """(F,3) per-face colours: part colour with a little per-face texture noise, plus the cues
     that tell a person's front from their back, as faces, hair and shirt prints do: hair on the
-    back and top of the head, a contrasting print on the front of the shirt."""
+    back and top of the head, a contrasting print on the front of the shirt; with `side_cues`,
+    warm left and cool right limbs (upper arms, forearms, thighs, shins)."""
     colors = palette[assets.face_part].copy()
+    if side_cues:
+        for side, color in _SIDE_COLORS.items():
+            limb = np.isin(assets.face_part, [SMPL_JOINT_NAMES.index(side + p)
+                                              for p in _SIDE_LIMBS])
+            colors[limb] = color * rng.uniform(0.8, 1.1)
     tri = assets.rest_vertices[assets.faces]                                   # (F,3,3)
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12          # rest pose: +z front
@@ -435,9 +447,9 @@ class Scene:
 
 def make_person(assets: BodyAssets, rng: np.random.Generator, num_frames: int,
                 motion_kwargs: dict | None = None,
-                motion: motion_lib.Motion | None = None) -> Person:
+                motion: motion_lib.Motion | None = None, side_cues: bool = False) -> Person:
     """Sample shape and appearance (and motion of 2*num_frames at 60 Hz unless given), and put
-    the feet on the ground plane y = 0."""
+    the feet on the ground plane y = 0. side_cues: see `face_colors_for`."""
     betas = np.clip(rng.normal(0.0, 0.9, 10), -2.5, 2.5)
     gender = "m" if rng.random() < 0.5 else "f"
     if motion is None:
@@ -456,7 +468,7 @@ def make_person(assets: BodyAssets, rng: np.random.Generator, num_frames: int,
     return Person(betas=betas, gender=gender, style=motion.style, poses_60=motion.poses,
                   trans_60=trans_60, vertices=vertices + trans_60[::2, None],
                   joints=joints + trans_60[::2, None],
-                  face_colors=face_colors_for(assets, palette, rng), palette=palette,
+                  face_colors=face_colors_for(assets, palette, rng, side_cues), palette=palette,
                   root_xz_60=motion.root_xz, heading_60=motion.heading)
 
 
@@ -563,7 +575,7 @@ def build_scene(assets: BodyAssets, cfg: SynthesizeConfig, split: str, index: in
     n = _draw_num_frames(rng, cfg)
     K = intrinsics(rng, cfg.width, cfg.height)
 
-    first = make_person(assets, rng, n, {"start_xz": (0.0, 0.0)})
+    first = make_person(assets, rng, n, {"start_xz": (0.0, 0.0)}, side_cues=cfg.side_cues)
     actors = [first]
     if two_actors:
         # A companion about a metre to the side: walking alongside on a parallel path (so the
@@ -578,7 +590,7 @@ def build_scene(assets: BodyAssets, cfg: SynthesizeConfig, split: str, index: in
             kwargs = {"style": str(rng.choice(["wave", "squat"])),
                       "start_xz": tuple(first.root_xz_60[0] + lateral[0]),
                       "heading0": float(heading[0] + rng.uniform(-0.8, 0.8))}
-        actors.append(make_person(assets, rng, n, kwargs))
+        actors.append(make_person(assets, rng, n, kwargs, side_cues=cfg.side_cues))
 
     cam_poses = _camera_path(rng, actors, n, K, cfg.height)
     centres_xz = _cam_centres(cam_poses)[:, [0, 2]]
@@ -600,7 +612,8 @@ def build_scene(assets: BodyAssets, cfg: SynthesizeConfig, split: str, index: in
             covered = _occluding_frames(cam_poses, K, path, 0.25, people_xz).mean()
             if (_clear_of(path, people_xz, 0.7) and _clear_of(path, [centres_xz], 0.6)
                     and covered <= MAX_OCCLUDED_FRACTION):
-                distractors.append(make_person(assets, rng, n, motion=mot))
+                distractors.append(make_person(assets, rng, n, motion=mot,
+                                               side_cues=cfg.side_cues))
                 break
 
     occluders = []

@@ -27,6 +27,7 @@ FAR_DEPTH = 1000.0                       # metres: weak perspective as a far pin
 PRED_COLOR = (235, 170, 90)              # BGR: light blue
 GT_COLOR = (120, 205, 120)               # BGR: green
 INVALID_COLOR = (40, 40, 220)            # BGR: red frame around invalid frames
+LEGEND_HEIGHT = 22                       # pixels of the colour legend above the grid
 OPTIONAL_TARGETS = ("root_cam", "affine", "intrinsics")
 
 
@@ -133,6 +134,7 @@ class OverlayClip:
     targets: dict[str, np.ndarray]                      # one clip's target arrays
     vertices: dict[str, np.ndarray] = field(default_factory=dict)   # model -> (S, V, 3)
     cam: dict[str, np.ndarray] = field(default_factory=dict)        # model -> (S, 3)
+    frame_ids: list[int] | None = None                  # image frame numbers of the S frames
 
 
 class OverlayCollector:
@@ -150,7 +152,9 @@ class OverlayCollector:
                 continue
             names = ("vertices", "joints_h36m", "joints2d", "valid", *OPTIONAL_TARGETS)
             targets = {n: batch["targets"][n][i].numpy() for n in names if n in batch["targets"]}
-            clip = OverlayClip(key, batch["frames"][i].numpy(), targets)
+            frame_ids = batch["meta"][i].get("frame_ids") if "meta" in batch else None
+            clip = OverlayClip(key, batch["frames"][i].numpy(), targets,
+                               frame_ids=None if frame_ids is None else list(frame_ids))
             for name, out in outputs.items():
                 if "cam" in out:
                     clip.vertices[name] = np.asarray(out["vertices"][i])
@@ -173,11 +177,27 @@ def _label(image: np.ndarray, text: str, bottom: bool = False) -> None:
                 cv2.LINE_AA)
 
 
+def _legend_band(width: int, height: int = LEGEND_HEIGHT) -> np.ndarray:
+    """A strip saying what the colours mean: swatch + text for predicted, ground truth and
+    the invalid-frame border."""
+    band = np.full((height, width, 3), 40, np.uint8)
+    x = 6
+    for color, text, filled in ((PRED_COLOR, "predicted mesh (its camera)", True),
+                                (GT_COLOR, "ground truth", True),
+                                (INVALID_COLOR, "invalid frame", False)):
+        cv2.rectangle(band, (x, 5), (x + 12, height - 6), color, -1 if filled else 2)
+        x += 16
+        cv2.putText(band, text, (x, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        x += cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] + 14
+    return band
+
+
 def render_overlay(clip: OverlayClip, faces: np.ndarray, panel: int = 160,
                    max_frames: int = 4) -> np.ndarray:
-    """A grid image (BGR uint8): one column per shown frame; rows = input crop, each model's
-    mesh on the crop through its predicted camera, ground-truth mesh. Invalid frames get a red
-    border."""
+    """A grid image (BGR uint8) under a colour legend: one column per shown frame (its image
+    frame number on the input crop); rows = input crop, each model's mesh on the crop through
+    its predicted camera, ground-truth mesh. Invalid frames get a red border."""
     s = clip.frames.shape[0]
     crop_size = clip.frames.shape[-1]
     shown = np.unique(np.linspace(0, s - 1, min(max_frames, s)).round().astype(int))
@@ -207,10 +227,13 @@ def render_overlay(clip: OverlayClip, faces: np.ndarray, panel: int = 160,
                 cv2.rectangle(image, (0, 0), (panel - 1, panel - 1), INVALID_COLOR, 2)
             if t == shown[0]:
                 _label(image, name)
+            if name == "input":
+                number = clip.frame_ids[t] if clip.frame_ids is not None else int(t)
+                _label(image, f"frame {number}", bottom=True)
             panels.append(image)
         rows.append(np.concatenate(panels, axis=1))
     grid = np.concatenate(rows, axis=0)
-    return grid
+    return np.concatenate([_legend_band(grid.shape[1]), grid], axis=0)
 
 
 def png_bytes(image_bgr: np.ndarray) -> bytes:

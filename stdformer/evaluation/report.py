@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stdformer.evaluation.diagnostics import DIAGNOSTICS
 from stdformer.evaluation.scoring import METRICS
 
 PER_FRAME_SCHEMA = pa.schema([
@@ -21,6 +22,7 @@ PER_FRAME_SCHEMA = pa.schema([
     ("frame", pa.int32()), ("image_frame", pa.int32()),
     ("mpjpe", pa.float64()), ("pa_mpjpe", pa.float64()), ("mpvpe", pa.float64()),
     ("accel", pa.float64()),          # null where the frame carries no acceleration term
+    *((name, pa.float64()) for name in DIAGNOSTICS),   # yaw (deg), ratios, part errors (mm)
 ])
 PER_SEQUENCE_COLUMNS = ("sequence", "model", *METRICS, "frames")
 OVER_TIME_COLUMNS = ("sequence", "actor", "model", "frame", "mpjpe", "accel")
@@ -43,22 +45,28 @@ def _round(value, digits: int = 4):
 # Metrics json, parquet, csv
 
 
-def eval_json(overall: Mapping[str, Mapping], per_sequence: Mapping[str, Mapping]) -> str:
-    """{"overall": {model: {mpjpe, pa_mpjpe, mpvpe, accel, frames}},
-        "per_sequence": {model: {sequence: {...}}}} as JSON text; NaN -> null."""
-    doc = {"overall": {m: {k: _round(v) for k, v in s.items()} for m, s in overall.items()},
-           "per_sequence": {m: {seq: {k: _round(v) for k, v in s.items()}
-                                for seq, s in seqs.items()}
-                            for m, seqs in per_sequence.items()}}
+def eval_json(overall: Mapping[str, Mapping]) -> str:
+    """The headline numbers (`dvc metrics show`): {"overall": {model: {mpjpe, pa_mpjpe, mpvpe,
+    accel, yaw_median, frames}}} as JSON text; NaN -> null. Per-sequence results are in the
+    per-sequence csv, per-frame ones in the parquet file."""
+    doc = {"overall": {m: {k: _round(v, 2) for k, v in s.items()} for m, s in overall.items()}}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def diagnostics_json(diagnostics: Mapping[str, Mapping]) -> str:
+    """{model: {yaw_median, yaw_mean, yaw_over_90, height/width/depth_ratio, part_*}}: why the
+    meshes are wrong (diagnostics.py); NaN -> null."""
+    doc = {m: {k: _round(v) for k, v in s.items()} for m, s in diagnostics.items()}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
 def per_frame_parquet(rows: Mapping[str, np.ndarray]) -> bytes:
-    """The per-frame rows (FrameTable.columns()) as parquet bytes (PER_FRAME_SCHEMA)."""
+    """The per-frame rows (FrameTable.columns()) as parquet bytes (PER_FRAME_SCHEMA); a
+    diagnostic the rows lack is null."""
     arrays = {}
     for f in PER_FRAME_SCHEMA:
-        values = rows[f.name]
-        if f.name == "accel":
+        values = rows.get(f.name, np.full(len(rows["model"]), np.nan))
+        if pa.types.is_floating(f.type):
             values = np.asarray(values, np.float64)
             arrays[f.name] = pa.array(values, type=f.type, mask=np.isnan(values))
         elif pa.types.is_string(f.type):
@@ -166,8 +174,7 @@ def per_sequence_png(per_sequence: Mapping[str, Mapping[str, Mapping]],
         ax.set_ylabel(f"{TITLES[metric]} ({UNITS[metric]})")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title("Per-sequence errors (frame averages)")
-    axes[0, 0].legend(fontsize=8, ncol=min(len(models), 4))
-    fig.tight_layout()
+    _legend_outside(fig, axes[0, 0])
     return _figure_png(fig)
 
 
@@ -197,6 +204,40 @@ def error_over_time_png(rows: Mapping[str, np.ndarray], sequences: Sequence[str]
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("frame")
     if tracks:
-        axes[0, 0].legend(fontsize=8, ncol=min(len(models), 4))
-    fig.tight_layout()
+        _legend_outside(fig, axes[0, 0])
+    else:
+        fig.tight_layout()
     return _figure_png(fig)
+
+
+def yaw_histogram_png(rows: Mapping[str, np.ndarray], models: Sequence[str],
+                      bin_deg: float = 10.0) -> bytes:
+    """Histogram of the per-frame yaw error (degrees, 0-180) of each model: the share of frames
+    where the predicted body faces the right way (left) or the opposite way (right)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    bins = np.arange(0.0, 180.0 + bin_deg, bin_deg)
+    for model in models:
+        yaw = np.asarray(rows["yaw"], np.float64)[rows["model"] == model]
+        yaw = yaw[np.isfinite(yaw)]
+        if not len(yaw):
+            continue
+        ax.hist(yaw, bins=bins, weights=np.full(len(yaw), 100.0 / len(yaw)), histtype="step",
+                linewidth=1.6, label=f"{model} (median {np.median(yaw):.0f} deg)")
+    ax.set_xlim(0, 180)
+    ax.set_xticks(np.arange(0, 181, 30))
+    ax.set_xlabel("yaw error of the predicted body (degrees; 0 = facing the right way)")
+    ax.set_ylabel("frames (%)")
+    ax.set_title("Facing direction: predicted vs ground-truth left-right axis")
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, ax)
+    return _figure_png(fig)
+
+
+def _legend_outside(fig, ax) -> None:
+    """One legend to the right of the plots, so it covers no bar or line."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0.0, 0.0, 0.8, 1.0))
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.8, 0.98), fontsize=8,
+                   frameon=False)

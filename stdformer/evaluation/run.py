@@ -19,6 +19,7 @@ from stdformer.data.shards import list_shards, make_clip_loader
 from stdformer.evaluation import overlays as ov
 from stdformer.evaluation import report
 from stdformer.evaluation.config import BASELINE_NAME, SMOOTH_SUFFIX, EvaluateConfig
+from stdformer.evaluation.diagnostics import part_vertex_groups, summarize_diagnostics
 from stdformer.evaluation.predict import (Predictor, constant_predictor, model_predictor,
                                           predict_tracks, track_layout)
 from stdformer.evaluation.scoring import FrameTable, score_track, summaries
@@ -30,6 +31,7 @@ class EvaluatePaths:
     shards: Path                                       # preprocess output (<split>/shard-*.tar)
     body: Path                                         # body model directory
     metrics: Path = Path("metrics/eval.json")
+    diagnostics: Path = Path("metrics/eval_diagnostics.json")
     per_frame: Path = Path("metrics/per_frame.parquet")
     per_sequence_csv: Path = Path("metrics/eval_per_sequence.csv")
     over_time_csv: Path = Path("metrics/eval_error_over_time.csv")
@@ -43,6 +45,7 @@ class EvaluationResult:
     overall: dict[str, dict]                           # model -> summary
     per_sequence: dict[str, dict[str, dict]]           # model -> sequence -> summary
     overlay_clips: list[ov.OverlayClip] = field(default_factory=list)
+    diagnostics: dict[str, dict] = field(default_factory=dict)   # model -> diagnostics summary
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,9 +122,11 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
                         smoothed: Sequence[str] = (), sigma: float = 1.5,
                         batch_size: int = 8, num_workers: int = 0,
                         overlay_keys: Sequence[str] = (), body_model_id: str | None = None,
+                        part_labels: np.ndarray | None = None,
                         progress: bool = False) -> EvaluationResult:
     """Score every predictor on every valid frame of `split` (clips predicted, windows merged per
-    track, see predict.py); `smoothed` models also get a "_smooth" row."""
+    track, see predict.py); `smoothed` models also get a "_smooth" row. part_labels (V,): the
+    SMPL joint of every vertex, for per-part errors (diagnostics.py); None = none."""
     shards = Path(shards)
     manifest = read_manifest(shards)
     layout = track_layout(manifest, split)
@@ -140,15 +145,20 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
 
         total = -(-sum(1 for s in manifest["split"] if s == split) // batch_size)
         batches = progress_bar(loader, total=total, unit="batch", desc="evaluate")
+    groups = part_vertex_groups(part_labels) if part_labels is not None else None
     table = FrameTable()
     for track in predict_tracks(batches, predictors, layout, merge, observers,
                                 where=str(shards / split)):
-        table.add_track(track, score_track(track, regressor, smoothed, sigma, SMOOTH_SUFFIX))
+        table.add_track(track, score_track(track, regressor, smoothed, sigma, SMOOTH_SUFFIX,
+                                           part_groups=groups))
     models = row_order([n for n in predictors if n != BASELINE_NAME], smoothed,
                        BASELINE_NAME in predictors)
     rows = table.columns(models)
     overall, per_sequence = summaries(rows, models)
-    return EvaluationResult(models, rows, overall, per_sequence, collector.ordered())
+    diagnostics = {m: summarize_diagnostics({k: v[rows["model"] == m] for k, v in rows.items()})
+                   for m in models}
+    return EvaluationResult(models, rows, overall, per_sequence, collector.ordered(),
+                            diagnostics)
 
 
 def _body_check(body_model_id: str, where: Path):
@@ -170,7 +180,8 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
                   overlay_frames: int = 4) -> list[str]:
     """Write every output atomically; returns the worst sequences (by `primary`'s MPJPE)."""
     sequences = report.worst_sequences(result.per_sequence, primary, worst) if primary else []
-    write_text_atomic(paths.metrics, report.eval_json(result.overall, result.per_sequence))
+    write_text_atomic(paths.metrics, report.eval_json(result.overall))
+    write_text_atomic(paths.diagnostics, report.diagnostics_json(result.diagnostics))
     write_bytes_atomic(paths.per_frame, report.per_frame_parquet(result.rows))
     write_text_atomic(paths.per_sequence_csv, report.per_sequence_csv(result.per_sequence))
     write_text_atomic(paths.over_time_csv, report.error_over_time_csv(result.rows, sequences))
@@ -178,6 +189,9 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
         (tmp / "per_sequence.png").write_bytes(report.per_sequence_png(result.per_sequence))
         (tmp / "error_over_time.png").write_bytes(
             report.error_over_time_png(result.rows, sequences, result.models))
+        if "yaw" in result.rows:
+            (tmp / "yaw_error.png").write_bytes(
+                report.yaw_histogram_png(result.rows, result.models))
         if result.overlay_clips:
             (tmp / "overlays").mkdir()
         for clip in result.overlay_clips:
@@ -189,9 +203,11 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
 def evaluate(cfg: EvaluateConfig, paths: EvaluatePaths, progress: bool = True
              ) -> EvaluationResult:
     """The `evaluate` stage: load models and body, score, write every output."""
+    from stdformer.body.model import BodyModel
     from stdformer.train.assets import load_body_assets
 
     assets = load_body_assets(paths.body)
+    part_labels = BodyModel.from_dir(paths.body).part_labels.cpu().numpy()
     regressor = assets.regressor_h36m.double()
     manifest = read_manifest(paths.shards)
     clip_len = _clip_len(manifest, cfg.split, paths.shards / "manifest.parquet")
@@ -206,7 +222,7 @@ def evaluate(cfg: EvaluateConfig, paths: EvaluatePaths, progress: bool = True
         predictors, paths.shards, cfg.split, regressor, merge=cfg.merge,
         smoothed=cfg.smoothed_models(), sigma=cfg.smoothing.sigma, batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, overlay_keys=overlay_keys,
-        body_model_id=assets.body_model_id, progress=progress)
+        body_model_id=assets.body_model_id, part_labels=part_labels, progress=progress)
     primary = result.models[0] if result.models else None
     faces = np.asarray(assets.hierarchy.faces[0], np.int64)        # the full mesh
     write_outputs(result, paths, faces, primary, cfg.worst_sequences, cfg.overlay_size,

@@ -60,6 +60,7 @@ class ModelConfig:
     dropout: float = 0.1
     num_joints: int = 14
     num_coarse_vertices: int | None = None   # None -> from the mesh; else checked against it
+    template_head: bool = False              # joints/vertices = body template + head output
 
     @classmethod
     def full(cls) -> "ModelConfig":
@@ -162,6 +163,12 @@ class STDFormer(nn.Module):
         coarse -> mid Linear (weight = this matrix, bias 0: training starts from the
         hierarchy's interpolation; FastMETRO initialises randomly and loads its checkpoint).
     up_fine_from_mid: (V, Vm) fixed upsampling matrix (3 non-zeros a row for SMPL).
+
+    With cfg.template_head (a deviation from FastMETRO, off in the paper's profile) the xyz
+    head predicts offsets from a fixed body template (buffers `template_joints` (J, 3) and
+    `template_coarse` (Vc, 3), saved with the weights, set by `set_template`) and starts at
+    zero, so the first prediction is a whole human body instead of a point cloud near the
+    origin.
     """
 
     def __init__(self, cfg: ModelConfig, coarse_adjacency, up_mid_from_coarse, up_fine_from_mid):
@@ -202,6 +209,12 @@ class STDFormer(nn.Module):
                 else np.asarray(up_mid_from_coarse)
             self.upsample_mid.weight.copy_(torch.as_tensor(dense, dtype=torch.float32))
             self.upsample_mid.bias.zero_()
+        if cfg.template_head:
+            self.register_buffer("template_joints", torch.zeros(cfg.num_joints, 3))
+            self.register_buffer("template_coarse", torch.zeros(n_coarse, 3))
+            with torch.no_grad():
+                self.transformer.xyz_regressor.weight.zero_()
+                self.transformer.xyz_regressor.bias.zero_()
         # Fixed mid -> fine upsampling; rebuilt from the mesh, so not saved in checkpoints.
         index, weight = sparse_rows_padded(up_fine_from_mid)
         self.register_buffer("fine_index", index, persistent=False)     # (V, k) long
@@ -215,6 +228,16 @@ class STDFormer(nn.Module):
             raise ValueError(f"STDFormer needs a 3-level mesh hierarchy (full, mid, coarse), "
                              f"got {len(hierarchy.adjacency)} levels")
         return cls(cfg, hierarchy.adjacency[2], hierarchy.up[1], hierarchy.up[0])
+
+    def set_template(self, joints: torch.Tensor, coarse_vertices: torch.Tensor) -> None:
+        """The template_head's starting body: joints (J, 3), coarse vertices (Vc, 3), metres,
+        in the targets' frame (camera axes, pelvis-centred)."""
+        if not self.cfg.template_head:
+            raise ValueError("set_template needs model.template_head: true")
+        with torch.no_grad():
+            self.template_joints.copy_(torch.as_tensor(joints).reshape(self.template_joints.shape))
+            self.template_coarse.copy_(
+                torch.as_tensor(coarse_vertices).reshape(self.template_coarse.shape))
 
     def upsample_fine(self, mid: torch.Tensor) -> torch.Tensor:
         """(N, Vm, 3) -> (N, V, 3) through the fixed sparse matrix."""
@@ -239,6 +262,8 @@ class STDFormer(nn.Module):
         x = self.backbone.rest(x)                         # (B*S, C_out, H/32, W/32)
         x = self.conv_1x1(x)                              # (B*S, D0, h, w)
         cam, joints, coarse = self.transformer(x)         # (N, 3), (N, J, 3), (N, Vc, 3)
+        if self.cfg.template_head:
+            joints, coarse = joints + self.template_joints, coarse + self.template_coarse
         mid = self.upsample_mid(coarse.transpose(1, 2)).transpose(1, 2)   # (N, Vm, 3)
         fine = self.upsample_fine(mid)                                     # (N, V, 3)
         out = {"joints3d": joints, "vertices_coarse": coarse, "vertices_mid": mid,

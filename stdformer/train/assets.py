@@ -27,6 +27,7 @@ class BodyAssets:
     perms: FlipPerms
     down_mid: tuple[torch.Tensor, torch.Tensor]     # fine -> mid as padded (index, weight)
     down_coarse: tuple[torch.Tensor, torch.Tensor]  # mid -> coarse
+    rest_vertices: torch.Tensor | None = None       # (V, 3) rest-pose template, body axes
 
     @property
     def mesh_info(self) -> MeshInfo:
@@ -37,7 +38,23 @@ class BodyAssets:
         move = lambda pair: tuple(t.to(device) for t in pair)  # noqa: E731
         return BodyAssets(self.body_model_id, self.hierarchy, self.body_dir, self.meta,
                           self.regressor_h36m.to(device), self.perms, move(self.down_mid),
-                          move(self.down_coarse))
+                          move(self.down_coarse),
+                          None if self.rest_vertices is None else self.rest_vertices.to(device))
+
+    def camera_template(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest-pose body standing upright and facing the camera, in the targets' frame
+        (camera axes: x right, y down, z forward; centred on the J14 mid-hip):
+        (J14 joints (14, 3), coarse vertices (Vc, 3)), for `STDFormer.set_template`."""
+        from stdformer.metrics import j14_from_h36m, j14_pelvis
+
+        if self.rest_vertices is None:
+            raise ValueError("these body assets carry no rest-pose template")
+        # Body axes (y up, facing +z) -> camera axes facing the camera: 180 degrees about x.
+        fine = self.rest_vertices.float() * self.rest_vertices.new_tensor([1.0, -1.0, -1.0])
+        joints = j14_from_h36m(self.regressor_h36m.to(fine) @ fine)
+        pelvis = j14_pelvis(joints)
+        coarse = gather_rows(gather_rows((fine - pelvis)[None], self.down_mid), self.down_coarse)
+        return joints - pelvis, coarse[0]
 
 
 def load_body_assets(body_dir: str | Path) -> BodyAssets:
@@ -63,7 +80,8 @@ def load_body_assets(body_dir: str | Path) -> BodyAssets:
         meta=body.meta,
         regressor_h36m=regressor,
         perms=perms, down_mid=sparse_rows_padded(hierarchy.down[0]),
-        down_coarse=sparse_rows_padded(hierarchy.down[1]))
+        down_coarse=sparse_rows_padded(hierarchy.down[1]),
+        rest_vertices=body.template(0).detach().float().clone())
 
 
 def _h36m_regressor(body, body_dir: Path) -> torch.Tensor:

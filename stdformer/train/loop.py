@@ -108,9 +108,11 @@ class Session:
 
 
 def build_model(model_cfg: ModelConfig, assets: BodyAssets, say=None) -> STDFormer:
-    """The model on the body's hierarchy, initialised from model.init_checkpoint when set
-    (its load report goes to `say`)."""
+    """The model on the body's hierarchy, with the body's template when model.template_head,
+    initialised from model.init_checkpoint when set (its load report goes to `say`)."""
     model = STDFormer.from_hierarchy(model_cfg, assets.hierarchy)
+    if model_cfg.template_head:
+        model.set_template(*assets.camera_template())
     if model_cfg.init_checkpoint is not None:
         report = load_init_checkpoint(model, model_cfg.init_checkpoint, assets.meta,
                                       assets.body_model_id, assets.body_dir)

@@ -1,0 +1,177 @@
+"""SD/TD ablation with its spread: train each variant over several seeds, score every run on the
+test split, print mean +- std of each metric and of the paired effect (variant - reference).
+
+    python benchmarks/ablation.py [--params params.yaml] [--shards data/shards] [--body data/body]
+        [--variants stdformer per_frame] [--seeds 0 1 2] [--set train.steps=800 ...]
+        [--out benchmarks/results/ablation.json] [--threads N]
+
+Each run is the `train` stage's training (params.yaml sections `train`, `model`, `loss`, the
+variant's `variants.NAME` overrides, `train.seed` = the seed) without MLflow, then the
+`evaluate` stage's scoring of the test split (`evaluate.split`, merge mode) with the
+diagnostics (median yaw error, spread ratios). `--set` applies dotted overrides on top of
+params.yaml (e.g. to try a schedule before committing to it); the data (shards) stay as they
+are. The effect of SD/TD is stdformer - per_frame per seed (negative = SD/TD lowers the error),
+summarised over seeds. Also prints the training CPU time per step (process time of this process;
+use --set train.num_workers=0 to keep data loading in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from stdformer.config import from_dict, read_params, section_config
+from stdformer.evaluation import EvaluateConfig, constant_predictor, evaluate_predictors, \
+    model_predictor
+from stdformer.evaluation.run import mean_pose_vertices
+from stdformer.losses import LossConfig
+from stdformer.train import TrainConfig, TrainPaths, Tracking, model_config_from_section, train
+from stdformer.train.assets import load_body_assets
+
+REPORTED = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median", "width_ratio")
+REFERENCE = "per_frame"
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """params with dotted `key=value` overrides (values parsed as YAML) applied to a copy."""
+    params = copy.deepcopy(params)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def train_variant(params: dict, variant: str, seed: int, shards: Path, body: Path,
+                  work: Path) -> tuple[torch.nn.Module, dict]:
+    """Train one (variant, seed); returns the model and {steps, train_s, cpu_s_per_step}."""
+    cfg = section_config(params, "train", TrainConfig, "params")
+    cfg.seed = seed
+    cfg.resume = "never"
+    model_section = {**(params.get("model") or {}),
+                     **((params.get("variants") or {}).get(variant) or {})}
+    model_cfg = model_config_from_section(model_section, source="params")
+    loss_cfg = section_config(params, "loss", LossConfig, "params", required=False)
+    out = work / f"{variant}_seed{seed}"
+    paths = TrainPaths(shards=shards, body=body, model=out / "model.pt",
+                       checkpoints=out / "checkpoints", metrics=out / "metrics.json",
+                       curve=out / "curve.csv")
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = train(cfg, model_cfg, loss_cfg, paths, Tracking(uri=None), progress=False)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return result.model, {"steps": cfg.steps, "train_s": round(wall, 1),
+                          "cpu_s_per_step": round(cpu / cfg.steps, 4),
+                          "val_mpjpe": result.metrics.get("val_mpjpe")}
+
+
+def evaluate_models(models: dict[str, torch.nn.Module], params: dict, shards: Path, body: Path
+                    ) -> dict[str, dict]:
+    """Test-split summaries {name: {metric: value}} of the models and the mean pose."""
+    from stdformer.body.model import BodyModel
+
+    ecfg = from_dict(EvaluateConfig, params.get("evaluate") or {}, source="params",
+                     prefix="evaluate")
+    assets = load_body_assets(body)
+    regressor = assets.regressor_h36m.double()
+    predictors = {name: model_predictor(m.eval(), torch.device("cpu"))
+                  for name, m in models.items()}
+    predictors["mean_pose"] = constant_predictor(
+        mean_pose_vertices(shards, ecfg.baseline_split, regressor))
+    result = evaluate_predictors(predictors, shards, ecfg.split, regressor, merge=ecfg.merge,
+                                 batch_size=ecfg.batch_size,
+                                 part_labels=BodyModel.from_dir(body).part_labels.numpy())
+    return {name: {**result.overall[name], **result.diagnostics[name]}
+            for name in result.models}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary_table(runs: list[dict], variants: list[str]) -> str:
+    """Markdown: mean +- std over seeds per variant (and the mean pose), then the paired
+    effect variant - REFERENCE per seed."""
+    head = "| model | " + " | ".join(REPORTED) + " | seeds |"
+    lines = [head, "|" + "---|" * (len(REPORTED) + 2)]
+    for name in [*variants, "mean_pose"]:
+        cells = []
+        for metric in REPORTED:
+            m, s = mean_std([r["test"][name].get(metric) for r in runs])
+            cells.append(f"{m:.2f} +- {s:.2f}" if metric.endswith("ratio") else
+                         f"{m:.1f} +- {s:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(runs)} |")
+    for name in variants:
+        if name == REFERENCE or REFERENCE not in variants:
+            continue
+        cells = []
+        for metric in REPORTED:
+            m, s = mean_std([r["test"][name][metric] - r["test"][REFERENCE][metric]
+                             for r in runs])
+            cells.append(f"{m:+.2f} +- {s:.2f}" if metric.endswith("ratio") else
+                         f"{m:+.1f} +- {s:.1f}")
+        lines.append(f"| {name} - {REFERENCE} | " + " | ".join(cells) + f" | {len(runs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards", type=Path)
+    parser.add_argument("--body", default="data/body", type=Path)
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="default: every entry of params.yaml `variants`")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="dotted params override (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, help="write all runs as JSON here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    params = apply_overrides(read_params(args.params), args.overrides)
+    variants = args.variants or list(params.get("variants") or {"stdformer": {}})
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
+        for seed in args.seeds:
+            models, timing = {}, {}
+            for variant in variants:
+                models[variant], timing[variant] = train_variant(
+                    params, variant, seed, args.shards, args.body, Path(tmp))
+                print(f"seed {seed} {variant}: {json.dumps(timing[variant])}", file=sys.stderr)
+            test = evaluate_models(models, params, args.shards, args.body)
+            runs.append({"seed": seed, "train": timing, "test": test})
+            line = ", ".join(f"{n} MPJPE {t['mpjpe']:.1f} MPVPE {t['mpvpe']:.1f} "
+                             f"yaw {t['yaw_median']:.0f}" for n, t in test.items())
+            print(f"seed {seed} test: {line}", file=sys.stderr)
+    table = summary_table(runs, variants)
+    print(f"test split, {len(args.seeds)} seeds (mean +- std over seeds); overrides: "
+          f"{' '.join(args.overrides) or 'none'}")
+    print(table, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"overrides": args.overrides, "variants": variants,
+                                        "runs": runs, "table": table}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
