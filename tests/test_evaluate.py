@@ -452,6 +452,7 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(dataset
         [sys.executable, "-m", "stages.evaluate", "--params", str(tmp_path / "params.yaml"),
          "--shards", str(shards), "--body", str(body_dir), "--no-progress",
          "--metrics", str(tmp_path / "m/eval.json"), "--per-frame", str(tmp_path / "m/pf.parquet"),
+         "--diagnostics", str(tmp_path / "m/diagnostics.json"),
          "--per-sequence-csv", str(tmp_path / "m/seq.csv"),
          "--over-time-csv", str(tmp_path / "m/time.csv"), "--plots", str(tmp_path / "plots")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -460,6 +461,7 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(dataset
     overall = json.loads((tmp_path / "m/eval.json").read_text())["overall"]
     assert list(overall) == ["stdformer", "stdformer_smooth", "mean_pose"]
     assert {o["frames"] for o in overall.values()} == {valid_frames(truth)}
+    assert set(json.loads((tmp_path / "m/diagnostics.json").read_text())) == set(overall)
     assert len(list((tmp_path / "plots/overlays").glob("*.png"))) == 1
 
     # a model trained for another clip length is refused, naming the file and the field

@@ -284,3 +284,26 @@ def test_squat_lowers_the_pelvis(synth_body):
     pelvis_height = person.joints[:, 0, 1]
     assert pelvis_height.max() - pelvis_height.min() > 0.15
     assert np.abs(person.vertices[..., 1].min(axis=1)).max() < 0.03
+
+
+def test_side_cues_colour_left_limbs_warm_and_right_limbs_cool(synth_body):
+    """With side_cues, every person's left upper arm/forearm/thigh/shin is warm (red > blue in
+    BGR) and the right ones cool, whatever the clothing palette; without, they share the
+    clothing colour of their side's partner part."""
+    from stdformer.body.constants import SMPL_JOINT_NAMES
+
+    assets = synthetic.BodyAssets(synth_body)
+    limbs = ("Shoulder", "Elbow", "Hip", "Knee")
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        palette = synthetic.person_palette(rng)
+        colors = synthetic.face_colors_for(assets, palette, rng, side_cues=True)
+        for part in limbs:
+            left = colors[assets.face_part == SMPL_JOINT_NAMES.index("L_" + part)].mean(0)
+            right = colors[assets.face_part == SMPL_JOINT_NAMES.index("R_" + part)].mean(0)
+            assert left[2] > left[0] + 80, (seed, part, left)       # BGR: red over blue
+            assert right[0] > right[2] + 80, (seed, part, right)    # blue over red
+        plain = synthetic.face_colors_for(assets, palette, np.random.default_rng(seed))
+        hip_l = plain[assets.face_part == SMPL_JOINT_NAMES.index("L_Hip")].mean(0)
+        hip_r = plain[assets.face_part == SMPL_JOINT_NAMES.index("R_Hip")].mean(0)
+        assert np.abs(hip_l - hip_r).max() < 0.3 * 255              # same trousers

@@ -46,10 +46,20 @@ def _round(value, digits: int = 4):
 
 
 def eval_json(overall: Mapping[str, Mapping]) -> str:
-    """The headline numbers (`dvc metrics show`): {"overall": {model: {mpjpe, pa_mpjpe, mpvpe,
-    accel, yaw_median, frames}}} as JSON text; NaN -> null. Per-sequence results are in the
-    per-sequence csv, per-frame ones in the parquet file."""
+    """The overall results, {"overall": {model: {mpjpe, pa_mpjpe, mpvpe, accel, yaw_median,
+    frames}}}, as JSON text (what the registry reads); NaN -> null. Per-sequence results are in
+    the per-sequence csv, per-frame ones in the parquet file."""
     doc = {"overall": {m: {k: _round(v, 2) for k, v in s.items()} for m, s in overall.items()}}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+HEADLINE = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median")
+
+
+def model_metrics_json(summary: Mapping[str, float]) -> str:
+    """One model's headline numbers, {mpjpe, pa_mpjpe, mpvpe, accel, yaw_median}: one file per
+    model, so `dvc metrics show` lists the models as rows with these five columns."""
+    doc = {k: _round(summary[k], 2) for k in HEADLINE if k in summary}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 

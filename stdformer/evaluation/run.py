@@ -31,6 +31,7 @@ class EvaluatePaths:
     shards: Path                                       # preprocess output (<split>/shard-*.tar)
     body: Path                                         # body model directory
     metrics: Path = Path("metrics/eval.json")
+    model_metrics: Path = Path("metrics/eval")         # directory: <model>.json each
     diagnostics: Path = Path("metrics/eval_diagnostics.json")
     per_frame: Path = Path("metrics/per_frame.parquet")
     per_sequence_csv: Path = Path("metrics/eval_per_sequence.csv")
@@ -181,6 +182,9 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
     """Write every output atomically; returns the worst sequences (by `primary`'s MPJPE)."""
     sequences = report.worst_sequences(result.per_sequence, primary, worst) if primary else []
     write_text_atomic(paths.metrics, report.eval_json(result.overall))
+    with atomic_output(paths.model_metrics, directory=True) as tmp:
+        for model, summary in result.overall.items():
+            (tmp / f"{model}.json").write_text(report.model_metrics_json(summary))
     write_text_atomic(paths.diagnostics, report.diagnostics_json(result.diagnostics))
     write_bytes_atomic(paths.per_frame, report.per_frame_parquet(result.rows))
     write_text_atomic(paths.per_sequence_csv, report.per_sequence_csv(result.per_sequence))
