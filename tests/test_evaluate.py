@@ -362,6 +362,7 @@ def test_outputs_have_the_documented_schema(dataset, tmp_path):
                  part_labels=body.part_labels.numpy())
     paths = EvaluatePaths(shards=shards, body=body_dir,
                           metrics=tmp_path / "metrics/eval.json",
+                          model_metrics=tmp_path / "metrics/eval",
                           diagnostics=tmp_path / "metrics/eval_diagnostics.json",
                           per_frame=tmp_path / "metrics/per_frame.parquet",
                           per_sequence_csv=tmp_path / "metrics/eval_per_sequence.csv",
@@ -377,6 +378,12 @@ def test_outputs_have_the_documented_schema(dataset, tmp_path):
     assert set(doc["overall"]["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel",
                                             "yaw_median", "frames"}
     assert doc["overall"]["perfect"]["yaw_median"] == 0.0
+    # one small file per model: `dvc metrics show` lists models as rows of five columns
+    assert sorted(p.name for p in (tmp_path / "metrics/eval").iterdir()) == [
+        "noisy.json", "noisy_smooth.json", "perfect.json"]
+    headline = json.loads((tmp_path / "metrics/eval/noisy.json").read_text())
+    assert list(headline) == ["mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median"]
+    assert headline["mpjpe"] == pytest.approx(doc["overall"]["noisy"]["mpjpe"], abs=0.01)
     diagnostics = json.loads(paths.diagnostics.read_text())
     assert diagnostics["perfect"]["width_ratio"] == pytest.approx(1.0)
     assert diagnostics["perfect"]["part_head"] < 0.05       # mm (float16 targets)
@@ -453,6 +460,7 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(dataset
          "--shards", str(shards), "--body", str(body_dir), "--no-progress",
          "--metrics", str(tmp_path / "m/eval.json"), "--per-frame", str(tmp_path / "m/pf.parquet"),
          "--diagnostics", str(tmp_path / "m/diagnostics.json"),
+         "--model-metrics", str(tmp_path / "m/eval"),
          "--per-sequence-csv", str(tmp_path / "m/seq.csv"),
          "--over-time-csv", str(tmp_path / "m/time.csv"), "--plots", str(tmp_path / "plots")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
