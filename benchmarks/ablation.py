@@ -4,6 +4,7 @@ test split, print mean +- std of each metric and of the paired effect (variant -
     python benchmarks/ablation.py [--params params.yaml] [--shards data/shards] [--body data/body]
         [--variants stdformer per_frame] [--seeds 0 1 2] [--set train.steps=800 ...]
         [--out benchmarks/results/ablation.json] [--threads N]
+    python benchmarks/ablation.py --combine run0.json run1.json ...   # seeds run in parallel
 
 Each run is the `train` stage's training (params.yaml sections `train`, `model`, `loss`, the
 variant's `variants.NAME` overrides, `train.seed` = the seed) without MLflow, then the
@@ -144,9 +145,18 @@ def main() -> None:
                         metavar="KEY=VALUE", help="dotted params override (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="write all runs as JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="summarise the runs of earlier --out files instead of training")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.combine:
+        docs = [json.loads(p.read_text()) for p in args.combine]
+        runs = [run for doc in docs for run in doc["runs"]]
+        print(f"test split, {len(runs)} seeds (mean +- std over seeds); overrides: "
+              f"{' '.join(docs[0]['overrides']) or 'none'}")
+        print(summary_table(runs, docs[0]["variants"]), end="")
+        return
 
     params = apply_overrides(read_params(args.params), args.overrides)
     variants = args.variants or list(params.get("variants") or {"stdformer": {}})
