@@ -166,24 +166,26 @@ def _pyplot():
 
 def per_sequence_png(per_sequence: Mapping[str, Mapping[str, Mapping]],
                      metrics: Sequence[str] = ("mpjpe", "accel")) -> bytes:
-    """Grouped bars: one panel per metric, sequences on x, one bar per model."""
+    """Grouped horizontal bars: one panel per metric side by side, sequences down the y axis
+    (the figure grows with their number), one bar per model."""
     plt = _pyplot()
     models = list(per_sequence)
     sequences = sorted({seq for seqs in per_sequence.values() for seq in seqs})
-    fig, axes = plt.subplots(len(metrics), 1, squeeze=False,
-                             figsize=(max(6.0, 0.9 * len(sequences) * max(len(models), 1) / 2
-                                          + 2), 3.2 * len(metrics)))
-    x = np.arange(len(sequences))
+    height = max(3.0, 0.09 * len(sequences) * max(len(models), 1) + 1.2)
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False, sharey=True,
+                             figsize=(4.5 * len(metrics) + 2.5, height))
+    y = np.arange(len(sequences))
     width = 0.8 / max(len(models), 1)
-    for ax, metric in zip(axes[:, 0], metrics):
+    for ax, metric in zip(axes[0], metrics):
         for k, model in enumerate(models):
             values = [per_sequence[model].get(seq, {}).get(metric, np.nan) for seq in sequences]
             values = [np.nan if v is None else v for v in values]
-            ax.bar(x + (k - (len(models) - 1) / 2) * width, values, width, label=model)
-        ax.set_xticks(x, sequences, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(f"{TITLES[metric]} ({UNITS[metric]})")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_title("Per-sequence errors (frame averages)")
+            ax.barh(y + (k - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.set_yticks(y, sequences, fontsize=7)
+        ax.set_ylim(len(sequences) - 0.5, -0.5)                  # first sequence on top
+        ax.set_xlabel(f"{TITLES[metric]} ({UNITS[metric]})")
+        ax.set_title(f"{TITLES[metric]} per sequence (frame averages)", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
     _legend_outside(fig, axes[0, 0])
     return _figure_png(fig)
 
@@ -225,7 +227,7 @@ def yaw_histogram_png(rows: Mapping[str, np.ndarray], models: Sequence[str],
     """Histogram of the per-frame yaw error (degrees, 0-180) of each model: the share of frames
     where the predicted body faces the right way (left) or the opposite way (right)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    fig, ax = plt.subplots(figsize=(10.0, 3.6))
     bins = np.arange(0.0, 180.0 + bin_deg, bin_deg)
     for model in models:
         yaw = np.asarray(rows["yaw"], np.float64)[rows["model"] == model]
@@ -240,14 +242,15 @@ def yaw_histogram_png(rows: Mapping[str, np.ndarray], models: Sequence[str],
     ax.set_ylabel("frames (%)")
     ax.set_title("Facing direction: predicted vs ground-truth left-right axis")
     ax.grid(alpha=0.3)
-    _legend_outside(fig, ax)
+    _legend_outside(fig, ax, right=0.7)
     return _figure_png(fig)
 
 
-def _legend_outside(fig, ax) -> None:
-    """One legend to the right of the plots, so it covers no bar or line."""
+def _legend_outside(fig, ax, right: float = 0.8) -> None:
+    """One legend to the right of the plots (which end at `right`, a fraction of the figure
+    width), so it covers no bar or line."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.tight_layout(rect=(0.0, 0.0, 0.8, 1.0))
+    fig.tight_layout(rect=(0.0, 0.0, right, 1.0))
     if handles:
-        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.8, 0.98), fontsize=8,
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.98), fontsize=8,
                    frameon=False)

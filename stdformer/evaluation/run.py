@@ -194,8 +194,8 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
         (tmp / "error_over_time.png").write_bytes(
             report.error_over_time_png(result.rows, sequences, result.models))
         if "yaw" in result.rows:
-            (tmp / "yaw_error.png").write_bytes(
-                report.yaw_histogram_png(result.rows, result.models))
+            unsmoothed = [m for m in result.models if not m.endswith(SMOOTH_SUFFIX)]
+            (tmp / "yaw_error.png").write_bytes(report.yaw_histogram_png(result.rows, unsmoothed))
         if result.overlay_clips:
             (tmp / "overlays").mkdir()
         for clip in result.overlay_clips:
