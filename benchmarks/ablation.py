@@ -5,6 +5,7 @@ test split, print mean +- std of each metric and of the paired effect (variant -
         [--variants stdformer per_frame] [--seeds 0 1 2] [--set train.steps=800 ...]
         [--out benchmarks/results/ablation.json] [--threads N]
     python benchmarks/ablation.py --combine run0.json run1.json ...   # seeds run in parallel
+    python benchmarks/ablation.py --seeds 0 --trained models   # score the pipeline's models
 
 Each run is the `train` stage's training (params.yaml sections `train`, `model`, `loss`, the
 variant's `variants.NAME` overrides, `train.seed` = the seed) without MLflow, then the
@@ -12,7 +13,8 @@ variant's `variants.NAME` overrides, `train.seed` = the seed) without MLflow, th
 diagnostics (median yaw error, spread ratios). `--set` applies dotted overrides on top of
 params.yaml (e.g. to try a schedule before committing to it); the data (shards) stay as they
 are. The effect of SD/TD is stdformer - per_frame per seed (negative = SD/TD lowers the error),
-summarised over seeds. Also prints the training CPU time per step (process time of this process;
+summarised over seeds. `--trained DIR` scores DIR/<variant>.pt (e.g. `models/`, what `dvc repro`
+trained with train.seed) as the run of the one seed given instead of training again. Also prints the training CPU time per step (process time of this process;
 use --set train.num_workers=0 to keep data loading in it).
 """
 
@@ -80,6 +82,16 @@ def train_variant(params: dict, variant: str, seed: int, shards: Path, body: Pat
                           "val_mpjpe": result.metrics.get("val_mpjpe")}
 
 
+def trained_variant(directory: Path, variant: str, body: Path) -> tuple[torch.nn.Module, dict]:
+    """A model the pipeline trained (DIR/<variant>.pt) and what its file says about training."""
+    from stdformer.train import load_model, read_model_file
+
+    path = directory / f"{variant}.pt"
+    metrics = read_model_file(path)["metrics"]
+    return load_model(path, body), {"steps": metrics.get("steps"), "from": str(path),
+                                    "val_mpjpe": metrics.get("val_mpjpe")}
+
+
 def evaluate_models(models: dict[str, torch.nn.Module], params: dict, shards: Path, body: Path
                     ) -> dict[str, dict]:
     """Test-split summaries {name: {metric: value}} of the models and the mean pose."""
@@ -145,11 +157,15 @@ def main() -> None:
                         metavar="KEY=VALUE", help="dotted params override (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="write all runs as JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--trained", type=Path, metavar="DIR",
+                        help="score DIR/<variant>.pt (one seed) instead of training")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="summarise the runs of earlier --out files instead of training")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.trained is not None and len(args.seeds) != 1:
+        raise SystemExit("--trained scores one seed's models: give exactly one --seeds value")
     if args.combine:
         docs = [json.loads(p.read_text()) for p in args.combine]
         runs = [run for doc in docs for run in doc["runs"]]
@@ -165,6 +181,10 @@ def main() -> None:
         for seed in args.seeds:
             models, timing = {}, {}
             for variant in variants:
+                if args.trained is not None:
+                    models[variant], timing[variant] = trained_variant(args.trained, variant,
+                                                                       args.body)
+                    continue
                 models[variant], timing[variant] = train_variant(
                     params, variant, seed, args.shards, args.body, Path(tmp))
                 print(f"seed {seed} {variant}: {json.dumps(timing[variant])}", file=sys.stderr)
