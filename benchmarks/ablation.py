@@ -112,6 +112,16 @@ def evaluate_models(models: dict[str, torch.nn.Module], params: dict, shards: Pa
             for name in result.models}
 
 
+def combine_runs(runs: list[dict]) -> list[dict]:
+    """Runs of the same seed (e.g. one process per variant) merged into one, in seed order."""
+    merged: dict[int, dict] = {}
+    for run in runs:
+        into = merged.setdefault(run["seed"], {"seed": run["seed"], "train": {}, "test": {}})
+        into["train"].update(run["train"])
+        into["test"].update(run["test"])
+    return [merged[seed] for seed in sorted(merged)]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -157,6 +167,8 @@ def main() -> None:
                         metavar="KEY=VALUE", help="dotted params override (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="write all runs as JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--work", type=Path, default=None, metavar="DIR",
+                        help="keep each run's model, metrics and curve in DIR/<variant>_seed<N>/")
     parser.add_argument("--trained", type=Path, metavar="DIR",
                         help="score DIR/<variant>.pt (one seed) instead of training")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
@@ -168,16 +180,18 @@ def main() -> None:
         raise SystemExit("--trained scores one seed's models: give exactly one --seeds value")
     if args.combine:
         docs = [json.loads(p.read_text()) for p in args.combine]
-        runs = [run for doc in docs for run in doc["runs"]]
+        runs = combine_runs([run for doc in docs for run in doc["runs"]])
+        variants = list(dict.fromkeys(v for doc in docs for v in doc["variants"]))
         print(f"test split, {len(runs)} seeds (mean +- std over seeds); overrides: "
               f"{' '.join(docs[0]['overrides']) or 'none'}")
-        print(summary_table(runs, docs[0]["variants"]), end="")
+        print(summary_table(runs, variants), end="")
         return
 
     params = apply_overrides(read_params(args.params), args.overrides)
     variants = args.variants or list(params.get("variants") or {"stdformer": {}})
     runs = []
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
+        work = args.work if args.work is not None else Path(tmp)
         for seed in args.seeds:
             models, timing = {}, {}
             for variant in variants:
@@ -186,7 +200,7 @@ def main() -> None:
                                                                        args.body)
                     continue
                 models[variant], timing[variant] = train_variant(
-                    params, variant, seed, args.shards, args.body, Path(tmp))
+                    params, variant, seed, args.shards, args.body, work)
                 print(f"seed {seed} {variant}: {json.dumps(timing[variant])}", file=sys.stderr)
             test = evaluate_models(models, params, args.shards, args.body)
             runs.append({"seed": seed, "train": timing, "test": test})
