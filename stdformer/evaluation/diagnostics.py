@@ -10,8 +10,9 @@
   (largest = height, then width, then depth), predicted over ground truth. They need no
   orientation: a human-shaped prediction has ratios near 1 whichever way it faces, a sliver
   has a width ratio far below 1.
-* Part errors: MPVPE (mm, meshes centred on their own J14 mid-hip, as `frame_errors`) over the
-  vertices of each body-part group, by the vertex's dominant SMPL joint (`BodyModel.part_labels`).
+* Part errors: MPVPE (mm, each mesh centred on its own pelvis, `metrics.mesh_pelvis`, as the
+  protocol's MPVPE) over the vertices of each body-part group, by the vertex's dominant SMPL
+  joint (`BodyModel.part_labels`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from stdformer.body.constants import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
-from stdformer.metrics import j14_from_h36m, j14_pelvis
+from stdformer.metrics import mesh_pelvis
 
 _H36M = {name: i for i, name in enumerate(H36M_JOINT_NAMES)}
 # Body-part groups (SMPL joint names) for the per-part errors.
@@ -91,8 +92,8 @@ def frame_diagnostics(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
     ratios = principal_spreads(pred) / principal_spreads(gt).clamp_min(1e-9)
     for k, name in enumerate(SPREAD_NAMES):
         out[f"{name}_ratio"] = ratios[:, k]
-    pred_c = pred - j14_pelvis(j14_from_h36m(pred_j17))[:, None]
-    gt_c = gt - j14_pelvis(j14_from_h36m(gt_h36m))[:, None]
+    pred_c = pred - mesh_pelvis(pred, regressor.double())[:, None]
+    gt_c = gt - mesh_pelvis(gt, regressor.double())[:, None]
     vertex_mm = (pred_c - gt_c).norm(dim=-1) * 1000.0                           # (N, V)
     for group, index in groups.items():
         out[f"part_{group}"] = (vertex_mm[:, index].mean(dim=1) if len(index)
