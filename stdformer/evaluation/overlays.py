@@ -27,7 +27,7 @@ FAR_DEPTH = 1000.0                       # metres: weak perspective as a far pin
 PRED_COLOR = (235, 170, 90)              # BGR: light blue
 GT_COLOR = (120, 205, 120)               # BGR: green
 INVALID_COLOR = (40, 40, 220)            # BGR: red frame around invalid frames
-LEGEND_HEIGHT = 22                       # pixels of the colour legend above the grid
+LEGEND_HEIGHT = 22                       # pixels of one line of the colour legend
 OPTIONAL_TARGETS = ("root_cam", "affine", "intrinsics")
 
 
@@ -177,19 +177,26 @@ def _label(image: np.ndarray, text: str, bottom: bool = False) -> None:
                 cv2.LINE_AA)
 
 
-def _legend_band(width: int, height: int = LEGEND_HEIGHT) -> np.ndarray:
+def _legend_band(width: int, line_height: int = LEGEND_HEIGHT) -> np.ndarray:
     """A strip saying what the colours mean: swatch + text for predicted, ground truth and
-    the invalid-frame border."""
-    band = np.full((height, width, 3), 40, np.uint8)
-    x = 6
-    for color, text, filled in ((PRED_COLOR, "predicted mesh (its camera)", True),
-                                (GT_COLOR, "ground truth", True),
-                                (INVALID_COLOR, "invalid frame", False)):
-        cv2.rectangle(band, (x, 5), (x + 12, height - 6), color, -1 if filled else 2)
-        x += 16
-        cv2.putText(band, text, (x, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-        x += cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] + 14
+    the invalid-frame border; items wrap onto more lines when the grid is narrow."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    items = ((PRED_COLOR, "predicted mesh (its camera)", True), (GT_COLOR, "ground truth", True),
+             (INVALID_COLOR, "invalid frame", False))
+    placed, x, line = [], 6, 0
+    for color, text, filled in items:
+        item_width = 16 + cv2.getTextSize(text, font, scale, 1)[0][0] + 14
+        if x > 6 and x + item_width > width:
+            x, line = 6, line + 1
+        placed.append((x, line, color, text, filled))
+        x += item_width
+    band = np.full(((line + 1) * line_height, width, 3), 40, np.uint8)
+    for x, line, color, text, filled in placed:
+        top = line * line_height
+        cv2.rectangle(band, (x, top + 5), (x + 12, top + line_height - 6), color,
+                      -1 if filled else 2)
+        cv2.putText(band, text, (x + 16, top + line_height - 7), font, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return band
 
 
