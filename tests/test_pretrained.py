@@ -92,7 +92,7 @@ def test_fastmetro_checkpoint_loads_with_nothing_left_over(smpl_sized_mesh, tmp_
     info = inspect_checkpoint(path)
     assert info["name"] == "FastMETRO-S-R50" and info["backbone"] == "resnet"
     assert info["model_params"] == {"profile": "resnet50", "enc_layers": 1, "dec_layers": 1,
-                                    "init_checkpoint": str(path)}
+                                    "template_head": False, "init_checkpoint": str(path)}
     assert info["vertex_tokens"] == 431 and info["needs_standard_smpl_hierarchy"]
 
 
@@ -235,7 +235,7 @@ def test_fastmetro_checkpoint_trains_and_evaluates_through_the_stages(tiny_proje
                  "h36m_regressor": str(files / "J_regressor_h36m_correct.npy"),
                  "mesh_downsampling": str(files / "mesh_downsampling.npz")},
         "model": {"profile": "resnet50", "enc_layers": 1, "dec_layers": 1, "dropout": 0.0,
-                  "init_checkpoint": str(checkpoint)},
+                  "template_head": False, "init_checkpoint": str(checkpoint)},
         "train": {"steps": 2, "batch_size": 1, "joint_warmup_steps": 0},
         "evaluate": {"overlays": 0, "smoothing": {"enabled": False}, "device": "cpu"}})
     params = yaml.safe_load((project / "params.yaml").read_text())

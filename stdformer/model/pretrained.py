@@ -191,7 +191,10 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     fastmetro_name = (f"FastMETRO-{size}-{'H64' if ckpt.backbone == 'hrnet' else 'R50'}"
                       if size and widths == [512, 128] else None)
     suggested = {"profile": "full" if ckpt.backbone == "hrnet" else "resnet50",
-                 "enc_layers": enc, "dec_layers": dec, "init_checkpoint": str(path)}
+                 "enc_layers": enc, "dec_layers": dec,
+                 # FastMETRO's head regresses coordinates; only our own files carry a template
+                 "template_head": any(k.endswith("template_coarse") for k in s),
+                 "init_checkpoint": str(path)}
     if widths != [512, 128]:
         suggested.update(widths=widths, ffn_dims=ffn)
     return {
