@@ -130,6 +130,38 @@ def test_reduced_jpeg_decode_crops_like_full_decode():
                                                cv2.IMREAD_REDUCED_COLOR_4))
 
 
+def test_two_people_in_one_jpeg_are_cut_from_one_decode(monkeypatch):
+    """crop_people decodes once, at the reduction the larger crop still allows, and each crop
+    is where crop_person puts it."""
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    image[::7] = 80
+    for centre in ((500, 500), (1400, 600)):
+        cv2.circle(image, centre, 30, (255, 255, 255), -1)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    boxes = [((500, 500), 700.0), ((1400, 600), 200.0)]  # reductions 8 and 2 on their own
+    affines = [crops.crop_affine(c, s, 1.2, 64) for c, s in boxes]
+    assert [crops.jpeg_reduction(a) for a in affines] == [8, 2]
+    calls = []
+    decode = crops.decode_jpeg
+    monkeypatch.setattr(crops, "decode_jpeg", lambda d, f=1: calls.append(f) or decode(d, f))
+    both = crops.crop_people(data, affines, 64)
+    assert calls == [2]
+    for crop, (centre, side) in zip(both, boxes):
+        alone, _ = crops.crop_person(data, centre, side, 64, scale=1.2)
+        assert np.abs(crop.astype(float) - alone).mean() < 4.0
+        ys, xs = np.nonzero(crop[..., 0] > 127)
+        assert abs(xs.mean() - 31.5) < 1.0 and abs(ys.mean() - 31.5) < 1.0
+
+
+def test_batched_crop_affines_equal_one_at_a_time():
+    rng = np.random.default_rng(1)
+    centres, sides = rng.uniform(0, 500, (5, 2)), rng.uniform(50, 300, 5)
+    batched = crops.crop_affine(centres, sides, 1.25, 80, rotation_deg=10)
+    assert batched.shape == (5, 2, 3)
+    for affine, c, s in zip(batched, centres, sides):
+        np.testing.assert_allclose(affine, crops.crop_affine(c, s, 1.25, 80, rotation_deg=10))
+
+
 def test_corrupt_or_truncated_jpeg_is_rejected():
     data = cv2.imencode(".jpg", _dot_image())[1].tobytes()
     assert crops.crop_person(data, (320, 240), 100, 32)[0].shape == (32, 32, 3)

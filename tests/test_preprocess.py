@@ -17,7 +17,7 @@ from stdformer.config import from_dict
 from stdformer.data import crops, executors, shards
 from stdformer.data import manifest as mf
 from stdformer.data.preprocess import (
-    PreprocessConfig, TrackTask, clip_starts, preprocess, process_track,
+    PreprocessConfig, SequenceTask, clip_starts, preprocess, process_sequence,
 )
 from stdformer.data.threedpw import iter_tracks
 from stdformer.io import DataError, load_npz, safe_load_pickle
@@ -280,13 +280,13 @@ def test_track_arrays_are_checked_again_before_use(synth_root, synth_body_dir):
     track = next(iter_tracks(synth_root, "train"))
     poses = track.poses.copy()
     poses[1, 7] = np.inf
-    task = TrackTask(dataclasses.replace(track, poses=poses), "seq.pkl", str(synth_body_dir),
-                     _cfg())
+    task = SequenceTask([dataclasses.replace(track, poses=poses)], "seq.pkl",
+                        str(synth_body_dir), _cfg())
     with pytest.raises(DataError, match=r"seq.pkl: poses\[0\]: contains NaN or inf"):
-        process_track(task)
+        process_sequence(task)
     short = dataclasses.replace(track, trans=track.trans[:-1])
     with pytest.raises(DataError, match=r"trans\[0\]: expected shape"):
-        process_track(TrackTask(short, "seq.pkl", str(synth_body_dir), _cfg()))
+        process_sequence(SequenceTask([short], "seq.pkl", str(synth_body_dir), _cfg()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,22 +140,23 @@ def smooth_boxes(centers: np.ndarray, sides: np.ndarray, detected: np.ndarray,
 # Affine crops
 
 
-def crop_affine(center, side: float, scale: float, out_size: int,
+def crop_affine(center, side, scale: float, out_size: int,
                 rotation_deg: float = 0.0) -> np.ndarray:
     """(2,3) float64 matrix mapping image pixels to crop pixels.
 
     The square of side `side * scale` centred on `center` (x, y) fills the `out_size` crop; an
     optional rotation (degrees, counter-clockwise in the image) turns it about the centre.
+    Batched: centers (..., 2) and sides (...) give (..., 2, 3).
     """
-    cx, cy = float(center[0]), float(center[1])
-    zoom = out_size / (float(side) * scale)
+    center = np.asarray(center, dtype=np.float64)
+    zoom = out_size / (np.asarray(side, dtype=np.float64) * scale)
     theta = np.deg2rad(rotation_deg)
     # Image y points down, so a visually counter-clockwise turn is a clockwise matrix.
     rot = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
-    linear = zoom * rot
+    linear = zoom[..., None, None] * rot
     mid = (out_size - 1) / 2.0
-    offset = np.array([mid, mid]) - linear @ np.array([cx, cy])
-    return np.column_stack([linear, offset])
+    offset = mid - linear @ center[..., :, None]
+    return np.concatenate([linear, offset], axis=-1)
 
 
 def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -172,7 +173,8 @@ def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def affine_zoom(affine: np.ndarray) -> float:
     """Crop pixels per image pixel (geometric mean over both axes)."""
-    return float(np.sqrt(abs(np.linalg.det(np.asarray(affine)[:, :2]))))
+    (a, b, _), (c, d, _) = np.asarray(affine, dtype=np.float64).tolist()
+    return abs(a * d - b * c) ** 0.5
 
 
 def crop_frame(image: np.ndarray, affine: np.ndarray, out_size: int) -> np.ndarray:
@@ -239,9 +241,10 @@ def jpeg_reduction(affine: np.ndarray, max_factor: int = 8) -> int:
 def reduced_affine(affine: np.ndarray, factor: int) -> np.ndarray:
     """Affine from a 1/factor decoded image to the crop (reduced pixel u covers full pixels
     [u*f, (u+1)*f), centre u*f + (f-1)/2)."""
-    to_full = np.array([[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2]],
-                       dtype=np.float64)
-    return compose_affine(np.asarray(affine, dtype=np.float64), to_full)
+    affine = np.asarray(affine, dtype=np.float64)
+    linear = affine[:, :2]
+    offset = affine[:, 2] + linear.sum(axis=1) * ((factor - 1) / 2)
+    return np.column_stack([linear * factor, offset])
 
 
 class UnreadableImageError(ValueError):
@@ -266,6 +269,15 @@ def decode_jpeg(data: bytes, factor: int = 1) -> np.ndarray:
         raise UnreadableImageError(str(e) or type(e).__name__) from e
 
 
+def crop_people(data: bytes, affines: list[np.ndarray], out_size: int) -> list[np.ndarray]:
+    """Crops of several people in one JPEG image: decoded once, at the cheapest reduction that
+    keeps every crop at full resolution. affines: (2, 3) image -> crop (`crop_affine`) each;
+    returns (out_size, out_size, 3) uint8 BGR crops (UnreadableImageError when corrupt)."""
+    factor = min(jpeg_reduction(a) for a in affines)
+    image = decode_jpeg(bytes(data), factor)
+    return [crop_frame(image, reduced_affine(a, factor), out_size) for a in affines]
+
+
 def crop_person(image: np.ndarray | bytes, center, side: float, out_size: int, *,
                 scale: float = 1.2, rotation_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The square person crop of one frame and its affine.
@@ -278,7 +290,5 @@ def crop_person(image: np.ndarray | bytes, center, side: float, out_size: int, *
     """
     affine = crop_affine(center, side, scale, out_size, rotation_deg)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        factor = jpeg_reduction(affine)
-        decoded = decode_jpeg(bytes(image), factor)
-        return crop_frame(decoded, reduced_affine(affine, factor), out_size), affine
+        return crop_people(image, [affine], out_size)[0], affine
     return crop_frame(np.asarray(image), affine, out_size), affine

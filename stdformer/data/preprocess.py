@@ -1,10 +1,12 @@
 """3DPW-layout dataset -> clip shards (see shards.py for the contract).
 
-Per actor track (in parallel over an executor; results come back in track order):
+Per sequence (in parallel over an executor; results come back in order), for each actor track:
   1. person boxes from the COCO-18 detections (crops.track_boxes), one square crop per frame,
      stored with `context` x its side of real surroundings (the model's crop is the centre);
-  2. targets from the body model (targets.py): world mesh from (pose, betas, trans) -> camera
-     frame with cam_poses -> root-relative on the SMPL pelvis; camera-frame pose (global
+     each image is read and decoded once for all the people in it, at the reduced JPEG scale
+     (1/2, 1/4, 1/8) that still gives every crop full resolution;
+  2. targets from the body model (targets.pose_track): mesh from (pose, betas, trans) in the
+     camera frame of cam_poses, root-relative on the SMPL pelvis; camera-frame pose (global
      orientation rotated into the camera); H36M-17 joints projected with the intrinsics and then
      the crop affine;
   3. clips of `clip_len` frames at the split's stride, plus the last `clip_len` frames.
@@ -17,6 +19,7 @@ A split without clips is an error unless `optional_splits` lists it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -29,7 +32,7 @@ import numpy as np
 
 from stdformer.data import crops, manifest, shards
 from stdformer.data.executors import make_executor
-from stdformer.data.targets import body_targets, checked_array, project
+from stdformer.data.targets import PosingArrays, body_targets, checked_array, project
 from stdformer.data.threedpw import SEQUENCE_DIR, iter_tracks
 from stdformer.io import DataError, atomic_output
 
@@ -134,23 +137,26 @@ def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# One track (runs in a worker)
+# One sequence (runs in a worker)
 
 
 @dataclass(frozen=True)
-class TrackTask:
-    track: Any  # stdformer.data.threedpw.Track
+class SequenceTask:
+    """The annotated tracks of one sequence (they share its images), in actor order."""
+
+    tracks: list[Any]  # stdformer.data.threedpw.Track
     pkl_path: str  # for error messages
     body_dir: str
     cfg: PreprocessConfig
 
 
-_BODIES: dict[tuple[str, str], Any] = {}
+_BODIES: dict[tuple[str, str], PosingArrays] = {}
 
 
-def _body(body_dir: str):
-    """One BodyModel per process and body (workers handle many tracks); keyed by the
-    directory's body_model_id, so a rebuilt directory is loaded afresh."""
+def _body(body_dir: str) -> PosingArrays:
+    """The body's posing arrays, loaded once per process and body (workers handle many
+    sequences); keyed by the directory's body_model_id, so a rebuilt directory is loaded
+    afresh."""
     try:
         body_id = json.loads((Path(body_dir) / "meta.json").read_text()).get("body_model_id")
     except (OSError, ValueError):
@@ -160,8 +166,21 @@ def _body(body_dir: str):
         from stdformer.body import BodyModel
 
         _BODIES.clear()
-        _BODIES[key] = BodyModel.from_dir(body_dir).eval()
+        _BODIES[key] = PosingArrays.of(BodyModel.from_dir(body_dir))
     return _BODIES[key]
+
+
+def _encode_stored(crop: np.ndarray, cfg: PreprocessConfig) -> bytes:
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)])
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise RuntimeError("JPEG encoding of a crop failed")
+    return buf.tobytes()
+
+
+def _context_scale(cfg: PreprocessConfig) -> float:
+    """crop_affine scale of the stored crop: the same image pixels per crop pixel as the
+    model's crop, context_size pixels wide."""
+    return cfg.crop_scale * cfg.context_size / cfg.crop_size
 
 
 def stored_crop(image: np.ndarray | bytes | None, center, side: float, cfg: PreprocessConfig
@@ -169,92 +188,140 @@ def stored_crop(image: np.ndarray | bytes | None, center, side: float, cfg: Prep
     """The JPEG a shard stores for one frame: the person crop with context (context_size pixels,
     the same image pixels per crop pixel as the model's crop) of `image` ((H, W, 3) BGR or JPEG
     bytes; None: black). Decoded, its centre crop_size square is the model's input
-    (shards.decode_clip); `stdformer predict` cuts its crops with this function too."""
+    (shards.decode_clip); `stdformer predict` cuts its crops with this function too (preprocess
+    cuts the same crops in `crop_frames`, several people from one decode)."""
     size = cfg.context_size
     if image is None:
         crop = np.zeros((size, size, 3), dtype=np.uint8)
     else:
-        crop, _ = crops.crop_person(image, center, side, size,
-                                    scale=cfg.crop_scale * size / cfg.crop_size)
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)])
-    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
-        raise RuntimeError("JPEG encoding of a crop failed")
-    return buf.tobytes()
+        crop, _ = crops.crop_person(image, center, side, size, scale=_context_scale(cfg))
+    return _encode_stored(crop, cfg)
 
 
-def crop_track_frames(image_paths, centers: np.ndarray, sides: np.ndarray,
-                      cfg: PreprocessConfig
-                      ) -> tuple[list[bytes], np.ndarray, dict[str, np.ndarray]]:
-    """Crop (with context) and JPEG-encode every frame. Returns (jpeg bytes per frame, image_ok
-    (N,) bool, {reason: (N,) bool}). A missing/corrupt image raises DataError with
-    on_error='fail'; with 'skip' its crop is black and the frame is flagged."""
-    n = len(image_paths)
-    missing = np.zeros(n, dtype=bool)
-    corrupt = np.zeros(n, dtype=bool)
-    jpegs = []
-    for i, path in enumerate(image_paths):
-        data = None
-        try:
-            data = Path(path).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            if cfg.on_error == "fail":
-                raise DataError(path, f"image file cannot be read ({type(e).__name__})") from e
-            missing[i] = True
-        try:
-            jpegs.append(stored_crop(data, centers[i], sides[i], cfg))
-        except crops.UnreadableImageError as e:
-            if cfg.on_error == "fail":
-                raise DataError(path, f"not a readable JPEG (corrupt or truncated): "
-                                f"{e}") from e
-            corrupt[i] = True
-            jpegs.append(stored_crop(None, centers[i], sides[i], cfg))
-    return jpegs, ~(missing | corrupt), {"missing_image": missing, "corrupt_image": corrupt}
+def crop_frames(image_paths: list[list], centers: list[np.ndarray], sides: list[np.ndarray],
+                cfg: PreprocessConfig) -> tuple[list[list[bytes]], list[np.ndarray],
+                                                list[dict[str, np.ndarray]]]:
+    """Crop (with context) and JPEG-encode every frame of several tracks. Track k has frames
+    image_paths[k] and boxes centers[k] (N_k, 2), sides[k] (N_k,); an image that several tracks
+    show is read and decoded once, at the cheapest reduction all their crops allow.
+
+    Returns per track: jpeg bytes per frame, image_ok (N_k,) bool, {reason: (N_k,) bool}. A
+    missing/corrupt image raises DataError with on_error='fail'; with 'skip' its crops are black
+    and the frames are flagged.
+    """
+    size, scale = cfg.context_size, _context_scale(cfg)
+    blank = np.zeros((size, size, 3), dtype=np.uint8)
+    affines = [crops.crop_affine(c, s, scale, size) for c, s in zip(centers, sides, strict=True)]
+    jpegs: list[list[bytes]] = [[] for _ in image_paths]
+    flags = [{"missing_image": np.zeros(len(p), bool), "corrupt_image": np.zeros(len(p), bool)}
+             for p in image_paths]
+    for i in range(max(map(len, image_paths), default=0)):
+        showing: dict[str, list[int]] = {}  # image -> the tracks it is frame i of
+        for k, paths in enumerate(image_paths):
+            if i < len(paths):
+                showing.setdefault(str(paths[i]), []).append(k)
+        for path, ks in showing.items():
+            images = [blank] * len(ks)
+            try:
+                data = Path(path).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+                if cfg.on_error == "fail":
+                    raise DataError(path, f"image file cannot be read ({type(e).__name__})") \
+                        from e
+                for k in ks:
+                    flags[k]["missing_image"][i] = True
+            else:
+                try:
+                    images = crops.crop_people(data, [affines[k][i] for k in ks], size)
+                except crops.UnreadableImageError as e:
+                    if cfg.on_error == "fail":
+                        raise DataError(path, f"not a readable JPEG (corrupt or truncated): "
+                                        f"{e}") from e
+                    for k in ks:
+                        flags[k]["corrupt_image"][i] = True
+            for k, image in zip(ks, images, strict=True):
+                jpegs[k].append(_encode_stored(image, cfg))
+    image_ok = [~(f["missing_image"] | f["corrupt_image"]) for f in flags]
+    return jpegs, image_ok, flags
 
 
-def process_track(task: TrackTask) -> dict[str, Any]:
-    """All clips of one track, encoded as shard samples, with manifest rows and counts."""
-    track, cfg, pkl = task.track, task.cfg, task.pkl_path
-    body = _body(task.body_dir)
+@dataclass
+class _TrackBoxes:
+    """A track's checked 2D inputs and crop boxes (N frames): what cropping and targets use."""
+
+    keypoints: np.ndarray  # (N, 18, 3)
+    intrinsics: np.ndarray  # (3, 3)
+    campose_valid: np.ndarray  # (N,) bool
+    detected: np.ndarray  # (N,) bool
+    centers: np.ndarray  # (N, 2)
+    sides: np.ndarray  # (N,)
+    affines: np.ndarray  # (N, 2, 3) image -> crop
+
+
+def track_boxes(track, cfg: PreprocessConfig, pkl: str) -> _TrackBoxes:
     n = len(track.image_paths)
-    S = cfg.clip_len
-    result = {"split": track.split, "sequence": track.sequence, "actor": int(track.actor),
-              "frames": n, "samples": [], "rows": [],
-              "skipped": {r: 0 for r in SKIP_REASONS}}
-    starts = clip_starts(n, S, cfg.stride_for(track.split))
-    if not starts:
-        result["skipped"]["short_track"] = n
-        return result
-
     keypoints = checked_array(track, "poses2d", (n, 18, 3), pkl, f"poses2d[{track.actor}]")
     intrinsics = checked_array(track, "intrinsics", (3, 3), pkl, "cam_intrinsics")
     campose_valid = np.asarray(track.campose_valid, dtype=bool).reshape(-1)
     if campose_valid.shape != (n,):
         raise DataError(pkl, f"expected {n} flags, got {campose_valid.shape}",
                         field=f"campose_valid[{track.actor}]")
-
-    # Boxes and crop affines (N,2,3).
     boxes = crops.track_boxes(keypoints, cfg.keypoint_conf, cfg.min_keypoints,
                               cfg.bbox_extent_scale, cfg.bbox_median_kernel, cfg.bbox_sigma)
     centers, sides = boxes.centers, boxes.sides
     if not boxes.detected.any():  # nobody found: crop around the principal point, all invalid
         centers = np.tile(intrinsics[:2, 2], (n, 1))
         sides = np.full(n, 2 * min(intrinsics[0, 2], intrinsics[1, 2]) / cfg.crop_scale)
-    affines = np.stack([crops.crop_affine(c, s, cfg.crop_scale, cfg.crop_size)
-                        for c, s in zip(centers, sides, strict=True)])
+    affines = crops.crop_affine(centers, sides, cfg.crop_scale, cfg.crop_size)
+    return _TrackBoxes(keypoints, intrinsics, campose_valid, boxes.detected, centers, sides,
+                       affines)
 
-    targets = body_targets(track, body, pkl)
-    jpegs, image_ok, image_flags = crop_track_frames(track.image_paths, centers, sides, cfg)
-    valid = campose_valid & boxes.detected & image_ok
-    reasons = {"campose_invalid": ~campose_valid, "few_keypoints": ~boxes.detected,
+
+def process_sequence(task: SequenceTask) -> list[dict[str, Any]]:
+    """All clips of each track of one sequence, encoded as shard samples, with manifest rows
+    and counts: one result per track, in task order."""
+    cfg, pkl = task.cfg, task.pkl_path
+    body = _body(task.body_dir)
+    results, todo = [], []
+    for track in task.tracks:
+        n = len(track.image_paths)
+        result = {"split": track.split, "sequence": track.sequence, "actor": int(track.actor),
+                  "frames": n, "samples": [], "rows": [],
+                  "skipped": {r: 0 for r in SKIP_REASONS}}
+        results.append(result)
+        starts = clip_starts(n, cfg.clip_len, cfg.stride_for(track.split))
+        if not starts:
+            result["skipped"]["short_track"] = n
+            continue
+        todo.append((track, result, starts, track_boxes(track, cfg, pkl),
+                     body_targets(track, body, pkl)))
+    jpegs, image_ok, image_flags = crop_frames(
+        [t[0].image_paths for t in todo], [t[3].centers for t in todo],
+        [t[3].sides for t in todo], cfg)
+    for (track, result, starts, boxes, targets), *images in zip(todo, jpegs, image_ok,
+                                                                 image_flags, strict=True):
+        _track_clips(track, result, starts, boxes, targets, *images, body.body_model_id, cfg)
+    return results
+
+
+def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _TrackBoxes,
+                 targets: dict[str, np.ndarray], jpegs: list[bytes], image_ok: np.ndarray,
+                 image_flags: dict[str, np.ndarray], body_id: str,
+                 cfg: PreprocessConfig) -> None:
+    """Fill `result` with the track's clips (samples and manifest rows) and skip counts."""
+    S = cfg.clip_len
+    valid = boxes.campose_valid & boxes.detected & image_ok
+    reasons = {"campose_invalid": ~boxes.campose_valid, "few_keypoints": ~boxes.detected,
                **image_flags}
     for reason, mask in reasons.items():
         result["skipped"][reason] = int(mask.sum())
 
     # 2D: H36M joints through the camera then the crop; detections through the crop.
-    uv, in_front = project(targets["joints_h36m_cam"], intrinsics)
+    affines = boxes.affines
+    uv, in_front = project(targets["joints_h36m_cam"], boxes.intrinsics)
     joints2d = np.concatenate([crops.apply_affine(uv, affines),
                                (in_front & valid[:, None])[..., None]], axis=-1)
-    kp = np.nan_to_num(keypoints)
+    kp = np.nan_to_num(boxes.keypoints)
     keypoints2d = np.concatenate([crops.apply_affine(kp[..., :2], affines), kp[..., 2:]], axis=-1)
 
     per_frame = {
@@ -265,12 +332,11 @@ def process_track(task: TrackTask) -> dict[str, Any]:
         "root_cam": targets["root_cam"].astype(np.float32),
     }
     frame_ids = np.asarray(track.img_frame_ids).reshape(-1)
-    body_id = body.body_model_id
     for start in starts:
         sl = slice(start, start + S)
         key = shards.clip_key(track.sequence, track.actor, start)
         clip_targets = {name: arr[sl] for name, arr in per_frame.items()}
-        clip_targets["intrinsics"] = intrinsics.astype(np.float32)
+        clip_targets["intrinsics"] = boxes.intrinsics.astype(np.float32)
         meta = {"sequence": track.sequence, "actor": int(track.actor), "split": track.split,
                 "source": cfg.source, "clip_start": start,
                 "frame_ids": [int(f) for f in frame_ids[sl]], "crop_size": cfg.crop_size,
@@ -282,14 +348,13 @@ def process_track(task: TrackTask) -> dict[str, Any]:
                                "num_valid": int(valid[sl].sum()),
                                "valid": [bool(v) for v in valid[sl]], "source": cfg.source,
                                "crop_size": cfg.crop_size, "context_size": cfg.context_size})
-    return result
 
 
-def process_track_task(task: TrackTask) -> dict[str, Any]:
-    """Executor entry point: process_track, with a DataError sent back as plain data (the
+def process_sequence_task(task: SequenceTask) -> list[dict[str, Any]] | dict[str, Any]:
+    """Executor entry point: process_sequence, with a DataError sent back as plain data (the
     exception does not survive pickling between processes) and re-raised by the caller."""
     try:
-        return process_track(task)
+        return process_sequence(task)
     except DataError as e:
         return {"error": {"path": e.path, "problem": e.problem, "field": e.field}}
 
@@ -298,7 +363,8 @@ def process_track_task(task: TrackTask) -> dict[str, Any]:
 # Whole dataset
 
 
-def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig) -> list[TrackTask]:
+def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig
+                   ) -> list[SequenceTask]:
     tasks = []
     for split in cfg.splits:
         folder = dataset_root / SEQUENCE_DIR / split
@@ -311,7 +377,9 @@ def _collect_tasks(dataset_root: Path, body_dir: Path, cfg: PreprocessConfig) ->
         if not tracks and split not in cfg.optional_splits:
             raise DataError(folder, f"split {split!r} has no sequences (*.pkl); list it in "
                             "preprocess.optional_splits if it may be empty", field="splits")
-        tasks += [TrackTask(track, str(track.pkl_path), str(body_dir), cfg) for track in tracks]
+        for _, group in itertools.groupby(tracks, key=lambda t: t.sequence):
+            group = list(group)
+            tasks.append(SequenceTask(group, str(group[0].pkl_path), str(body_dir), cfg))
     return tasks
 
 
@@ -325,6 +393,19 @@ def _check_clips(splits: dict[str, dict[str, Any]], dataset_root: Path,
                             f"clips: its {report['tracks']} track(s) are shorter than clip_len "
                             f"{cfg.clip_len} frames; list it in preprocess.optional_splits if it "
                             "may be empty", field="splits")
+
+
+def _add_track(result: dict[str, Any], report: dict[str, Any],
+               writer: shards.ShardSeriesWriter, rows: list[dict[str, Any]]) -> None:
+    """Write one track's clips and count them in its split's report."""
+    report["tracks"] += 1
+    report["frames"] += result["frames"]
+    for reason, count in result["skipped"].items():
+        report["skipped_frames"][reason] += count
+    for sample, row in zip(result["samples"], result["rows"], strict=True):
+        row["shard"] = f"{result['split']}/{writer.write(sample)}"
+        rows.append(row)
+    report["clips"] += len(result["rows"])
 
 
 def _empty_split_report() -> dict[str, Any]:
@@ -350,7 +431,7 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
         raise DataError(body_dir, "body directory not found")
     started = time.perf_counter()
     tasks = _collect_tasks(dataset_root, body_dir, cfg)
-    total_frames = sum(len(t.track.image_paths) for t in tasks)
+    total_frames = sum(len(track.image_paths) for t in tasks for track in t.tracks)
     executor = make_executor(cfg.executor, cfg.workers, cfg.executor_address or None)
 
     splits = {split: _empty_split_report() for split in cfg.splits}
@@ -360,21 +441,13 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
         writers = {split: shards.ShardSeriesWriter(tmp / split, cfg.samples_per_shard)
                    for split in cfg.splits}
         try:
-            for result in executor.map_ordered(process_track_task, tasks):
-                if "error" in result:
-                    raise DataError(**result["error"])
-                split = result["split"]
-                report = splits[split]
-                report["tracks"] += 1
-                report["frames"] += result["frames"]
-                for reason, count in result["skipped"].items():
-                    report["skipped_frames"][reason] += count
-                for sample, row in zip(result["samples"], result["rows"], strict=True):
-                    row["shard"] = f"{split}/{writers[split].write(sample)}"
-                    rows.append(row)
-                report["clips"] += len(result["rows"])
-                if bar is not None:
-                    bar.update(result["frames"])
+            for results in executor.map_ordered(process_sequence_task, tasks):
+                if "error" in results:
+                    raise DataError(**results["error"])
+                for result in results:
+                    _add_track(result, splits[result["split"]], writers[result["split"]], rows)
+                    if bar is not None:
+                        bar.update(result["frames"])
             for writer in writers.values():
                 writer.close()
             _check_clips(splits, dataset_root, cfg)
@@ -387,8 +460,11 @@ def preprocess(dataset_root, body_dir, out_dir, cfg: PreprocessConfig,
                 bar.close()
         for split, writer in writers.items():
             splits[split]["shards"] = len(writer.shards)
-        manifest.write_manifest(tmp, rows)
-        counts = manifest.split_counts(manifest.read_manifest(tmp))  # as `shards info` counts
+        manifest.write_manifest(tmp, rows, {f"{split}/{name}": digest
+                                            for split, writer in writers.items()
+                                            for name, digest in writer.digests.items()})
+        columns = ("split", "shard", "sequence", "actor", "frame_start", "valid")
+        counts = manifest.split_counts({c: [r[c] for r in rows] for c in columns})
         for split, report in splits.items():  # each frame once (windows overlap)
             report["valid_frames"] = counts.get(split, {}).get("valid_frames", 0)
         # Only settings that shape the output: paths and executor choice do not.

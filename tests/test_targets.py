@@ -1,0 +1,67 @@
+"""Body-model targets of a track (`pose_track`): the fast track path gives what the body model
+module gives, mapped through the camera, whichever matrix layout (sparse or dense) it uses."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from stdformer.data import targets
+
+
+def _reference(body, poses, betas, trans, cam_poses, h36m=None):
+    """BodyModel.forward in world coordinates, then the camera (float64), as preprocess did."""
+    n = len(poses)
+    with torch.no_grad():
+        out = body(torch.as_tensor(poses, dtype=torch.float32),
+                   torch.as_tensor(np.tile(betas, (n, 1)), dtype=torch.float32),
+                   torch.as_tensor(trans, dtype=torch.float32))
+    world = out.vertices.double().numpy()
+    h36m_world = world.transpose(1, 0, 2).reshape(len(world[0]), -1)
+    h36m_world = (h36m @ h36m_world).reshape(len(h36m), n, 3).transpose(1, 0, 2) \
+        if h36m is not None else out.joints_h36m.double().numpy()
+
+    def to_camera(points):
+        return points @ cam_poses[:, :3, :3].transpose(0, 2, 1) + cam_poses[:, None, :3, 3]
+
+    return to_camera(world), to_camera(out.joints.double().numpy()), to_camera(h36m_world)
+
+
+@pytest.fixture(scope="module")
+def track():
+    rng = np.random.default_rng(0)
+    n = 21  # not a multiple of the chunk
+    cam_poses = np.tile(np.eye(4), (n, 1, 1))
+    cam_poses[:, :3, :3] = Rotation.random(n, random_state=1).as_matrix()
+    cam_poses[:, :3, 3] = rng.normal(0, 1, (n, 3)) + [0, 0, 6]
+    return (rng.normal(0, 0.4, (n, 72)), rng.normal(0, 1, 10), rng.normal(0, 2, (n, 3)),
+            cam_poses)
+
+
+@pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
+def test_pose_track_matches_the_body_model_through_the_camera(synth_body, track, monkeypatch,
+                                                              sparse_below):
+    monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
+    arrays = targets.PosingArrays.of(synth_body)
+    assert isinstance(arrays.pose_basis, torch.Tensor) == (sparse_below == 0.0)
+    out = targets.pose_track(arrays, *track, chunk=8)
+    vertices, joints, h36m = _reference(synth_body, *track)
+    assert out["vertices"].dtype == np.float32
+    np.testing.assert_allclose(out["vertices"], vertices, atol=2e-5)
+    np.testing.assert_allclose(out["joints"], joints, atol=2e-5)
+    np.testing.assert_allclose(out["joints_h36m"], h36m, atol=2e-5)
+
+
+def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(synth_body,
+                                                                                  track):
+    """A regressor row's weights need not sum to 1: the joint is regressed from the world
+    mesh (as the body model does), then moved into the camera."""
+    arrays = targets.PosingArrays.of(synth_body)
+    h36m = synth_body.J_regressor_h36m.double().numpy() * np.linspace(0.9, 1.1, 17)[:, None]
+    arrays = dataclasses.replace(arrays, h36m=targets._matrix(h36m),
+                                 h36m_rowsum=h36m.sum(axis=1))
+    _, _, expected = _reference(synth_body, *track, h36m=h36m)
+    np.testing.assert_allclose(targets.pose_track(arrays, *track)["joints_h36m"], expected,
+                               atol=2e-5)
