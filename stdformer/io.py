@@ -270,6 +270,65 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
     return buf.getvalue()
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an .npz held in memory (pickle-free).
+
+    An .npz of uncompressed members with sizes in their local headers (as `npz_bytes(...,
+    compress=False)` writes shard targets) is read in place: the zip's local headers are walked
+    and each array is a view into one writable copy of `raw`, its .npy header parsed once per
+    distinct header (np.load builds a ZipFile and parses every header with ast.literal_eval,
+    most of the cost of small arrays). Anything else goes through np.load. Raises
+    zipfile.BadZipFile / ValueError on bytes that are no .npz.
+    """
+    data = memoryview(bytearray(raw))
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    while bytes(data[pos:pos + 4]) == zipfile.stringFileHeader:
+        fields = zipfile.struct.unpack(zipfile.structFileHeader,
+                                       data[pos:pos + zipfile.sizeFileHeader])
+        size = fields[zipfile._FH_COMPRESSED_SIZE]
+        if (fields[zipfile._FH_COMPRESSION_METHOD] != zipfile.ZIP_STORED
+                or fields[zipfile._FH_GENERAL_PURPOSE_FLAG_BITS] & 0x08 or size == 0xFFFFFFFF):
+            return _np_load_bytes(raw)  # compressed, streamed or zip64: the general reader
+        start = pos + zipfile.sizeFileHeader + fields[zipfile._FH_FILENAME_LENGTH]
+        name = bytes(data[pos + zipfile.sizeFileHeader:start]).decode("utf-8")
+        start += fields[zipfile._FH_EXTRA_FIELD_LENGTH]
+        out[name[:-4] if name.endswith(".npy") else name] = _npy_view(data[start:start + size])
+        pos = start + size
+    if not out:
+        return _np_load_bytes(raw)
+    return out
+
+
+def _npy_view(member: memoryview) -> np.ndarray:
+    """The array of .npy bytes, as a view into them."""
+    if bytes(member[:6]) != b"\x93NUMPY":
+        raise ValueError("not a .npy member")
+    header_len = 10 + int.from_bytes(member[8:10], "little") if member[6] == 1 else \
+        12 + int.from_bytes(member[8:12], "little")
+    header = bytes(member[:header_len])
+    if header not in _NPY_HEADERS:
+        fp = io.BytesIO(header)
+        read_header = (np.lib.format.read_array_header_1_0
+                       if np.lib.format.read_magic(fp) == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fp)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        _NPY_HEADERS[header] = dtype, shape, fortran
+    dtype, shape, fortran = _NPY_HEADERS[header]
+    array = np.frombuffer(member, dtype, int(np.prod(shape)), header_len)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _np_load_bytes(raw: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes_atomic(path, npz_bytes(arrays))
 

@@ -33,24 +33,24 @@ lists, verified. Plain `webdataset.WebDataset(url, shardshuffle=False)` reads th
 
 from __future__ import annotations
 
-import contextlib
-import io
+import hashlib
 import json
 import os
 import re
 import tarfile
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+import simplejpeg
 import torch
 import webdataset as wds
 
 from stdformer.data.manifest import split_shards
-from stdformer.io import DataError, npz_bytes
+from stdformer.io import DataError, npz_arrays, npz_bytes
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -69,6 +69,7 @@ META_FIELDS = ("key", "sequence", "actor", "split", "source", "clip_start", "num
                "frame_ids", "crop_size", "context_size", "body_model_id")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_FRAME = re.compile(r"f\d+\.jpg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,10 @@ class ShardSeriesWriter:
     """Write samples into `directory/shard-%06d.tar`, `samples_per_shard` per shard.
 
     Each shard is written to a hidden temp name and renamed when complete, so a crash never
-    leaves a truncated shard under a final name. Use as a context manager; `write` returns the
+    leaves a truncated shard under a final name. Members are written as webdataset's TarWriter
+    writes them (USTAR headers, fixed owner, mode and mtime, sorted by name: the bytes depend
+    only on the samples), straight to the file, and hashed on the way: `digests` maps each
+    completed shard name to its (size, sha256). Use as a context manager; `write` returns the
     shard file name the sample went to.
     """
 
@@ -141,52 +145,70 @@ class ShardSeriesWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.samples_per_shard = samples_per_shard
         self.shards: list[str] = []  # completed shard names, in order
+        self.digests: dict[str, tuple[int, str]] = {}
         self._index = 0
         self._count = 0
         self._file = None
-        self._tar = None
+        self._hash = None
+        self._size = 0
         self._tmp: Path | None = None
 
     def write(self, sample: Mapping[str, Any]) -> str:
-        if self._tar is None:
+        if self._file is None:
             self._open()
-        self._tar.write(dict(sample))
+        key = sample["__key__"]
+        for suffix in sorted(sample):
+            if suffix.startswith("_"):
+                continue
+            data = sample[suffix]
+            data = data.encode("utf-8") if isinstance(data, str) else data
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ValueError(f"{key}.{suffix}: expected bytes, got {type(data).__name__}")
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
+            self._put(info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+            self._put(data)
+            self._put(bytes(-len(data) % tarfile.BLOCKSIZE))
         name = SHARD_PATTERN % self._index
         self._count += 1
         if self._count == self.samples_per_shard:
             self._finish()
         return name
 
+    def _put(self, data) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
     def _open(self) -> None:
         name = SHARD_PATTERN % self._index
         self._tmp = self.directory / f".{name}.tmp"
         self._file = open(self._tmp, "wb")
-        # Fixed owner, mode and mtime: the tar bytes depend only on the samples.
-        self._tar = wds.TarWriter(self._file, user="", group="", mode=0o444, mtime=0,
-                                  encoder=False)
+        self._hash, self._size = hashlib.sha256(), 0
 
     def _finish(self) -> None:
-        self._tar.close()
+        # The end of archive: two zero blocks, padded to a whole tar record (as tarfile does).
+        self._put(bytes(2 * tarfile.BLOCKSIZE))
+        self._put(bytes(-self._size % tarfile.RECORDSIZE))
         self._file.close()
         name = SHARD_PATTERN % self._index
         os.chmod(self._tmp, 0o644)
         os.replace(self._tmp, self.directory / name)
         self.shards.append(name)
-        self._tar = self._file = self._tmp = None
+        self.digests[name] = (self._size, self._hash.hexdigest())
+        self._file = self._hash = self._tmp = None
         self._index += 1
         self._count = 0
 
     def close(self) -> None:
-        if self._tar is not None:
+        if self._file is not None:
             self._finish()
 
     def abort(self) -> None:
-        if self._tar is not None:
-            with contextlib.suppress(Exception):  # flushes into a file about to be deleted
-                self._tar.close()
+        if self._file is not None:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
-            self._tar = self._file = self._tmp = None
+            self._file = self._hash = self._tmp = None
 
     def __enter__(self) -> ShardSeriesWriter:
         return self
@@ -233,6 +255,65 @@ def list_shards(source: str | os.PathLike | Sequence[str], split: str | None = N
     return urls
 
 
+def sample_key(name: str) -> str | None:
+    """Tar member name -> webdataset sample key (directory + basename up to its first dot);
+    None for names webdataset skips (no dot, or a basename starting with "__")."""
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("__") or "." not in base:
+        return None
+    return name[: len(name) - len(base)] + base.split(".", 1)[0]
+
+
+def read_shard(path: str, select: Callable[[str], bool] | None = None
+               ) -> Iterator[dict[str, Any]]:
+    """The samples of a shard as ShardSeriesWriter writes them (plain USTAR members), in tar
+    order, grouped by key as webdataset groups them: {"__key__", "__url__", suffix: bytes}.
+    Only members whose name passes `select` are read; the others are skipped unread.
+
+    A few header fields are parsed instead of running the tarfile module over every member
+    (most of the cost of reading small members). Anything that is not a complete plain tar
+    of regular files is a DataError naming the shard.
+    """
+    sample: dict[str, Any] | None = None
+    try:
+        with open(path, "rb") as f:
+            while True:
+                header = f.read(tarfile.BLOCKSIZE)
+                if len(header) < tarfile.BLOCKSIZE:
+                    raise DataError(path, "not a readable tar shard (truncated: no end of "
+                                    "archive)")
+                if header == bytes(tarfile.BLOCKSIZE):
+                    break
+                if header[257:262] != b"ustar" or header[156:157] not in (b"0", b"\0"):
+                    raise DataError(path, "not a shard as preprocess writes them (a tar member "
+                                    f"that is not a plain USTAR file: {header[:100]!r})")
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                prefix = header[345:500].split(b"\0", 1)[0]
+                if prefix:
+                    name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+                key = sample_key(name)
+                if key is None or (select is not None and not select(name)):
+                    f.seek(size + (-size % tarfile.BLOCKSIZE), os.SEEK_CUR)
+                    continue
+                data = f.read(size)
+                if len(data) < size:
+                    raise DataError(path, f"not a readable tar shard (truncated in {name})")
+                f.seek(-size % tarfile.BLOCKSIZE, os.SEEK_CUR)
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key, "__url__": path}
+                sample[name[len(key) + 1:]] = data
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"not a readable tar shard: {e}") from e
+    if sample is not None:
+        yield sample
+
+
 def shard_read_error(exn: Exception) -> bool:
     """webdataset exception handler: a shard that cannot be read (truncated, not a tar) becomes
     a DataError naming it; other errors pass unchanged. webdataset calls the handler twice for an
@@ -249,17 +330,78 @@ def shard_read_error(exn: Exception) -> bool:
     raise DataError(url, f"not a readable tar shard (truncated or corrupt?): {problem}") from exn
 
 
-def decode_jpeg_rgb(data: bytes, where: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(where, "frame is not a readable JPEG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def decode_jpeg_rgb(data: bytes, where: str, out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB (libjpeg-turbo), decoded into `out` when given (a
+    writable C-contiguous array of that shape); a DataError naming `where` if unreadable."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, buffer=out)
+    except (ValueError, TypeError) as e:
+        raise DataError(where, f"frame is not a readable JPEG: {e}") from e
 
 
 def context_margin(meta: Mapping[str, Any]) -> int:
     """Pixels of context on each side of the centre crop in a clip's stored frames."""
     crop, stored = int(meta["crop_size"]), int(meta.get("context_size", meta["crop_size"]))
     return (stored - crop) // 2
+
+
+def clip_meta(sample: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+    """A raw sample's (where, meta, frame member names in frame order): `where` names the
+    shard and key for errors."""
+    where = f"{sample.get('__url__', '<sample>')}[{sample['__key__']}]"
+    meta = sample.get("json")
+    if meta is None:
+        raise DataError(where, "missing member", field="json")
+    if isinstance(meta, (bytes, bytearray)):
+        meta = json.loads(meta)
+    frame_names = sorted(k for k in sample if _FRAME.fullmatch(k))
+    if not frame_names:
+        raise DataError(where, "no frames", field="f00.jpg")
+    return where, meta, frame_names
+
+
+def stored_frames(sample: Mapping[str, Any], where: str, meta: Mapping[str, Any],
+                  frame_names: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+    """The clip's stored frames, (S, C, C, 3) uint8 RGB with C = context_size (the crop with
+    its context), decoded into `out` when it has that shape (a scratch buffer reused across
+    clips)."""
+    headers = []
+    for name in frame_names:
+        try:
+            headers.append(simplejpeg.decode_jpeg_header(sample[name])[:2])
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{where}.{name}", f"frame is not a readable JPEG: {e}") from e
+    side = int(meta.get("context_size", meta.get("crop_size", headers[0][0])))
+    if any(size != (side, side) for size in headers):
+        height, width = next(size for size in headers if size != (side, side))
+        raise DataError(where, f"frames are {width}x{height}, the meta says {side}x{side}",
+                        field="context_size")
+    shape = (len(frame_names), side, side, 3)
+    if out is None or out.shape != shape:
+        out = np.empty(shape, np.uint8)
+    for i, name in enumerate(frame_names):
+        decode_jpeg_rgb(sample[name], f"{where}.{name}", out[i])
+    return out
+
+
+def clip_targets(sample: Mapping[str, Any], where: str, num_frames: int
+                 ) -> dict[str, np.ndarray]:
+    """The clip's targets.npz as numpy arrays in the contract's dtypes."""
+    raw = sample.get("targets.npz")
+    if raw is None:
+        raise DataError(where, "missing member", field="targets.npz")
+    try:
+        arrays = npz_arrays(bytes(raw))
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise DataError(where, f"not a readable .npz: {e}", field="targets.npz") from e
+    return check_targets(arrays, num_frames, where=where)
+
+
+def as_float32(array: np.ndarray) -> torch.Tensor:
+    """The array as a tensor, floats as float32 (torch converts float16 ~30x faster than
+    numpy), other dtypes kept."""
+    tensor = torch.from_numpy(array)
+    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32",
@@ -271,41 +413,19 @@ def decode_clip(sample: Mapping[str, Any], frames_dtype: str = "float32",
     the centre crop_size x crop_size crop, the model's input, which 2D targets and `affine`
     refer to; with `context=True` the whole stored context_size crop (for augmentation).
     """
-    key = sample["__key__"]
-    where = f"{sample.get('__url__', '<sample>')}[{key}]"
-    meta = sample.get("json")
-    if meta is None:
-        raise DataError(where, "missing member", field="json")
-    if isinstance(meta, (bytes, bytearray)):
-        meta = json.loads(meta)
-    frame_names = sorted(k for k in sample if re.fullmatch(r"f\d+\.jpg", k))
-    if not frame_names:
-        raise DataError(where, "no frames", field="f00.jpg")
-    frames = np.stack([decode_jpeg_rgb(sample[k], f"{where}.{k}") for k in frame_names])
-    stored = int(meta.get("context_size", meta.get("crop_size", frames.shape[1])))
-    if frames.shape[1:3] != (stored, stored):
-        raise DataError(where, f"frames are {frames.shape[2]}x{frames.shape[1]}, the meta says "
-                        f"{stored}x{stored}", field="context_size")
+    if frames_dtype not in ("float32", "uint8"):
+        raise ValueError(f"frames_dtype must be 'float32' or 'uint8', got {frames_dtype!r}")
+    where, meta, frame_names = clip_meta(sample)
+    frames = stored_frames(sample, where, meta, frame_names)
     if not context and "crop_size" in meta:
         m, crop = context_margin(meta), int(meta["crop_size"])
         frames = frames[:, m:m + crop, m:m + crop]
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (S,3,H,W) uint8
     if frames_dtype == "float32":
         frames = frames.float().div_(255.0)
-    elif frames_dtype != "uint8":
-        raise ValueError(f"frames_dtype must be 'float32' or 'uint8', got {frames_dtype!r}")
-    raw = sample.get("targets.npz")
-    if raw is None:
-        raise DataError(where, "missing member", field="targets.npz")
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays = check_targets(arrays, len(frame_names), where=where)
-    targets = {}
-    for name, arr in arrays.items():
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float32)
-        targets[name] = torch.from_numpy(np.ascontiguousarray(arr))
-    return {"key": key, "frames": frames, "targets": targets, "meta": meta}
+    targets = {name: as_float32(arr)
+               for name, arr in clip_targets(sample, where, len(frame_names)).items()}
+    return {"key": sample["__key__"], "frames": frames, "targets": targets, "meta": meta}
 
 
 def model_input(clips: Mapping[str, Any] | torch.Tensor) -> np.ndarray:
@@ -446,7 +566,9 @@ def worker_context(num_workers: int) -> str | None:
 
 __all__ = [
     "SHARD_PATTERN", "TARGET_SPECS", "clip_key", "frame_member", "check_targets",
-    "encode_clip", "ShardSeriesWriter", "write_shards", "list_shards", "shard_read_error",
-    "context_margin", "decode_clip", "model_input", "collate_clips", "rank_shards",
+    "encode_clip", "ShardSeriesWriter", "write_shards", "list_shards", "sample_key",
+    "read_shard", "shard_read_error",
+    "decode_jpeg_rgb", "context_margin", "clip_meta", "stored_frames", "clip_targets", "as_float32",
+    "decode_clip", "model_input", "collate_clips", "rank_shards",
     "ClipDataset", "make_clip_loader", "worker_context",
 ]

@@ -157,17 +157,29 @@ def cut_affine(params: AugmentParams, margin: int, width: int, height: int) -> n
     return (turn @ (flip if params.flip else np.eye(3)) @ shift)[:2]
 
 
-def cut_crops(images: np.ndarray, params: AugmentParams, margin: int) -> np.ndarray:
-    """(S, H + 2m, W + 2m, 3) stored crops -> (S, H, W, 3) final crops (flipped, turned and
-    scaled by `params`). A plain slice when nothing turns or scales (cheap, and exact)."""
-    height, width = images.shape[1] - 2 * margin, images.shape[2] - 2 * margin
+def augment_frames(images: np.ndarray, params: AugmentParams, margin: int,
+                   out: np.ndarray) -> np.ndarray:
+    """(S, H + 2m, W + 2m, 3) stored crops -> `out` (S, H, W, 3) uint8, C-contiguous (e.g. a
+    clip's slot in a batch): each frame cut (flipped, turned and scaled by `params`; a plain
+    slice when nothing turns or scales: cheap, and exact), colour-scaled, and the clip reversed
+    in time. Returns `out`."""
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous (OpenCV writes into it)")
+    height, width = out.shape[1:3]
     if params.rotation_deg == 0.0 and params.scale == 1.0:
-        out = images[:, margin:margin + height, margin:margin + width]
-        return np.ascontiguousarray(out[:, :, ::-1] if params.flip else out)
-    affine = cut_affine(params, margin, width, height)
-    return np.stack([cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                     for image in images])
+        crops = images[:, margin:margin + height, margin:margin + width]
+        crops = crops[:, :, ::-1] if params.flip else crops
+        out[...] = crops[::-1] if params.reverse else crops
+    else:
+        affine = cut_affine(params, margin, width, height)
+        order = range(len(images))[::-1] if params.reverse else range(len(images))
+        for dst, image in zip(order, images, strict=True):
+            cv2.warpAffine(image, affine, (width, height), dst=out[dst], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if params.color != (1.0, 1.0, 1.0):
+        gain = np.asarray(params.color, dtype=np.float32)
+        out[...] = np.clip(out * gain + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _flip_targets(targets: dict[str, np.ndarray], perms: FlipPerms, width: int) -> None:
@@ -205,38 +217,48 @@ def _rotate_scale_targets(targets: dict[str, np.ndarray], rotation_deg: float, s
             targets["pose"] = rotate_global_orient(targets["pose"], rotation)
 
 
+def augment_targets(targets: Mapping[str, np.ndarray], params: AugmentParams,
+                    perms: FlipPerms, width: int, height: int) -> dict[str, np.ndarray]:
+    """The targets of a clip augmented as `augment_frames` augments its frames (crops W x H).
+
+    targets: the shard contract arrays of the centre crop (vertices (S, V, 3), joints3d
+    (S, 24, 3), joints_h36m (S, 17, 3), joints2d / keypoints2d (S, P, 3) pixels + visibility,
+    pose (S, 72), betas (S, 10), valid (S,), extras with a leading S axis). Returns a new dict
+    (the input arrays are not modified; unchanged ones may be shared or reversed views).
+    """
+    arrays = dict(targets)
+    if params.flip:
+        _flip_targets(arrays, perms, width)
+    if params.rotation_deg != 0.0 or params.scale != 1.0:
+        _rotate_scale_targets(arrays, params.rotation_deg, params.scale, width, height)
+    if params.reverse:
+        num_frames = len(arrays["valid"])
+        arrays = {k: (v[::-1] if k not in PER_CLIP and v.ndim >= 1 and v.shape[0] == num_frames
+                      else v) for k, v in arrays.items()}
+    return arrays
+
+
 def apply_augment(frames: torch.Tensor, targets: Mapping[str, torch.Tensor],
                   params: AugmentParams, perms: FlipPerms, margin: int = 0
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Augment one clip and cut its crops.
+    """Augment one decoded clip and cut its crops (`augment_frames`, `augment_targets`).
 
     frames (S, 3, H + 2m, W + 2m) uint8 RGB: the stored crops with `margin` pixels of context on
-    every side; targets: the shard contract arrays of the H x W centre crop (vertices (S, V, 3),
-    joints3d (S, 24, 3), joints_h36m (S, 17, 3), joints2d / keypoints2d (S, P, 3) pixels +
-    visibility, pose (S, 72), betas (S, 10), valid (S,), extras with a leading S axis).
+    every side; targets: tensors of the H x W centre crop (see `augment_targets`).
     Returns new tensors, frames (S, 3, H, W) (inputs untouched).
     """
     if params.is_identity and margin == 0:
         return frames, dict(targets)
     if frames.dtype != torch.uint8:
         raise TypeError(f"frames must be uint8, got {frames.dtype}")
-    num_frames = frames.shape[0]
-    images = cut_crops(frames.permute(0, 2, 3, 1).numpy(), params, margin)     # (S, H, W, 3)
-    height, width = images.shape[1:3]
-    arrays = {k: v.numpy().copy() for k, v in targets.items()}
-    if params.flip:
-        _flip_targets(arrays, perms, width)
-    if params.rotation_deg != 0.0 or params.scale != 1.0:
-        _rotate_scale_targets(arrays, params.rotation_deg, params.scale, width, height)
-    if params.color != (1.0, 1.0, 1.0):
-        gain = np.asarray(params.color, dtype=np.float32)
-        images = np.clip(images * gain + 0.5, 0, 255).astype(np.uint8)
-    if params.reverse:
-        images = images[::-1]
-        arrays = {k: (v[::-1] if k not in PER_CLIP and v.ndim >= 1 and v.shape[0] == num_frames
-                      else v) for k, v in arrays.items()}
-    out_frames = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-    out_targets = {k: torch.from_numpy(np.ascontiguousarray(v)).to(targets[k].dtype)
+    num_frames, _, stored_height, stored_width = frames.shape
+    height, width = stored_height - 2 * margin, stored_width - 2 * margin
+    images = augment_frames(frames.permute(0, 2, 3, 1).numpy(), params, margin,
+                            np.empty((num_frames, height, width, 3), np.uint8))
+    arrays = augment_targets({k: v.numpy() for k, v in targets.items()}, params, perms, width,
+                             height)
+    out_frames = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out_targets = {k: torch.from_numpy(np.array(v)).to(targets[k].dtype)
                    for k, v in arrays.items()}
     return out_frames, out_targets
 

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from stdformer.data.manifest import split_shards
-from stdformer.data.shards import TARGET_SPECS, check_targets, collate_clips, decode_clip, \
-    shard_read_error, worker_context
+from stdformer.data import shards
+from stdformer.data.shards import TARGET_SPECS, check_targets, worker_context
 from stdformer.io import DataError
-from stdformer.train.augment import ClipAugmenter, FlipPerms
+from stdformer.train.augment import (AugmentParams, ClipAugmenter, FlipPerms, augment_frames,
+                                     augment_targets)
 from stdformer.train.config import AugmentConfig
 
 
@@ -62,14 +62,6 @@ class ShardIndex:
         changes with the content, whatever the names and sizes (a preprocess param that only
         flips `valid` flags gives shards of the same size)."""
         return [(Path(s).name, d) for s, d in zip(self.shards, self.digests)]
-
-
-def _member_key(name: str) -> str | None:
-    """Tar member name -> webdataset sample key (basename up to the first dot)."""
-    base = name.rsplit("/", 1)[-1]
-    if base.startswith("__") or "." not in base:
-        return None
-    return name[: len(name) - len(base)] + base.split(".", 1)[0]
 
 
 def index_shards(source: str | Path, split: str) -> ShardIndex:
@@ -137,14 +129,13 @@ def read_clips(index: ShardIndex, clips: Sequence[Clip],
     urls = [index.shards[s] for s, _ in itertools.groupby(c.shard for c in reading)]
 
     def select(fname: str) -> bool:
-        return _member_key(fname) in wanted and (members is None or members(fname))
+        return shards.sample_key(fname) in wanted and (members is None or members(fname))
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(
-        handler=shard_read_error, select_files=select))
+    samples = (sample for url in urls for sample in shards.read_shard(url, select))
     pending: dict[str, dict] = {}
     order = iter(clips)
     upcoming = next(order)
-    for sample in pipeline:
+    for sample in samples:
         pending[sample["__key__"]] = sample
         while upcoming is not None and upcoming.key in pending:
             yield pending.pop(upcoming.key)
@@ -154,33 +145,70 @@ def read_clips(index: ShardIndex, clips: Sequence[Clip],
                         "is missing (shards changed during training?)", field=upcoming.key)
 
 
-def decode_for_training(sample: dict[str, Any], context: bool = False) -> dict[str, Any]:
-    """decode_clip with uint8 frames (cheap to move; normalised on the device) and only the
-    contract targets (extras such as crop affines are not augmented). `context`: keep the
-    stored context around the crop, for the augmenter to cut the crop from."""
-    clip = decode_clip(sample, frames_dtype="uint8", context=context)
-    clip["targets"] = {k: v for k, v in clip["targets"].items() if k in TARGET_SPECS}
-    return clip
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; inside a loader worker it is allocated in shared
+    memory, as torch's default_collate does, so handing the batch to the main process copies
+    nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+def assemble_batch(samples: Sequence[Mapping[str, Any]],
+                   augmenter: ClipAugmenter | None = None) -> dict[str, Any]:
+    """Raw webdataset samples -> one batch, laid out as `collate_clips` lays it out: key,
+    frames uint8 (B, S, 3, H, W), targets {name: (B, ...)} (the contract's; floats as
+    float32), meta.
+
+    Built in place: each clip's stored frames are decoded into one scratch buffer and cut
+    (augmented with `augmenter`'s draw for the clip; without one, the centre crop) straight
+    into their slot of a (B, S, H, W, 3) array, whose channels-last view is `frames`: no
+    transposing copy on the CPU (the model normalises on the device).
+    """
+    where0, meta0, names0 = shards.clip_meta(samples[0])
+    size, num_frames = int(meta0["crop_size"]), len(names0)
+    frames = _batch_tensor((len(samples), num_frames, size, size, 3), torch.uint8)
+    frames_np = frames.numpy()
+    targets: dict[str, torch.Tensor] = {}
+    keys, metas, scratch = [], [], None
+    for b, sample in enumerate(samples):
+        where, meta, names = shards.clip_meta(sample)
+        if (int(meta["crop_size"]), len(names)) != (size, num_frames):
+            raise DataError(where, f"{len(names)} frames of {meta['crop_size']} px in a batch "
+                            f"of {num_frames} frames of {size} px ({where0})", field="crop_size")
+        scratch = shards.stored_frames(sample, where, meta, names, scratch)
+        params = augmenter.params_for(sample["__key__"]) if augmenter else AugmentParams()
+        augment_frames(scratch, params, shards.context_margin(meta), frames_np[b])
+        arrays = {name: shards.as_float32(array).numpy() for name, array in
+                  shards.clip_targets(sample, where, num_frames).items() if name in TARGET_SPECS}
+        if augmenter is not None:
+            arrays = augment_targets(arrays, params, augmenter.perms, size, size)
+        for name, array in arrays.items():
+            array = torch.from_numpy(np.ascontiguousarray(array))
+            if name not in targets:
+                targets[name] = _batch_tensor((len(samples), *array.shape), array.dtype)
+            targets[name][b] = array
+        keys.append(sample["__key__"])
+        metas.append(meta)
+    return {"key": keys, "frames": frames.permute(0, 1, 4, 2, 3), "targets": targets,
+            "meta": metas}
 
 
 def _build_batches(index: ShardIndex, batches: Sequence[Sequence[Clip]],
-                   transform: Callable | None) -> Iterator[dict[str, Any]]:
-    clips = [c for b in batches for c in b]
-    samples = read_clips(index, clips)
+                   augmenter: ClipAugmenter | None) -> Iterator[dict[str, Any]]:
+    samples = read_clips(index, [c for b in batches for c in b])
     for batch in batches:
-        decoded = []
-        for _ in batch:
-            # The transform (ClipAugmenter) cuts each crop out of its context.
-            clip = decode_for_training(next(samples), context=transform is not None)
-            decoded.append(transform(clip) if transform is not None else clip)
-        yield collate_clips(decoded)
+        yield assemble_batch([next(samples) for _ in batch], augmenter)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
     """Endless augmented training batches of one rank, from (start_epoch, start_batch) on.
 
-    Each item: collate_clips output (key, frames (B,S,3,H,W) uint8, targets, meta) plus
-    `epoch` and `batch` (index inside the epoch), so the consumer knows its data position.
+    Each item: an `assemble_batch` batch (key, frames (B,S,3,H,W) uint8 in a channels-last
+    layout, targets, meta) plus `epoch` and `batch` (index inside the epoch), so the consumer
+    knows its data position.
     """
 
     def __init__(self, index: ShardIndex, *, seed: int, batch_size: int, rank: int,
@@ -207,8 +235,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             numbers = [b for b in range(first, len(plan)) if (served + b - first) % num_workers
                        == worker]
             served += len(plan) - first
-            transform = ClipAugmenter(self.augment, self.perms, self.seed, epoch)
-            built = _build_batches(self.index, [plan[b] for b in numbers], transform)
+            augmenter = ClipAugmenter(self.augment, self.perms, self.seed, epoch)
+            built = _build_batches(self.index, [plan[b] for b in numbers], augmenter)
             for b, batch in zip(numbers, built):
                 yield {**batch, "epoch": epoch, "batch": b}
 

@@ -1,0 +1,88 @@
+"""The training loader's batches: built in place from the shards, they hold what decoding each
+clip on its own gives (frames, augmentation, targets); the uint8 frames normalised on the
+device equal the float frames of the per-clip path; the shard reader reads what webdataset
+reads and names a truncated shard."""
+
+import pytest
+import torch
+import webdataset as wds
+
+from stdformer.data import shards
+from stdformer.data.preprocess import PreprocessConfig, preprocess
+from stdformer.io import DataError
+from stdformer.train.assets import load_body_assets
+from stdformer.train.augment import ClipAugmenter
+from stdformer.train.config import AugmentConfig
+from stdformer.train.data import assemble_batch, index_shards
+from stdformer.train.steps import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def shard_dir(synth_root, synth_body_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("loader") / "shards"
+    preprocess(synth_root, synth_body_dir, out, PreprocessConfig(
+        crop_size=CROP, samples_per_shard=3, workers=1, stride={"test": 4}), progress=False)
+    return out
+
+
+def _samples(shard_dir, count=5):
+    urls = index_shards(shard_dir, "train").shards
+    return list(wds.WebDataset(list(urls), shardshuffle=False))[:count]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_batch_holds_what_decoding_each_clip_gives(shard_dir, synth_body_dir, augment):
+    samples = _samples(shard_dir)
+    perms = load_body_assets(synth_body_dir).perms
+    cfg = AugmentConfig(enabled=augment, flip_prob=0.5, color_noise=0.3, reverse_prob=0.5,
+                        rotation_zero_prob=0.2)
+    augmenter = ClipAugmenter(cfg, perms, seed=5, epoch=1)
+    if augment:  # the draws cover flips, turns and reversals
+        drawn = [augmenter.params_for(s["__key__"]) for s in samples]
+        assert any(p.flip for p in drawn) and any(p.rotation_deg for p in drawn)
+    batch = assemble_batch(samples, augmenter)
+    clips = [augmenter(shards.decode_clip(s, frames_dtype="uint8", context=True))
+             for s in samples]
+    expected = shards.collate_clips(clips)
+    assert batch["key"] == expected["key"]
+    assert batch["frames"].shape == (len(samples), 8, 3, CROP, CROP)
+    assert batch["frames"].dtype == torch.uint8
+    assert torch.equal(batch["frames"], expected["frames"])
+    assert set(batch["targets"]) == set(shards.TARGET_SPECS)
+    for name, value in batch["targets"].items():
+        assert value.dtype == expected["targets"][name].dtype, name
+        assert torch.equal(value, expected["targets"][name]), name
+
+
+def test_uint8_batch_normalised_on_the_device_equals_the_float_path(shard_dir):
+    samples = _samples(shard_dir, 3)
+    batch = assemble_batch(samples)                          # centre crops, no augmenter
+    floats = torch.stack([shards.decode_clip(s)["frames"] for s in samples])  # [0, 1]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+    torch.testing.assert_close(normalize_frames(batch["frames"]), (floats - mean) / std,
+                               rtol=0, atol=1e-6)
+
+
+def test_shard_reader_reads_what_webdataset_reads(shard_dir):
+    url = index_shards(shard_dir, "train").shards[0]
+    ours = list(shards.read_shard(url))
+    theirs = list(wds.WebDataset(url, shardshuffle=False))
+    assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
+    for a, b in zip(ours, theirs):
+        assert {k: v for k, v in a.items() if k != "__url__"} == \
+            {k: v for k, v in b.items() if not k.startswith("__")} | {"__key__": b["__key__"]}
+    only = list(shards.read_shard(url, select=lambda name: name.endswith(".json")))
+    assert [sorted(s) for s in only] == [["__key__", "__url__", "json"]] * len(ours)
+
+
+def test_truncated_shard_is_a_data_error_naming_it(shard_dir, tmp_path):
+    url = index_shards(shard_dir, "train").shards[0]
+    data = open(url, "rb").read()
+    for cut in (len(data) // 2, len(data) - 2048):   # inside a member; before the end marker
+        bad = tmp_path / f"cut{cut}.tar"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(DataError, match=rf"{bad}: not a readable tar shard \(truncated"):
+            list(shards.read_shard(str(bad)))
