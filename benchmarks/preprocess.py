@@ -7,7 +7,8 @@
 Cases (the synthetic sets are built once and cached under benchmarks/.cache/; the first run
 spends a few minutes there):
 
-* `3dpw`: 5 sequences at 3DPW's resolution (synthesize.width/height 1920x1080), 224 px crops.
+* `3dpw`: 6 sequences of 45 frames at 3DPW's resolution (synthesize.width/height 1920x1080),
+  224 px crops.
   Bound: decoding the same frames at full resolution (libjpeg-turbo, as preprocess decodes).
 * `default`: the default pipeline: params.yaml's synthesize section as it stands (320x240
   frames), 64 px crops. Bound: decode + area-resize + encode the same frames at the stored
@@ -55,9 +56,9 @@ def cases() -> dict[str, tuple[dict, int, str]]:
 
     default = yaml.safe_load(PARAMS.read_text())["synthesize"]
     return {
-        "3dpw": ({**default, "width": 1920, "height": 1080, "train_sequences": 3,
-                  "validation_sequences": 1, "test_sequences": 1, "min_frames": 30,
-                  "max_frames": 30}, 224, "decode"),
+        "3dpw": ({**default, "width": 1920, "height": 1080, "train_sequences": 4,
+                  "validation_sequences": 1, "test_sequences": 1, "min_frames": 45,
+                  "max_frames": 45}, 224, "decode"),
         "default": (default, 64, "decode+encode"),
     }
 

@@ -181,15 +181,17 @@ def assemble_batch(samples: Sequence[Mapping[str, Any]],
         scratch = shards.stored_frames(sample, where, meta, names, scratch)
         params = augmenter.params_for(sample["__key__"]) if augmenter else AugmentParams()
         augment_frames(scratch, params, shards.context_margin(meta), frames_np[b])
-        arrays = {name: shards.as_float32(array).numpy() for name, array in
+        arrays = {name: array for name, array in
                   shards.clip_targets(sample, where, num_frames).items() if name in TARGET_SPECS}
-        if augmenter is not None:
-            arrays = augment_targets(arrays, params, augmenter.perms, size, size)
+        if params != AugmentParams():  # moved, turned or reversed targets: float32 math
+            arrays = augment_targets({k: shards.as_float32(v).numpy() for k, v in arrays.items()},
+                                     params, augmenter.perms, size, size)
         for name, array in arrays.items():
             array = torch.from_numpy(np.ascontiguousarray(array))
             if name not in targets:
-                targets[name] = _batch_tensor((len(samples), *array.shape), array.dtype)
-            targets[name][b] = array
+                dtype = torch.float32 if array.is_floating_point() else array.dtype
+                targets[name] = _batch_tensor((len(samples), *array.shape), dtype)
+            targets[name][b] = array  # float16 -> float32 here, in the copy
         keys.append(sample["__key__"])
         metas.append(meta)
     return {"key": keys, "frames": frames.permute(0, 1, 4, 2, 3), "targets": targets,
