@@ -37,6 +37,7 @@ from stdformer.train.data import TrainStream, index_shards, make_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import CACHE, cached_dataset, cases  # noqa: E402
+from train import loader_throughput  # noqa: E402
 
 CROP = 224
 
@@ -86,15 +87,6 @@ def bound_rate(clips: list[list[bytes]], workers: int, seconds: float) -> float:
         return sum(pool.map(_decode_rate, shares))
 
 
-def loader_rate(stream: TrainStream, workers: int, batches: int) -> float:
-    """clips/s of the training loader, after its first batch (worker start-up)."""
-    it = iter(make_loader(stream, workers, seed=0))
-    next(it)
-    start = time.perf_counter()
-    clips = sum(len(next(it)["key"]) for _ in range(batches))
-    return clips / (time.perf_counter() - start)
-
-
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +112,7 @@ def main(argv=None) -> list[dict]:
                              perms=perms)
         rates, bounds = [], []
         for _ in range(args.rounds):
-            rates.append(loader_rate(stream, workers, args.batches))
+            rates.append(loader_throughput(stream, workers, args.batches))
             seconds = args.batches * args.batch_size / rates[-1] / workers
             bounds.append(bound_rate(clips, workers, seconds))
         ratios = [r / b for r, b in zip(rates, bounds)]

@@ -96,7 +96,8 @@ class PosingArrays:
     def of(cls, body) -> PosingArrays:
         smpl = body.smpl
         h36m = body.J_regressor_h36m.double().numpy()
-        return cls(body_model_id=body.body_model_id, v_template=smpl.v_template.numpy().astype(np.float32),
+        return cls(body_model_id=body.body_model_id,
+                   v_template=smpl.v_template.numpy().astype(np.float32),
                    shapedirs=smpl.shapedirs[:, :, :body.num_betas].numpy().astype(np.float32),
                    pose_basis=_matrix(smpl.posedirs.t().numpy()),
                    J_regressor=_matrix(smpl.J_regressor.numpy()),
