@@ -1,7 +1,7 @@
 """Training loader throughput against pure JPEG decoding of the same members, in one run.
 
     python benchmarks/loader.py                        # 224 px crops, 8-frame clips, 1 and 2 workers
-    python benchmarks/loader.py --shards data/shards --workers 1 2 4 --rounds 5
+    python benchmarks/loader.py --shards data/shards --body data/body --workers 1 2 4
 
 Shards: the `default` set of benchmarks/preprocess.py (params.yaml's synthesize section)
 preprocessed at 224 px crops (280 px stored with context; ~520 train clips), cached under
@@ -42,17 +42,17 @@ from train import loader_throughput  # noqa: E402
 CROP = 224
 
 
-def cached_shards() -> Path:
-    """The `default` benchmark set preprocessed at 224 px crops (once)."""
+def cached_shards() -> tuple[Path, Path]:
+    """The `default` benchmark set preprocessed at 224 px crops (once), and its body."""
     from stdformer.data.preprocess import PreprocessConfig, preprocess
 
     root, body_dir = cached_dataset(cases()["default"][0])
-    out = CACHE / f"shards-{CROP}-{root.parent.name}"
+    out = CACHE / f"shards-{CROP}-{root.name}-{body_dir.name}"
     if not (out / "manifest.parquet").is_file():
         print(f"preprocessing {root} at {CROP} px into {out} (once)...", file=sys.stderr)
         preprocess(root, body_dir, out, PreprocessConfig(crop_size=CROP, workers=1,
                                                          samples_per_shard=16), progress=False)
-    return out
+    return out, body_dir
 
 
 def jpeg_members(shards: list[str]) -> list[list[bytes]]:
@@ -91,6 +91,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", help="a preprocess output (default: the cached set)")
+    parser.add_argument("--body", default="data/body", help="its body directory (with --shards)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per round")
@@ -101,10 +102,10 @@ def main(argv=None) -> list[dict]:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    shards = Path(args.shards) if args.shards else cached_shards()
+    shards, body_dir = (Path(args.shards), Path(args.body)) if args.shards else cached_shards()
     index = index_shards(shards, "train")
     clips = jpeg_members(list(index.shards))
-    perms = load_body_assets(_body_dir(shards)).perms
+    perms = load_body_assets(body_dir).perms
     results = []
     for workers in args.workers:
         stream = TrainStream(index, seed=0, batch_size=args.batch_size, rank=0, world_size=1,
@@ -130,12 +131,6 @@ def main(argv=None) -> list[dict]:
               f"{', '.join(f'{x:.2f}' for x in r['ratio'])}")
     print(json.dumps(results))
     return results
-
-
-def _body_dir(shards: Path) -> Path:
-    """The body the shards were made with: the cached set's, else data/body."""
-    cached = shards.parent / shards.name.replace(f"shards-{CROP}-", "") / "body"
-    return cached if cached.is_dir() else Path("data/body")
 
 
 if __name__ == "__main__":

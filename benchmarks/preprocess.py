@@ -65,17 +65,21 @@ def cases() -> dict[str, tuple[dict, int, str]]:
 
 def cached_dataset(overrides: dict, resolution: int = 6890) -> tuple[Path, Path]:
     """A procedural body and a synthetic 3DPW for `overrides` of SynthesizeConfig, built once
-    under benchmarks/.cache/<digest of the config>/ (each written atomically)."""
+    under benchmarks/.cache/: the body keyed by the body code, the data set by its config and
+    the body's id (each written atomically)."""
     from stdformer.body import BodyModel, write_body_dir
     from stdformer.data.synthetic import synthesize
 
-    cfg = SynthesizeConfig(**overrides)
-    tag = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), resolution],
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    work = CACHE / f"synth-{cfg.width}x{cfg.height}-{tag}"
-    body_dir, root = work / "body", work / "raw"
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(
+        (Path(__file__).resolve().parents[1] / "stdformer" / "body").glob("*.py"))))
+    body_dir = CACHE / f"body-{resolution}-{code.hexdigest()[:12]}"
     if not (body_dir / "meta.json").is_file():
         write_body_dir(body_dir, source="procedural", seed=0, resolution=resolution)
+    cfg = SynthesizeConfig(**overrides)
+    body_id = json.loads((body_dir / "meta.json").read_text())["body_model_id"]
+    tag = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), body_id],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    root = CACHE / f"synth-{cfg.width}x{cfg.height}-{tag}"
     if not (root / "sequenceFiles").is_dir():
         print(f"building {root} (once)...", file=sys.stderr)
         synthesize(root, BodyModel.from_dir(body_dir), cfg, progress=False)
@@ -101,23 +105,30 @@ def run_case(name: str, root: Path, body_dir: Path, crop_size: int, bound: str, 
     cfg = PreprocessConfig(crop_size=crop_size, workers=1)
     paths = [p for split in cfg.splits for track in iter_tracks(root, split)
              for p in track.image_paths]
-    rates, bounds, ratios = [], [], []
+    rates, bounds, ratios, steady = [], [], [], []
     for i in range(rounds):
-        preprocess_module._BODIES.clear()  # every round loads the body model, as a run does
+        # The body model is loaded first, on its own clock, then preprocess finds it loaded:
+        # the sum is a whole run, the remainder what a long run (real 3DPW) is made of.
+        preprocess_module._BODIES.clear()
+        wall, cpu = time.perf_counter(), time.process_time()
+        preprocess_module._body(str(body_dir.resolve()))
+        load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
         wall, cpu = time.perf_counter(), time.process_time()
         report = preprocess(root, body_dir, workdir / f"{name}-{i}", cfg, progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         assert report["totals"]["frames"] == len(paths)
         bound_wall, bound_cpu = bound_seconds(paths, bound, cfg.context_size, cfg.jpeg_quality)
-        rates.append(len(paths) / wall)
+        rates.append(len(paths) / (load_wall + wall))
         bounds.append(len(paths) / bound_wall)
-        ratios.append(bound_cpu / cpu)
+        ratios.append(bound_cpu / (load_cpu + cpu))
+        steady.append(bound_cpu / cpu)
     return {"case": name, "frame_size": list(decode_jpeg(paths[0].read_bytes()).shape[1::-1]),
             "crop_size": crop_size, "frames": len(paths), "images": len(set(paths)),
             "bound": bound, "preprocess_frames_per_s": [round(r, 1) for r in rates],
             "bound_frames_per_s": [round(b, 1) for b in bounds],
             "ratio_cpu": [round(r, 3) for r in ratios],
             "ratio_cpu_median": round(statistics.median(ratios), 3),
+            "ratio_cpu_body_loaded_median": round(statistics.median(steady), 3),
             "ratio_wall_median": round(statistics.median(r / b for r, b in zip(rates, bounds)),
                                        3)}
 
@@ -150,14 +161,15 @@ def main(argv=None) -> list[dict]:
             results.append(run_case(name, root, body_dir, crop_size, bound, args.rounds,
                                     Path(scratch)))
     print(f"{'case':8} {'frames':>5} {'size':>9} {'crop':>4} {'preprocess f/s':>14} "
-          f"{'bound f/s':>9} {'ratio':>5}  bound; CPU-time ratio per round; wall ratio")
+          f"{'bound f/s':>9} {'ratio':>5}  bound; CPU ratio per round; wall ratio; ratio with "
+          "the body model loaded")
     for r in results:
         size = "x".join(map(str, r["frame_size"]))
         print(f"{r['case']:8} {r['frames']:>5} {size:>9} {r['crop_size']:>4} "
               f"{statistics.median(r['preprocess_frames_per_s']):>14.1f} "
               f"{statistics.median(r['bound_frames_per_s']):>9.1f} {r['ratio_cpu_median']:>5.2f}"
               f"  {r['bound']}; {', '.join(f'{x:.2f}' for x in r['ratio_cpu'])}; "
-              f"{r['ratio_wall_median']:.2f}")
+              f"{r['ratio_wall_median']:.2f}; {r['ratio_cpu_body_loaded_median']:.2f}")
     print(json.dumps(results))
     return results
 

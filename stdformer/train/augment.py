@@ -177,8 +177,12 @@ def augment_frames(images: np.ndarray, params: AugmentParams, margin: int,
             cv2.warpAffine(image, affine, (width, height), dst=out[dst], flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if params.color != (1.0, 1.0, 1.0):
-        gain = np.asarray(params.color, dtype=np.float32)
-        out[...] = np.clip(out * gain + 0.5, 0, 255).astype(np.uint8)
+        # round(value x gain) per channel, clipped: a 256-entry table per channel, one pass.
+        levels = np.arange(256, dtype=np.float32)[:, None]
+        table = np.clip(levels * np.asarray(params.color, np.float32) + 0.5, 0, 255)
+        table = table.astype(np.uint8)[:, None, :]                     # (256, 1, 3)
+        frames = out.reshape(-1, out.shape[-2], 3)                     # (S * H, W, 3)
+        cv2.LUT(frames, table, dst=frames)
     return out
 
 
