@@ -54,7 +54,7 @@ def _single_thread():
 # Posing one track (fixed betas) straight into the camera frame
 
 SPARSE_BELOW = 0.25  # density under which a posing matrix is multiplied as scipy CSR
-CHUNK = 16  # frames per skinning pass: (V, 12 x CHUNK) float32 stays in cache
+CHUNK = 16  # frames per skinning pass: (V, 12 x CHUNK) float32 stays in the last-level cache
 
 
 def _matrix(m: np.ndarray):
@@ -144,8 +144,9 @@ def pose_track(arrays: PosingArrays, poses: np.ndarray, betas: np.ndarray, trans
     multiplied sparse.
     """
     n, num_vertices = len(poses), len(arrays.v_template)
-    v_shaped = arrays.v_template + (arrays.shapedirs.reshape(-1, len(betas))
-                                    @ np.asarray(betas, np.float32)).reshape(-1, 3)   # (V, 3)
+    num_betas = arrays.shapedirs.shape[-1]  # the body's (<= 10)
+    v_shaped = arrays.v_template + (arrays.shapedirs.reshape(-1, num_betas)
+                                    @ np.asarray(betas[:num_betas], np.float32)).reshape(-1, 3)
     rest_joints = _matmul(arrays.J_regressor, v_shaped).astype(np.float64)           # (24, 3)
     rot, joints, skinning = joint_transforms(poses, rest_joints, arrays.parents)
     # World placement then camera: one (4, 4) per frame applied to the 24 joint transforms.
