@@ -30,10 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
+from stdformer.numerics import pin_environment
 
-from stdformer.config import from_dict, read_params, section_config
+pin_environment()  # as stages/train.py: before torch runs anything, so runs equal the pipeline's
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from stdformer.config import from_dict, read_params, section_config  # noqa: E402
 from stdformer.evaluation import EvaluateConfig, constant_predictor, evaluate_predictors, \
     model_predictor
 from stdformer.evaluation.run import mean_pose_vertices

@@ -13,11 +13,11 @@ params; the version and the registered model get a description.
 """
 
 import argparse
-import os
 from pathlib import Path
 
 from stdformer.config import read_params, section_config
 from stdformer.io import run_guarded
+from stdformer.progress import mlflow_bars_on_terminal_only
 from stdformer.registry import RegisterConfig, RegisterPaths, register
 from stdformer.train.tracking import default_tracking_uri
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/shards")
     parser.add_argument("--out", default="metrics/registry.json")
     args = parser.parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # quiet stage logs
+    mlflow_bars_on_terminal_only()
 
     params = read_params(args.params)
     cfg = section_config(params, "register", RegisterConfig, args.params, required=False)

@@ -15,6 +15,7 @@ one endless line of carriage returns. There the same calls print a plain line ev
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,13 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
                     disable=disable, dynamic_ncols=True, mininterval=0.5)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
                        stream=stream, interval_s=interval_s, clock=clock)
+
+
+def mlflow_bars_on_terminal_only() -> None:
+    """MLflow draws its own artifact transfer bars: off when stderr is not a terminal (a log),
+    where each would be one long line of carriage returns."""
+    if not _isatty(sys.stderr):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _isatty(stream: TextIO) -> bool:

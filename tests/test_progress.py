@@ -71,3 +71,15 @@ def test_synthesize_under_a_pipeline_prints_lines_not_a_bar(synth_body, synth_cf
     assert lines and len(lines) <= 2 + report["seconds"] / 10
     assert re.fullmatch(rf"synthesize: done, {report['frames']} frames in [\d.]+ s "
                         r"\([\d.]+ frames/s\)", lines[-1]), lines[-1]
+
+
+def test_mlflow_artifact_bars_are_off_in_a_log(monkeypatch):
+    """The demo stage's model download printed 91 carriage-return updates into the DVC log."""
+    import os
+
+    from stdformer.progress import mlflow_bars_on_terminal_only
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())   # not a terminal
+    mlflow_bars_on_terminal_only()
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stdformer.io import DataError
+from stdformer.progress import mlflow_bars_on_terminal_only
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -45,6 +46,7 @@ def _registered_files(uri: str, tracking_uri: str) -> Iterator[tuple[Path, Path]
 
     from stdformer.registry.store import fluent_tracking_uri
 
+    mlflow_bars_on_terminal_only()
     with tempfile.TemporaryDirectory(prefix="stdformer-model-") as tmp:
         try:
             with fluent_tracking_uri(tracking_uri):
