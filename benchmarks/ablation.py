@@ -14,8 +14,9 @@ diagnostics (median yaw error, spread ratios). `--set` applies dotted overrides 
 params.yaml (e.g. to try a schedule before committing to it); the data (shards) stay as they
 are. The effect of SD/TD is stdformer - per_frame per seed (negative = SD/TD lowers the error),
 summarised over seeds. `--trained DIR` scores DIR/<variant>.pt (e.g. `models/`, what `dvc repro`
-trained with train.seed) as the run of the one seed given instead of training again. Also prints the training CPU time per step (process time of this process;
-use --set train.num_workers=0 to keep data loading in it).
+trained with train.seed) as the run of the one seed given instead of training again. Also prints
+the training CPU time per step (process time of this process; use --set train.num_workers=0 to
+keep data loading in it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 
 from stdformer.numerics import pin_environment
 
-pin_environment()  # as stages/train.py: before torch runs anything, so runs equal the pipeline's
+pin_environment()  # as every stage (stages/__init__.py), before numpy and torch load: runs equal
+                   # the pipeline's
 
 import torch  # noqa: E402
 import yaml  # noqa: E402

@@ -34,9 +34,12 @@ def project_env() -> dict:
     return env
 
 
-def copy_project(dest: str | Path, overrides: dict | None = None) -> Path:
+def copy_project(dest: str | Path, overrides: dict | None = None, with_lock: bool = False
+                 ) -> Path:
     """Copy the pipeline (dvc.yaml, stages/, stdformer/, flows/) into a fresh git + DVC repo at
-    `dest` with `overrides` deep-merged over params.yaml; returns dest."""
+    `dest` with `overrides` deep-merged over params.yaml; returns dest. `with_lock`: also the
+    checkout's dvc.lock, and params.yaml byte for byte (no overrides), so DVC in the copy
+    compares the committed lock with the code and params."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -46,8 +49,14 @@ def copy_project(dest: str | Path, overrides: dict | None = None) -> Path:
         shutil.copy(REPO / name, dest / name)
     (dest / "data").mkdir(exist_ok=True)
     shutil.copy(REPO / "data" / ".gitignore", dest / "data" / ".gitignore")
-    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if with_lock:
+        if overrides:
+            raise ValueError("with_lock copies params.yaml as it is: no overrides")
+        for name in ("params.yaml", "dvc.lock"):
+            shutil.copy(REPO / name, dest / name)
+    else:
+        params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env()
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"],

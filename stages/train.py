@@ -12,15 +12,12 @@ MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
 import argparse
 from pathlib import Path
 
-from stdformer.numerics import pin_environment
-
-pin_environment()  # before torch runs anything: ATen and oneDNN read their ISA settings once
-
-from stdformer.config import read_params, section_config  # noqa: E402
-from stdformer.io import DataError, run_guarded  # noqa: E402
-from stdformer.losses import LossConfig  # noqa: E402
+# The numeric environment is pinned by `stages/__init__.py`, before torch runs anything.
+from stdformer.config import read_params, section_config
+from stdformer.io import DataError, run_guarded
+from stdformer.losses import LossConfig
 from stdformer.train import (TrainConfig, TrainPaths, Tracking, default_tracking_uri,
-                             model_config_from_section, train)  # noqa: E402
+                             model_config_from_section, train)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The numeric environment of training, fixed so the same params give the same weights, bit for
-bit, on any x86-64 CPU whatever its core count or instruction set.
+"""The numeric environment of the stages, fixed so the same params give the same bytes (the body
+model, the synthetic set, the weights, the evaluation), bit for bit, on any x86-64 CPU with AVX2,
+whatever its core count or instruction set.
 
 What changes float results on a CPU, and what pins it (measured with torch 2.13, see
 tests/test_numerics.py):
@@ -12,19 +13,40 @@ tests/test_numerics.py):
 * MKL's BLAS/LAPACK (matmul, SVD): conditional numerical reproducibility, MKL_CBWR=COMPATIBLE
   (the one branch MKL documents as giving the same results on Intel and non-Intel CPUs), with
   dynamic thread adjustment off;
+* numpy's own SIMD kernels (its AVX-512 paths change float64 results in the last bit, measured on
+  the body model): NPY_DISABLE_CPU_FEATURES lists the AVX-512 targets;
+* OpenBLAS, numpy's BLAS (its SkylakeX kernels differ from its Haswell ones):
+  OPENBLAS_CORETYPE=Haswell, the AVX2 kernels;
 * non-deterministic algorithms: `torch.use_deterministic_algorithms(True)` on CPU.
 
-ATen and oneDNN read their variables once, when torch runs its first operation, so
-`pin_environment()` must run before that (`stages/train.py` calls it before importing the
-library; DataLoader workers inherit the environment). `apply()` then sets the thread count and
-reports what is in effect, including whether the pin came too late in this process.
+numpy and OpenBLAS read their variables when numpy is imported, ATen and oneDNN when torch runs
+its first operation, so `pin_environment()` must run before both (`stages/__init__.py` calls it
+for every stage, before the library is imported; DataLoader workers inherit the environment).
+`apply()` then sets the thread count and reports what is in effect, including whether the pin
+came too late in this process.
 This module does not import torch at import time.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
+
+def _numpy_avx512_targets() -> str:
+    """numpy's names for its AVX-512 dispatch targets (renamed in 2.4), read without importing
+    numpy: a name numpy does not know would only earn an ImportWarning."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("numpy").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        major, minor = 2, 4
+    if (major, minor) >= (2, 4):
+        return "X86_V4 AVX512_ICL AVX512_SPR"
+    return "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL " \
+           "AVX512_SPR"
+
 
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -32,13 +54,17 @@ PINNED_ENV = {
     "MKL_CBWR": "COMPATIBLE",
     "MKL_DYNAMIC": "FALSE",
     "OMP_DYNAMIC": "FALSE",
+    "NPY_DISABLE_CPU_FEATURES": _numpy_avx512_targets(),
+    "OPENBLAS_CORETYPE": "Haswell",
 }
 
 
 def pin_environment(threads: int | None = None) -> None:
-    """Set the ISA variables (and the OpenMP/MKL thread counts when given). Call before torch
-    runs its first operation in this process; overrides whatever the caller's shell set."""
-    os.environ.update(PINNED_ENV)
+    """Set the ISA variables (and the OpenMP/MKL thread counts when given). Call before numpy is
+    imported and before torch runs its first operation in this process; overrides whatever the
+    caller's shell set. The instruction-set names are x86-64's: elsewhere only threads are set."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.update(PINNED_ENV)
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
@@ -65,7 +91,7 @@ def in_effect() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         **{name.lower(): os.environ.get(name) for name in
-           ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")},
+           ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "NPY_DISABLE_CPU_FEATURES", "OPENBLAS_CORETYPE")},
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "torch": str(torch.__version__),
     }

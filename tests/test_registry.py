@@ -259,7 +259,12 @@ def test_register_gate_serve_promote_rollback(project, tmp_path, monkeypatch):
     first = register(stage_inputs(project, 1, pa_mpjpe=55.0), cfg, PARAMS, uri, artifacts)
     assert (first["version"], first["decision"], first["aliases"]) == (1, "champion",
                                                                        ["champion"])
-    assert json.loads((project / "metrics" / "registry.json").read_text()) == first
+    record_bytes = (project / "metrics" / "registry.json").read_bytes()
+    assert json.loads(record_bytes) == first
+    # registry.json is a DVC output: a fresh store must write the same bytes (no run id, no time)
+    again = register(stage_inputs(project, 1, pa_mpjpe=55.0), cfg, PARAMS,
+                     f"sqlite:///{tmp_path / 'fresh.db'}", tmp_path / "fresh-artifacts")
+    assert (project / "metrics" / "registry.json").read_bytes() == record_bytes, again
     # v2: better primary but MPVPE regressed beyond tolerance -> challenger
     second = register(stage_inputs(project, 2, pa_mpjpe=54.0, mpvpe=112.0), cfg, PARAMS, uri,
                       artifacts)

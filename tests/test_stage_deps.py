@@ -34,7 +34,7 @@ def declared_deps(name: str) -> list[str]:
 def project_closure(module: str) -> set[str]:
     """Project files (relative paths) that `python -m module` may import."""
     finder = modulefinder.ModuleFinder(path=[str(REPO)])  # the project only: fast, no torch
-    finder.run_script(str(REPO / (module.replace(".", "/") + ".py")))
+    finder.import_hook(module)   # as `python -m`: the package's __init__ first, then the module
     files = set()
     for found in finder.modules.values():
         path = Path(found.__file__ or "")

@@ -82,11 +82,12 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
                                           crop_size, model_md5, lineage), version)
 
     aliases = registry.aliases()
+    # No run id or time: the record is a DVC output, and a fresh clone must write the bytes the
+    # committed dvc.lock holds. The run is the version's (`MlflowClient.get_model_version`).
     record = {
         "model_name": cfg.model_name,
         "version": int(version),
         "model_uri": f"models:/{cfg.model_name}/{version}",
-        "run_id": run_id,
         "decision": decision.alias,
         "promoted": decision.promote,
         "reason": decision.reason,

@@ -225,7 +225,7 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
     if d.device.type == "cpu" and numerics.pinned_too_late(effect):
         _say(d, "warning: torch ran before the numeric environment was pinned (ATen uses "
                 f"{effect['aten_cpu_capability']}): the weights may differ on other CPUs; call "
-                "stdformer.numerics.pin_environment() first, as stages/train.py does")
+                "stdformer.numerics.pin_environment() first, as stages/__init__.py does")
     return s
 
 

@@ -1,0 +1,89 @@
+"""The committed dvc.lock is the proof of reproducibility: it must be what the code and params
+produce. Two checks on a copy of the project with the committed dvc.lock (slow: the second runs
+the data stages, about 2 minutes on 2 cores):
+
+* every stage's recorded code and params are the current ones (`dvc status`): a change that
+  moves outputs without a new dvc.lock fails here;
+* `body`, `synthesize` and `preprocess` rerun from scratch give the committed output hashes, on
+  whatever machine runs the suite.
+
+The training stages take minutes each; `make lock-check` reruns the whole pipeline in a fresh
+clone and compares all of dvc.lock (README, "Reproducibility").
+"""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_project, project_env
+
+pytestmark = pytest.mark.slow
+
+DATA_STAGES = ("body", "synthesize", "preprocess")
+
+
+def dvc(project, *args) -> str:
+    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("lock") / "repo", with_lock=True)
+
+
+def stale_entries(status: dict, produced: set[str]) -> dict:
+    """What `dvc status --json` reports beyond outputs that are simply not there yet: changed
+    code or params, a changed command, a stage missing from the lock."""
+    stale = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            if isinstance(entry, str):                       # "changed command", ...
+                stale.setdefault(stage, {})[entry] = True
+                continue
+            for path, state in (entry.get("changed deps") or {}).items():
+                absent_output = state == "deleted" and any(
+                    path == out or path.startswith(out + "/") for out in produced)
+                if not absent_output:
+                    stale.setdefault(stage, {})[path] = state
+    return stale
+
+
+def test_committed_lock_records_the_current_code_and_params(committed):
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    produced = {out["path"] for stage in lock.values() for out in stage.get("outs", [])}
+    status = json.loads(dvc(committed, "status", "--json") or "{}")
+    stale = stale_entries(status, produced)
+    assert not stale, ("dvc.lock does not match the code and params (run `dvc repro` and "
+                       f"commit dvc.lock): {stale}")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    names = {f"{n}@{k}" for n, s in stages.items() if "foreach" in s
+             for k in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]}
+    names |= {n for n, s in stages.items() if "foreach" not in s}
+    assert names == set(lock), "dvc.lock and dvc.yaml name different stages"
+
+
+def test_data_stages_reproduce_the_committed_hashes(committed):
+    want = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    dvc(committed, "repro", "preprocess")
+    got = yaml.safe_load((committed / "dvc.lock").read_text())["stages"]
+    for stage in DATA_STAGES:
+        assert got[stage]["outs"] == want[stage]["outs"], (
+            f"{stage}: rerun from scratch, its outputs differ from dvc.lock's")
+
+
+def test_the_status_check_sees_a_stale_lock():
+    """A changed code dependency or param is reported; a missing upstream output is not."""
+    status = {"train@stdformer": [{"changed deps": {"data/shards": "deleted",
+                                                    "stdformer/model": "modified",
+                                                    "params.yaml": {"train.steps": "modified"}}},
+                                  {"changed outs": {"models/stdformer.pt": "not in cache"}}],
+              "demo": ["changed command"]}
+    stale = stale_entries(status, produced={"data/shards", "models/stdformer.pt"})
+    assert stale == {"train@stdformer": {"stdformer/model": "modified",
+                                         "params.yaml": {"train.steps": "modified"}},
+                     "demo": {"changed command": True}}
