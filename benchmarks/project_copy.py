@@ -34,6 +34,14 @@ def project_env() -> dict:
     return env
 
 
+def dvc(project: str | Path, *args: str, timeout: float | None = None) -> str:
+    """Run `dvc ARGS` in `project` (project_env); its stdout, or AssertionError with the output."""
+    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def copy_project(dest: str | Path, overrides: dict | None = None, with_lock: bool = False
                  ) -> Path:
     """Copy the pipeline (dvc.yaml, stages/, stdformer/, flows/) into a fresh git + DVC repo at

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, project_env
+from conftest import REPO, dvc, project_env
 from stdformer.evaluation import report
 from stdformer.train.tracking import curve_csv
 
@@ -60,13 +60,6 @@ def project(tmp_path_factory):
     (root / "plots" / "eval").mkdir(parents=True)
     (root / "plots" / "eval" / "yaw_error.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return root
-
-
-def dvc(project, *args) -> str:
-    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_metrics_show_is_one_row_per_model_that_fits_a_terminal(project):

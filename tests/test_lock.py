@@ -12,23 +12,15 @@ clone and compares all of dvc.lock (README, "Reproducibility").
 """
 
 import json
-import subprocess
 
 import pytest
 import yaml
 
-from conftest import REPO, copy_project, project_env
+from conftest import REPO, copy_project, dvc
 
 pytestmark = pytest.mark.slow
 
 DATA_STAGES = ("body", "synthesize", "preprocess")
-
-
-def dvc(project, *args) -> str:
-    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,14 @@
 """The DVC pipeline as users run it: `dvc repro` end to end, cached reruns, targeted reruns."""
 
 import json
-import subprocess
 
 import pytest
 import webdataset as wds
 import yaml
 
-from conftest import project_env
+from conftest import dvc
 
 pytestmark = pytest.mark.slow
-
-
-def dvc(project, *args) -> str:
-    done = subprocess.run(["dvc", *args], cwd=project, env=project_env(), capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
