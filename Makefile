@@ -10,17 +10,26 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench lock-check clean-venv
+.PHONY: setup repro test bench lock-check constraints clean-venv
 
 setup: $(VENV)/.installed
 
-# torch goes first and pinned: anything that admits a newer release pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# torch goes first and pinned: anything that admits a newer release pulls a CUDA build. The rest
+# is installed at the versions in constraints.txt: other numpy, OpenBLAS, OpenCV or matplotlib
+# builds write other bytes, and dvc.lock records bytes.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,dask]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask]" -c constraints.txt
 	touch $@
+
+# After changing pyproject.toml's dependencies: install without the old constraints, then
+# record what was installed.
+constraints:
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask]"
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -vi '^torch=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 repro: setup
 	test -d .dvc || $(BIN)/dvc init --quiet

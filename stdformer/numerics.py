@@ -5,8 +5,9 @@ whatever its core count or instruction set.
 What changes float results on a CPU, and what pins it (measured with torch 2.13, see
 tests/test_numerics.py):
 
-* the intra-op thread count (how reductions such as a convolution's weight gradient are split):
-  `torch.set_num_threads(train.threads)`, not the machine's core count;
+* the intra-op thread count (how reductions such as a convolution's weight gradient or a matrix
+  product are split): `STAGE_THREADS` for every stage, `train.threads` for training, never the
+  machine's core count;
 * the instruction set of ATen's own kernels (AVX-512 vs AVX2 changes softmax, random number
   generation, ...): ATEN_CPU_CAPABILITY=avx2;
 * oneDNN's convolutions (AVX-512 vs AVX2 vs SSE4.1 kernels): ONEDNN_MAX_CPU_ISA=AVX2;
@@ -59,14 +60,19 @@ PINNED_ENV = {
 }
 
 
-def pin_environment(threads: int | None = None) -> None:
-    """Set the ISA variables (and the OpenMP/MKL thread counts when given). Call before numpy is
-    imported and before torch runs its first operation in this process; overrides whatever the
-    caller's shell set. The instruction-set names are x86-64's: elsewhere only threads are set."""
+# Intra-op threads of every stage (torch, MKL): the count changes float results (a matrix
+# product split over 1 or 2 threads rounds differently; measured on the synthetic set's joints),
+# so it is fixed, not taken from the machine. Training replaces it with `train.threads`.
+STAGE_THREADS = 2
+
+
+def pin_environment(threads: int = STAGE_THREADS) -> None:
+    """Set the ISA variables and the OpenMP/MKL thread counts. Call before numpy is imported and
+    before torch runs its first operation in this process; overrides whatever the caller's shell
+    set. The instruction-set names are x86-64's: elsewhere only the threads are set."""
     if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.update(PINNED_ENV)
-    if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def apply(threads: int, device_type: str = "cpu") -> dict[str, Any]:
