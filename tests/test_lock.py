@@ -39,7 +39,8 @@ def stale_entries(status: dict, produced: set[str]) -> dict:
                 continue
             for path, state in (entry.get("changed deps") or {}).items():
                 absent_output = state == "deleted" and any(
-                    path == out or path.startswith(out + "/") for out in produced)
+                    path == out or path.startswith(out + "/") or out.startswith(path + "/")
+                    for out in produced)
                 if not absent_output:
                     stale.setdefault(stage, {})[path] = state
     return stale
@@ -70,7 +71,8 @@ def test_data_stages_reproduce_the_committed_hashes(committed):
 
 def test_the_status_check_sees_a_stale_lock():
     """A changed code dependency or param is reported; a missing upstream output is not."""
-    status = {"train@stdformer": [{"changed deps": {"data/shards": "deleted",
+    status = {"evaluate": [{"changed deps": {"models": "deleted"}}],   # a folder of outputs
+              "train@stdformer": [{"changed deps": {"data/shards": "deleted",
                                                     "stdformer/model": "modified",
                                                     "params.yaml": {"train.steps": "modified"}}},
                                   {"changed outs": {"models/stdformer.pt": "not in cache"}}],
