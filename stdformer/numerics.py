@@ -34,6 +34,7 @@ import os
 import platform
 from typing import Any
 
+
 def _numpy_avx512_targets() -> str:
     """numpy's names for its AVX-512 dispatch targets (renamed in 2.4), read without importing
     numpy: a name numpy does not know would only earn an ImportWarning."""

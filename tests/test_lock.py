@@ -12,6 +12,7 @@ clone and compares all of dvc.lock (README, "Reproducibility").
 """
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -81,3 +82,18 @@ def test_the_status_check_sees_a_stale_lock():
     assert stale == {"train@stdformer": {"stdformer/model": "modified",
                                          "params.yaml": {"train.steps": "modified"}},
                      "demo": {"changed command": True}}
+
+
+def test_no_record_of_an_outside_effect_is_committed():
+    """A `persist: true` output (the registration record) stands for state outside the project
+    (the MLflow store). Committed, a fresh clone would find it up to date, skip `register`, and
+    `demo` would find no champion in the clone's empty store."""
+    persisted = set()
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        for out in (stage.get("do") or stage).get("outs", []):
+            if isinstance(out, dict) and any(o.get("persist") for o in out.values()):
+                persisted |= set(out)
+    assert "metrics/registry.json" in persisted
+    tracked = subprocess.run(["git", "ls-files", *sorted(persisted)], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert not tracked, f"committed, so a fresh clone skips the stage that writes them: {tracked}"

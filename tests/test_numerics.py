@@ -11,6 +11,16 @@ import yaml
 
 from conftest import REPO
 
+# Two "machines", as the variables numpy and OpenBLAS read when numpy is imported: this CPU's own
+# kernels, and an older CPU's (Sandy Bridge BLAS without FMA, numpy without its AVX2/AVX-512
+# paths). Both are safe to run on any x86-64 CPU with AVX2.
+MACHINES = {
+    "this_cpu": {},
+    "older_cpu": {"OPENBLAS_CORETYPE": "Sandybridge",
+                  "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX2 FMA3 "
+                                              "AVX512F AVX512_SKX"},
+}
+
 TINY_SYNTHESIS = {"seed": 0, "train_sequences": 1, "validation_sequences": 1,
                   "test_sequences": 8, "min_frames": 16, "max_frames": 24}
 
@@ -30,16 +40,6 @@ def run_stage(args: list[str], machine: dict[str, str], out) -> dict[str, bytes]
 def differing(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
     assert a.keys() == b.keys()
     return [name for name, data in a.items() if b[name] != data]
-
-# Two "machines", as the variables numpy and OpenBLAS read when numpy is imported: this CPU's own
-# kernels, and an older CPU's (Sandy Bridge BLAS without FMA, numpy without its AVX2/AVX-512
-# paths). Both are safe to run on any x86-64 CPU with AVX2.
-MACHINES = {
-    "this_cpu": {},
-    "older_cpu": {"OPENBLAS_CORETYPE": "Sandybridge",
-                  "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX2 FMA3 "
-                                              "AVX512F AVX512_SKX"},
-}
 
 
 def test_the_body_stage_writes_the_same_bytes_whatever_the_cpu_kernels(tmp_path):
