@@ -213,6 +213,7 @@ def error_over_time_png(rows: Mapping[str, np.ndarray], sequences: Sequence[str]
                     markersize=3)                       # markers: isolated frames stay visible
         ax.set_title(f"{seq} / actor {actor}", fontsize=9)
         ax.set_ylabel(f"{TITLES[metric]} ({UNITS[metric]})", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)   # frame numbers, never 2.5
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("frame")
     if tracks:
