@@ -261,13 +261,28 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], compress: bool = True) -> bytes:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
             info.compress_type = method
             info.external_attr = 0o644 << 16
-            member = io.BytesIO()
-            array = np.asarray(arrays[key])
-            # C order (ascontiguousarray would also turn a 0-d array into shape (1,))
-            np.lib.format.write_array(member, np.ascontiguousarray(array) if array.ndim else
-                                      array, allow_pickle=False)
-            zf.writestr(info, member.getvalue())
+            zf.writestr(info, npy_bytes(np.asarray(arrays[key])))
     return buf.getvalue()
+
+
+_NPY_HEADER_CACHE: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The .npy bytes `np.lib.format.write_array` writes for `array` in C order (no pickles),
+    with the header made by it once per (dtype, shape) and reused (building it is most of the
+    cost of a small array; shard targets repeat a dozen shapes)."""
+    # C order (ascontiguousarray would also turn a 0-d array into shape (1,))
+    array = np.ascontiguousarray(array) if array.ndim else array
+    if array.dtype.hasobject:  # write_array refuses it (allow_pickle=False), with its message
+        np.lib.format.write_array(io.BytesIO(), array, allow_pickle=False)
+    key = (array.dtype, array.shape)
+    header = _NPY_HEADER_CACHE.get(key)
+    if header is None:
+        member = io.BytesIO()
+        np.lib.format.write_array(member, np.empty_like(array), allow_pickle=False)
+        header = _NPY_HEADER_CACHE[key] = member.getvalue()[:member.tell() - array.nbytes]
+    return header + array.tobytes()
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}

@@ -206,6 +206,9 @@ def test_draw_statistics_follow_the_recipe():
     assert colours.min() >= 0.6 and colours.max() <= 1.4
     disabled = draw_params(AugmentConfig(enabled=False), clip_rng(0, 0, "x"))
     assert disabled.is_identity
+    # The loader's augmenter gives the same without drawing (no generator per clip).
+    assert ClipAugmenter(AugmentConfig(enabled=False), _perms(), seed=0, epoch=0).params_for(
+        "x") == disabled
 
 
 @pytest.mark.parametrize("bad", [{"flip_prob": 1.5}, {"scale_min": 1.1}, {"color_noise": -0.1}])

@@ -127,6 +127,32 @@ def test_npz_bytes_are_deterministic_and_loadable(tmp_path):
         load_npz(path, required=("betas",))
 
 
+@pytest.mark.parametrize("array", [
+    np.arange(24, dtype=np.float16).reshape(2, 4, 3), np.asfortranarray(np.ones((3, 5))),
+    np.arange(20.0).reshape(4, 5)[:, ::2], np.float32(2.5), np.array(7), np.zeros((0, 3)),
+    np.arange(3, dtype=">i4"), np.zeros(2, dtype=[("a", "<i4"), ("b", ">f8")]),
+    np.array(["ab", "c"])], ids=lambda a: f"{a.dtype}{np.shape(a)}")
+def test_npy_bytes_are_what_numpy_writes(array):
+    """The reused headers change nothing: each member is what np.lib.format.write_array
+    writes (C order), whatever the dtype, shape and memory layout, first call or later."""
+    import io
+
+    from stdformer.io import npy_bytes
+
+    expected = io.BytesIO()
+    np.lib.format.write_array(expected, np.ascontiguousarray(array) if np.ndim(array) else
+                              array, allow_pickle=False)
+    assert npy_bytes(np.asarray(array)) == expected.getvalue()
+    assert npy_bytes(np.asarray(array)) == expected.getvalue()
+
+
+def test_npy_bytes_refuse_object_arrays():
+    from stdformer.io import npy_bytes
+
+    with pytest.raises(ValueError, match="allow_pickle"):
+        npy_bytes(np.array([None, 1], dtype=object))
+
+
 @dataclass
 class _Inner:
     size: int = 4

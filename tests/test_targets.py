@@ -65,3 +65,23 @@ def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
     _, _, expected = _reference(synth_body, *track, h36m=h36m)
     np.testing.assert_allclose(targets.pose_track(arrays, *track)["joints_h36m"], expected,
                                atol=2e-5)
+
+
+
+@pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
+def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body, track, monkeypatch,
+                                                       sparse_below):
+    """The chunk sets how many frames a skinning pass takes. With sparse posing matrices (a
+    procedural body: scipy sums each output in a fixed order) every output is bit for bit the
+    same whatever the chunk; dense ones (real SMPL's pose correctives) go through BLAS, whose
+    kernels differ with the product's width, so there it is the same to float32 rounding."""
+    monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
+    arrays = targets.PosingArrays.of(synth_body)
+    whole = targets.pose_track(arrays, *track, chunk=len(track[0]))
+    for chunk in (1, 5, 8, targets.CHUNK):
+        out = targets.pose_track(arrays, *track, chunk=chunk)
+        for name, array in whole.items():
+            if sparse_below > 0:
+                assert out[name].tobytes() == array.tobytes(), (chunk, name)
+            else:
+                np.testing.assert_allclose(out[name], array, rtol=0, atol=2e-6)

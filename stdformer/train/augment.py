@@ -279,6 +279,8 @@ class ClipAugmenter:
         self.cfg, self.perms, self.seed, self.epoch = cfg, perms, seed, epoch
 
     def params_for(self, key: str) -> AugmentParams:
+        if not self.cfg.enabled:  # what draw_params returns then, without seeding a generator
+            return AugmentParams()
         return draw_params(self.cfg, clip_rng(self.seed, self.epoch, key))
 
     def __call__(self, clip: dict[str, Any]) -> dict[str, Any]:
