@@ -2,6 +2,7 @@
 
     python benchmarks/loader.py                        # 224 px crops, 8-frame clips, 1 and 2 workers
     python benchmarks/loader.py --shards data/shards --body data/body --workers 1 2 4
+    python benchmarks/loader.py --workers 0           # the loader in this process
 
 Shards: the `default` set of benchmarks/preprocess.py (params.yaml's synthesize section)
 preprocessed at 224 px crops (280 px stored with context; ~520 train clips), cached under
@@ -14,6 +15,8 @@ For W workers, a round measures
 * the bound: W processes that do nothing but decode the same clips' JPEG members (already in
   memory; libjpeg-turbo through simplejpeg, to RGB), their rates summed.
 Ratio = loader / bound, so it is per worker. Both run one OpenCV/torch thread per process.
+With 0 workers the loader builds its batches in this process (no shared-memory hand-over) and
+the bound is one process.
 """
 
 from __future__ import annotations
@@ -114,8 +117,9 @@ def main(argv=None) -> list[dict]:
         rates, bounds = [], []
         for _ in range(args.rounds):
             rates.append(loader_throughput(stream, workers, args.batches))
-            seconds = args.batches * args.batch_size / rates[-1] / workers
-            bounds.append(bound_rate(clips, workers, seconds))
+            processes = max(workers, 1)
+            seconds = args.batches * args.batch_size / rates[-1] / processes
+            bounds.append(bound_rate(clips, processes, seconds))
         ratios = [r / b for r, b in zip(rates, bounds)]
         results.append({"workers": workers, "crop_size": CROP, "clip_len": len(clips[0]),
                         "batch_size": args.batch_size, "augment": args.augment,
