@@ -67,7 +67,6 @@ def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
                                atol=2e-5)
 
 
-
 @pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
 def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body, track, monkeypatch,
                                                        sparse_below):
