@@ -2,18 +2,19 @@
 test split, print mean +- std of each metric and of the paired effect (variant - reference).
 
     python benchmarks/ablation.py [--params params.yaml] [--shards data/shards] [--body data/body]
-        [--variants stdformer per_frame] [--seeds 0 1 2] [--set train.steps=800 ...]
+        [--variants stdformer per_frame] [--seeds 0 1 2] [--set train.steps=1400 ...]
         [--out benchmarks/results/ablation.json] [--threads N]
     python benchmarks/ablation.py --combine run0.json run1.json ...   # seeds run in parallel
     python benchmarks/ablation.py --seeds 0 --trained models   # score the pipeline's models
 
 Each run is the `train` stage's training (params.yaml sections `train`, `model`, `loss`, the
-variant's `variants.NAME` overrides, `train.seed` = the seed) without MLflow, then the
+variant's model overrides, `train.seed` = the seed) without MLflow, then the
 `evaluate` stage's scoring of the test split (`evaluate.split`, merge mode) with the
 diagnostics (median yaw error, spread ratios). `--set` applies dotted overrides on top of
 params.yaml (e.g. to try a schedule before committing to it); the data (shards) stay as they
-are. The effect of SD/TD is stdformer - per_frame per seed (negative = SD/TD lowers the error),
-summarised over seeds. `--trained DIR` scores DIR/<variant>.pt (e.g. `models/`, what `dvc repro`
+are. The variants are params.yaml's `variants` plus `per_frame` (no SD/TD, FastMETRO-style;
+the CPU default's pipeline trains only stdformer). The effect of SD/TD is stdformer - per_frame
+per seed (negative = SD/TD lowers the error), summarised over seeds. `--trained DIR` scores DIR/<variant>.pt (e.g. `models/`, what `dvc repro`
 trained with train.seed) as the run of the one seed given instead of training again. Also prints
 the training CPU time per step (process time of this process; use --set train.num_workers=0 to
 keep data loading in it).
@@ -49,6 +50,14 @@ from stdformer.train.assets import load_body_assets
 
 REPORTED = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median", "width_ratio")
 REFERENCE = "per_frame"
+REFERENCE_OVERRIDES = {"sd": False, "td": False}   # the ablation baseline: no SD/TD
+
+
+def variant_overrides(params: dict) -> dict[str, dict]:
+    """{variant: model overrides}: params.yaml's `variants` and the reference (unless listed)."""
+    return {**(params.get("variants") or {"stdformer": {}}),
+            **({} if REFERENCE in (params.get("variants") or {}) else
+               {REFERENCE: REFERENCE_OVERRIDES})}
 
 
 def apply_overrides(params: dict, overrides: list[str]) -> dict:
@@ -72,8 +81,10 @@ def train_variant(params: dict, variant: str, seed: int, shards: Path, body: Pat
     cfg = section_config(params, "train", TrainConfig, "params")
     cfg.seed = seed
     cfg.resume = "never"
-    model_section = {**(params.get("model") or {}),
-                     **((params.get("variants") or {}).get(variant) or {})}
+    overrides = variant_overrides(params)
+    if variant not in overrides:
+        raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(overrides)}")
+    model_section = {**(params.get("model") or {}), **(overrides[variant] or {})}
     model_cfg = model_config_from_section(model_section, source="params")
     loss_cfg = section_config(params, "loss", LossConfig, "params", required=False)
     out = work / f"{variant}_seed{seed}"
@@ -167,7 +178,7 @@ def main() -> None:
     parser.add_argument("--shards", default="data/shards", type=Path)
     parser.add_argument("--body", default="data/body", type=Path)
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="default: every entry of params.yaml `variants`")
+                        help="default: params.yaml's `variants` and per_frame")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="dotted params override (repeatable)")
@@ -194,7 +205,7 @@ def main() -> None:
         return
 
     params = apply_overrides(read_params(args.params), args.overrides)
-    variants = args.variants or list(params.get("variants") or {"stdformer": {}})
+    variants = args.variants or list(variant_overrides(params))
     runs = []
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         work = args.work if args.work is not None else Path(tmp)
