@@ -8,7 +8,56 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from realfiles import official_smpl_pickle
+from stdformer.body import BodyModel, derive_h36m_regressor, write_body_dir
 from stdformer.data import targets
+
+
+def _dense(m) -> np.ndarray:
+    return m.toarray() if hasattr(m, "toarray") else np.asarray(m)
+
+
+def official_format_body_dir(arrays, tmp_path):
+    """A body directory made from an official-format SMPL pickle with what real SMPL has and
+    the procedural body lacks: dense pose correctives, 300 shape components, an unsigned
+    root parent (4294967295)."""
+    rng = np.random.default_rng(0)
+    arrays = dict(arrays)
+    arrays["posedirs"] = arrays["posedirs"] + rng.normal(0, 1e-3, arrays["posedirs"].shape)
+    extra = rng.normal(0, 1e-3, (*arrays["shapedirs"].shape[:2], 290))
+    arrays["shapedirs"] = np.concatenate([arrays["shapedirs"], extra], axis=2)
+    assert arrays["kintree_table"][0, 0] == 4294967295
+    pkl, reg = tmp_path / "SMPL_NEUTRAL.pkl", tmp_path / "J_regressor_h36m_correct.npy"
+    pkl.write_bytes(official_smpl_pickle(arrays, protocol=2))
+    np.save(reg, derive_h36m_regressor(arrays).toarray())
+    write_body_dir(tmp_path / "body", source=str(pkl), h36m_regressor=reg)
+    return tmp_path / "body"
+
+
+@pytest.mark.parametrize("kind", ["procedural", "official SMPL format"])
+def test_posing_arrays_are_bit_for_bit_the_body_models_own(kind, synth_body_dir, small_arrays,
+                                                           tmp_path):
+    """PosingArrays.load reads the files without building the torch module (preprocess's
+    start-up); its arrays must be exactly the ones BodyModel's smplx.SMPL holds."""
+    body_dir = synth_body_dir if kind == "procedural" else \
+        official_format_body_dir(small_arrays, tmp_path)
+    arrays, body = targets.PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
+    smpl = body.smpl
+    assert isinstance(arrays.pose_basis, torch.Tensor) == (kind != "procedural")  # dense: BLAS
+    assert arrays.body_model_id == body.body_model_id
+    expected = {
+        "v_template": smpl.v_template.numpy(), "shapedirs": smpl.shapedirs.numpy(),
+        "pose_basis": smpl.posedirs.t().numpy(), "J_regressor": smpl.J_regressor.numpy(),
+        "weights": smpl.lbs_weights.numpy(), "parents": smpl.parents.numpy(),
+        "h36m": body.J_regressor_h36m.double().numpy(),
+        "h36m_rowsum": body.J_regressor_h36m.double().numpy().sum(axis=1)}
+    assert expected["shapedirs"].shape[2] == 10
+    for name, want in expected.items():
+        if name in ("pose_basis", "J_regressor", "weights", "h36m"):   # laid out by _matrix
+            want = _dense(targets._matrix(want))                         # (sparse: no -0.0)
+        got = _dense(getattr(arrays, name))
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert got.tobytes() == want.tobytes(), name
 
 
 def _reference(body, poses, betas, trans, cam_poses, h36m=None):
@@ -41,10 +90,10 @@ def track():
 
 
 @pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
-def test_pose_track_matches_the_body_model_through_the_camera(synth_body, track, monkeypatch,
-                                                              sparse_below):
+def test_pose_track_matches_the_body_model_through_the_camera(synth_body, synth_body_dir, track,
+                                                              monkeypatch, sparse_below):
     monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
-    arrays = targets.PosingArrays.of(synth_body)
+    arrays = targets.PosingArrays.load(synth_body_dir)
     assert isinstance(arrays.pose_basis, torch.Tensor) == (sparse_below == 0.0)
     out = targets.pose_track(arrays, *track, chunk=8)
     vertices, joints, h36m = _reference(synth_body, *track)
@@ -54,11 +103,11 @@ def test_pose_track_matches_the_body_model_through_the_camera(synth_body, track,
     np.testing.assert_allclose(out["joints_h36m"], h36m, atol=2e-5)
 
 
-def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(synth_body,
-                                                                                  track):
+def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
+        synth_body, synth_body_dir, track):
     """A regressor row's weights need not sum to 1: the joint is regressed from the world
     mesh (as the body model does), then moved into the camera."""
-    arrays = targets.PosingArrays.of(synth_body)
+    arrays = targets.PosingArrays.load(synth_body_dir)
     h36m = synth_body.J_regressor_h36m.double().numpy() * np.linspace(0.9, 1.1, 17)[:, None]
     arrays = dataclasses.replace(arrays, h36m=targets._matrix(h36m),
                                  h36m_rowsum=h36m.sum(axis=1))
@@ -68,14 +117,14 @@ def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
 
 
 @pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
-def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body, track, monkeypatch,
+def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body_dir, track, monkeypatch,
                                                        sparse_below):
     """The chunk sets how many frames a skinning pass takes. With sparse posing matrices (a
     procedural body: scipy sums each output in a fixed order) every output is bit for bit the
     same whatever the chunk; dense ones (real SMPL's pose correctives) go through BLAS, whose
     kernels differ with the product's width, so there it is the same to float32 rounding."""
     monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
-    arrays = targets.PosingArrays.of(synth_body)
+    arrays = targets.PosingArrays.load(synth_body_dir)
     whole = targets.pose_track(arrays, *track, chunk=len(track[0]))
     for chunk in (1, 5, 8, targets.CHUNK):
         out = targets.pose_track(arrays, *track, chunk=chunk)

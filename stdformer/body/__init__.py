@@ -19,14 +19,14 @@ from stdformer.body.files import (
     BodyConfig, load_h36m_regressor, write_body_dir, write_body_dir_from_config,
 )
 from stdformer.body.hierarchy import MeshHierarchy, build_hierarchy, load_mesh_downsampling
-from stdformer.body.model import BodyModel, BodyOutput
+from stdformer.body.model import BodyFiles, BodyModel, BodyOutput, read_body_dir
 from stdformer.body.procedural import derive_h36m_regressor, make_procedural_body
 from stdformer.body.smpl_files import convert_smpl, load_smpl_file, write_smpl_pkl
 
 __all__ = [
-    "BodyConfig", "BodyModel", "BodyOutput", "MeshHierarchy", "build_hierarchy",
+    "BodyConfig", "BodyFiles", "BodyModel", "BodyOutput", "MeshHierarchy", "build_hierarchy",
     "convert_smpl", "derive_h36m_regressor", "load_h36m_regressor", "load_mesh_downsampling",
-    "load_smpl_file", "make_procedural_body", "write_body_dir",
+    "load_smpl_file", "make_procedural_body", "read_body_dir", "write_body_dir",
     "write_body_dir_from_config", "write_smpl_pkl",
     "COCO18_FLIP_PERM", "COCO18_NAMES", "H36M_FLIP_PERM", "H36M_JOINT_NAMES", "J14_FLIP_PERM",
     "J14_FROM_H36M", "J14_NAMES", "SMPL_FLIP_PERM", "SMPL_JOINT_NAMES", "SMPL_PARENTS",

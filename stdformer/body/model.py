@@ -43,9 +43,9 @@ def arrays_digest(groups: dict[str, dict[str, np.ndarray]], length: int = 16) ->
     for group in sorted(groups):
         for key in sorted(groups[group]):
             a = groups[group][key]
-            a = a.toarray() if scipy.sparse.issparse(a) else np.ascontiguousarray(a)
+            a = np.ascontiguousarray(a.toarray() if scipy.sparse.issparse(a) else a)
             h.update(f"{group}/{key}:{a.dtype.str}:{a.shape};".encode())
-            h.update(a.tobytes())
+            h.update(a)  # the buffer itself: no copy (35 MB of pose correctives)
     return h.hexdigest()[:length]
 
 
@@ -105,6 +105,35 @@ def _load_flip_perms(body_dir: Path, meta: dict) -> tuple[dict | None, str | Non
                 not np.array_equal(perm[perm], np.arange(len(perm))):
             raise DataError(path, "not an involution of the vertices / joints", field=name)
     return perms, None
+
+
+class BodyFiles(NamedTuple):
+    """A body directory's arrays, checked against its meta.json (`read_body_dir`)."""
+
+    meta: dict                     # meta.json
+    arrays: dict                   # SMPL arrays, `validate_smpl_arrays`' dtypes
+    J_regressor_h36m: np.ndarray   # (17, V) as stored in regressors.npz
+    hierarchy: MeshHierarchy
+    body_model_id: str             # = meta["body_model_id"], the digest of the arrays
+
+
+def read_body_dir(body_dir: str | os.PathLike) -> BodyFiles:
+    """The files of a directory written by `write_body_dir` (model.npz, regressors.npz,
+    hierarchy.npz, meta.json), validated; refuses arrays whose digest differs from meta.json.
+    What `BodyModel.from_dir` builds the module from, and all that posing arrays need."""
+    body_dir = Path(body_dir)
+    meta = read_json(body_dir / "meta.json", produced_by="the body stage")
+    model_path = body_dir / "model.npz"
+    arrays = validate_smpl_arrays(load_npz(model_path, required=SMPL_KEYS), model_path)
+    regs = load_npz(body_dir / "regressors.npz", required=("J_regressor", "J_regressor_h36m"))
+    hierarchy = MeshHierarchy.load(body_dir / "hierarchy.npz")
+    digest = arrays_digest({"model": arrays, "regressors": {
+        "J_regressor_h36m": regs["J_regressor_h36m"]}, "hierarchy": hierarchy.to_arrays()})
+    if meta.get("body_model_id") != digest:
+        raise DataError(body_dir / "meta.json", f"body_model_id {meta.get('body_model_id')!r} "
+                        f"does not match the arrays (digest {digest}); rebuild the body directory",
+                        field="body_model_id")
+    return BodyFiles(meta, arrays, regs["J_regressor_h36m"], hierarchy, digest)
 
 
 def _sparse_tensor(m, dtype=torch.float32) -> torch.Tensor:
@@ -197,29 +226,16 @@ class BodyModel(torch.nn.Module):
     def from_dir(cls, body_dir: str | os.PathLike) -> "BodyModel":
         """Load a directory written by `write_body_dir` (model.npz, regressors.npz,
         hierarchy.npz, meta.json); refuses files whose digest differs from meta.json."""
-        body_dir = Path(body_dir)
-        meta = read_json(body_dir / "meta.json", produced_by="the body stage")
-        model_path = body_dir / "model.npz"
-        arrays = load_npz(model_path, required=SMPL_KEYS)
-        arrays = validate_smpl_arrays(arrays, model_path)
-        reg_path = body_dir / "regressors.npz"
-        regs = load_npz(reg_path, required=("J_regressor", "J_regressor_h36m"))
-        hierarchy = MeshHierarchy.load(body_dir / "hierarchy.npz")
-        digest = arrays_digest({"model": arrays, "regressors": {
-            "J_regressor_h36m": regs["J_regressor_h36m"]}, "hierarchy": hierarchy.to_arrays()})
-        if meta.get("body_model_id") != digest:
-            raise DataError(body_dir / "meta.json", f"body_model_id {meta.get('body_model_id')!r} does not "
-                            f"match the arrays (digest {digest}); rebuild the body directory",
-                            field="body_model_id")
+        files = read_body_dir(body_dir)
         # smplx's extra keypoints need vertex ids; SMPL's own apply only to the real mesh.
         vertex_ids = None
-        if meta.get("source") == "procedural":
-            vertex_ids = landmark_vertex_ids(arrays["v_template"], arrays["weights"])
-        flip_perms, flip_error = _load_flip_perms(body_dir, meta)
-        body = cls(arrays, regs["J_regressor_h36m"], hierarchy, body_model_id=digest,
-                   vertex_ids=vertex_ids, source=str(body_dir), flip_perms=flip_perms,
-                   flip_error=flip_error)
-        body.meta = meta
+        if files.meta.get("source") == "procedural":
+            vertex_ids = landmark_vertex_ids(files.arrays["v_template"], files.arrays["weights"])
+        flip_perms, flip_error = _load_flip_perms(Path(body_dir), files.meta)
+        body = cls(files.arrays, files.J_regressor_h36m, files.hierarchy,
+                   body_model_id=files.body_model_id, vertex_ids=vertex_ids,
+                   source=str(body_dir), flip_perms=flip_perms, flip_error=flip_error)
+        body.meta = files.meta
         return body
 
     # ---- posing --------------------------------------------------------------------------

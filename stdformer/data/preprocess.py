@@ -160,13 +160,11 @@ def _body(body_dir: str) -> PosingArrays:
     try:
         body_id = json.loads((Path(body_dir) / "meta.json").read_text()).get("body_model_id")
     except (OSError, ValueError):
-        body_id = None  # BodyModel.from_dir reports the problem
+        body_id = None  # PosingArrays.load reports the problem
     key = (str(body_dir), str(body_id))
     if key not in _BODIES:
-        from stdformer.body import BodyModel
-
         _BODIES.clear()
-        _BODIES[key] = PosingArrays.of(BodyModel.from_dir(body_dir))
+        _BODIES[key] = PosingArrays.load(body_dir)
     return _BODIES[key]
 
 

@@ -96,15 +96,26 @@ class PosingArrays:
     h36m_rowsum: np.ndarray  # (17,) 1 for a regressor that is an exact weighted mean
 
     @classmethod
-    def of(cls, body) -> PosingArrays:
-        smpl = body.smpl
-        h36m = body.J_regressor_h36m.double().numpy()
-        return cls(body_model_id=body.body_model_id,
-                   v_template=smpl.v_template.numpy().astype(np.float32),
-                   shapedirs=smpl.shapedirs[:, :, :body.num_betas].numpy().astype(np.float32),
-                   pose_basis=_matrix(smpl.posedirs.t().numpy()),
-                   J_regressor=_matrix(smpl.J_regressor.numpy()),
-                   weights=_matrix(smpl.lbs_weights.numpy()), parents=smpl.parents.numpy().copy(),
+    def load(cls, body_dir) -> PosingArrays:
+        """From a body directory (`read_body_dir`: validated, digest checked), without building
+        the body's torch module: the arrays `BodyModel`'s smplx.SMPL holds, in float32 (its
+        h36m regressor too, widened back to float64 for the regression)."""
+        from stdformer.body import read_body_dir
+
+        files = read_body_dir(body_dir)
+        a = files.arrays
+        num_betas = min(10, a["shapedirs"].shape[2])            # BodyModel.num_betas
+        parents = a["kintree_table"][0].copy()
+        parents[0] = -1
+        h36m = files.J_regressor_h36m
+        h36m = h36m.toarray() if scipy.sparse.issparse(h36m) else np.asarray(h36m)
+        h36m = h36m.astype(np.float32).astype(np.float64)
+        return cls(body_model_id=files.body_model_id,
+                   v_template=a["v_template"].astype(np.float32),
+                   shapedirs=a["shapedirs"][:, :, :num_betas].astype(np.float32),
+                   pose_basis=_matrix(a["posedirs"].reshape(-1, a["posedirs"].shape[-1])),
+                   J_regressor=_matrix(a["J_regressor"].toarray()),
+                   weights=_matrix(a["weights"]), parents=parents,
                    h36m=_matrix(h36m), h36m_rowsum=h36m.sum(axis=1))
 
 
