@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from stdformer.data import crops  # noqa: E402
 from stdformer.data.preprocess import PreprocessConfig  # noqa: E402
 from stdformer.data.render import project_points  # noqa: E402
-from stdformer.data.targets import body_targets, project  # noqa: E402
+from stdformer.data.targets import PosingArrays, body_targets, project  # noqa: E402
 from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402
@@ -57,7 +57,7 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def annotations(root: Path, body, split: str, cfg: PreprocessConfig) -> dict:
+def annotations(root: Path, body: PosingArrays, split: str, cfg: PreprocessConfig) -> dict:
     """sequence -> [{actor, box (N, 4) projected body, visible (N,)}]."""
     out: dict[str, list] = {}
     for track in iter_tracks(root, split):
@@ -170,13 +170,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--detector-sweep", action="store_true")
     args = parser.parse_args(argv)
 
-    from stdformer.body import BodyModel
     from stdformer.config import load_section
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     crop = load_section("preprocess", PreprocessConfig, args.params)
     root = Path(args.root)
-    people = annotations(root, BodyModel.from_dir(args.body).eval(), args.split, crop)
+    people = annotations(root, PosingArrays.load(args.body), args.split, crop)
     if args.detector_sweep:
         settings = [dict(upscale=1.0, win_stride=8, scale=1.05),
                     dict(upscale=1.5, win_stride=8, scale=1.05),

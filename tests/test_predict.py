@@ -19,7 +19,7 @@ from stdformer.data import crops
 from stdformer.data.manifest import read_manifest
 from stdformer.data.preprocess import PreprocessConfig, preprocess
 from stdformer.data.shards import list_shards, make_clip_loader
-from stdformer.data.targets import body_targets, project
+from stdformer.data.targets import PosingArrays, body_targets, project
 from stdformer.data.threedpw import iter_tracks
 from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normalized
 from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout
@@ -165,13 +165,13 @@ def test_short_tracks_are_dropped_and_max_people_keeps_the_longest():
     assert len(tracks[0]) == 29 and tracks[0].detected.sum() == 9     # gaps are part of it
 
 
-def test_hog_finds_the_people_of_the_two_actor_sequence(synth_root, synth_body):
+def test_hog_finds_the_people_of_the_two_actor_sequence(synth_root, synth_body_dir):
     """The default detector on the synthetic 320x240 frames: both actors detected (IoU >= 0.5
     with the box of the projected body) in most frames where they are visible."""
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test") if t.num_actors == 2})[0]
-    people = {}
+    people, body = {}, PosingArrays.load(synth_body_dir)
     for actor in annotation_tracks(synth_root, sequence):
-        targets = body_targets(actor, synth_body, "x")
+        targets = body_targets(actor, body, "x")
         uv, _ = project(targets["vertices"] + targets["root_cam"][:, None], actor.intrinsics)
         people[actor.actor] = (np.concatenate([uv.min(1), uv.max(1)], 1),
                                annotation_boxes(actor)[2])
@@ -198,7 +198,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 # Geometry
 
 
-def test_translation_from_weak_perspective_recovers_the_camera_position(synth_root, synth_body,
+def test_translation_from_weak_perspective_recovers_the_camera_position(synth_root,
                                                                          synth_body_dir):
     """Ground truth through the chain: mesh in the camera -> crop of preprocess's box -> the
     weak-perspective camera that best fits it -> translation. The recovered position of the
@@ -212,7 +212,7 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
         centers, sides, detected = annotation_boxes(track)
         if not detected.any():
             continue
-        targets = body_targets(track, synth_body, "x")
+        targets = body_targets(track, PosingArrays.load(synth_body_dir), "x")
         vertices = targets["vertices"]                                   # root-relative
         mesh_cam = vertices + targets["root_cam"][:, None]
         anchor = camera.camera_anchor(vertices, regressor)               # (N, 3)

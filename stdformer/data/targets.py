@@ -206,9 +206,9 @@ def checked_array(track, name: str, shape: tuple, pkl: str, field: str) -> np.nd
     return arr
 
 
-def body_targets(track, body, pkl: str) -> dict[str, np.ndarray]:
-    """Camera-frame, root-relative 3D targets of every frame of a track. `body`: PosingArrays
-    (preprocess keeps one per process) or a BodyModel.
+def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]:
+    """Camera-frame, root-relative 3D targets of every frame of a track, posed with the body's
+    `arrays` (`PosingArrays.load(body_dir)`; preprocess keeps one per process).
 
     Returns vertices (N,V,3) float16, joints3d (N,24,3), joints_h36m (N,17,3), root_cam (N,3),
     joints_h36m_cam (N,17,3) (absolute, for projection), pose (N,72) camera-frame.
@@ -223,7 +223,6 @@ def body_targets(track, body, pkl: str) -> dict[str, np.ndarray]:
                         field=f"betas[{actor}]")
     betas = betas_all[:10]
     cam_poses = checked_array(track, "cam_poses", (n, 4, 4), pkl, "cam_poses")
-    arrays = body if isinstance(body, PosingArrays) else PosingArrays.of(body)
     posed = pose_track(arrays, poses, betas, trans, cam_poses)
     root = posed["joints"][:, :1, :]  # SMPL pelvis (N,1,3)
     # Stored as float16 (the shard contract); torch converts ~30x faster than numpy.
