@@ -14,8 +14,9 @@ diagnostics (median yaw error, spread ratios). `--set` applies dotted overrides 
 params.yaml (e.g. to try a schedule before committing to it); the data (shards) stay as they
 are. The variants are params.yaml's `variants` plus `per_frame` (no SD/TD, FastMETRO-style;
 the CPU default's pipeline trains only stdformer). The effect of SD/TD is stdformer - per_frame
-per seed (negative = SD/TD lowers the error), summarised over seeds. `--trained DIR` scores DIR/<variant>.pt (e.g. `models/`, what `dvc repro`
-trained with train.seed) as the run of the one seed given instead of training again. Also prints
+per seed (negative = SD/TD lowers the error), summarised over seeds. `--trained DIR` scores
+DIR/<variant>.pt (e.g. `models/`, what `dvc repro` trained with train.seed) as the run of the
+one seed given instead of training again. Also prints
 the training CPU time per step (process time of this process; use --set train.num_workers=0 to
 keep data loading in it).
 """
