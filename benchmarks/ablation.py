@@ -56,9 +56,9 @@ REFERENCE_OVERRIDES = {"sd": False, "td": False}   # the ablation baseline: no S
 
 def variant_overrides(params: dict) -> dict[str, dict]:
     """{variant: model overrides}: params.yaml's `variants` and the reference (unless listed)."""
-    return {**(params.get("variants") or {"stdformer": {}}),
-            **({} if REFERENCE in (params.get("variants") or {}) else
-               {REFERENCE: REFERENCE_OVERRIDES})}
+    overrides = dict(params.get("variants") or {"stdformer": {}})
+    overrides.setdefault(REFERENCE, REFERENCE_OVERRIDES)
+    return overrides
 
 
 def apply_overrides(params: dict, overrides: list[str]) -> dict:

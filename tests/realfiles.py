@@ -34,6 +34,19 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+def smpl_body_dir(arrays, tmp_path, name: str):
+    """A body directory from `arrays` brought as an official SMPL pickle + regressor file (made
+    by the body stage's writer, `write_body_dir`): (directory, meta)."""
+    from stdformer.body import derive_h36m_regressor, write_body_dir
+
+    pkl = tmp_path / f"{name}.pkl"
+    pkl.write_bytes(official_smpl_pickle(arrays, protocol=2))
+    reg = tmp_path / f"{name}_J_regressor_h36m.npy"
+    np.save(reg, derive_h36m_regressor(arrays).toarray())
+    meta = write_body_dir(tmp_path / name, source=str(pkl), h36m_regressor=reg)
+    return tmp_path / name, meta
+
+
 def official_smpl_pickle(arrays, protocol: int, unsupported: bool = False) -> bytes:
     """Pickle like the official SMPL files: shapedirs as a chumpy `Ch` and weights as a chumpy
     `Reshape` of one (via a throw-away fake chumpy package, removed again so nothing can import

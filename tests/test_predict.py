@@ -207,12 +207,13 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
     from stdformer.train.assets import load_body_assets
 
     regressor = load_body_assets(synth_body_dir).regressor_h36m
+    body = PosingArrays.load(synth_body_dir)
     checked = 0
     for track in iter_tracks(synth_root, "test"):
         centers, sides, detected = annotation_boxes(track)
         if not detected.any():
             continue
-        targets = body_targets(track, PosingArrays.load(synth_body_dir), "x")
+        targets = body_targets(track, body, "x")
         vertices = targets["vertices"]                                   # root-relative
         mesh_cam = vertices + targets["root_cam"][:, None]
         anchor = camera.camera_anchor(vertices, regressor)               # (N, 3)

@@ -13,7 +13,7 @@ import scipy.sparse
 import torch
 
 from realfiles import (Evil, npy_object_member, object_array, official_smpl_pickle,
-                       write_mesh_downsampling)
+                       smpl_body_dir, write_mesh_downsampling)
 from stdformer.body import (H36M_FLIP_PERM, SMPL_FLIP_PERM, BodyModel, build_hierarchy,
                             convert_smpl, derive_h36m_regressor,
                             load_mesh_downsampling, load_smpl_file, make_procedural_body,
@@ -271,16 +271,6 @@ def reordered_body(arrays, drift: float, jitter: float = 0.0005, seed: int = 0) 
                J_regressor=scipy.sparse.csc_matrix(arrays["J_regressor"])[:, order])
     out["J"] = out["J_regressor"] @ out["v_template"]
     return out
-
-
-def smpl_body_dir(arrays, tmp_path, name: str):
-    """A body directory from `arrays` brought as an official SMPL pickle + regressor file."""
-    pkl = tmp_path / f"{name}.pkl"
-    pkl.write_bytes(official_smpl_pickle(arrays, protocol=2))
-    reg = tmp_path / f"{name}_J_regressor_h36m.npy"
-    np.save(reg, derive_h36m_regressor(arrays).toarray())
-    meta = write_body_dir(tmp_path / name, source=str(pkl), h36m_regressor=reg)
-    return tmp_path / name, meta
 
 
 def _edges(faces):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from realfiles import official_smpl_pickle
-from stdformer.body import BodyModel, derive_h36m_regressor, write_body_dir
+from realfiles import smpl_body_dir
+from stdformer.body import BodyModel
 from stdformer.data import targets
 
 
@@ -27,11 +27,7 @@ def official_format_body_dir(arrays, tmp_path):
     extra = rng.normal(0, 1e-3, (*arrays["shapedirs"].shape[:2], 290))
     arrays["shapedirs"] = np.concatenate([arrays["shapedirs"], extra], axis=2)
     assert arrays["kintree_table"][0, 0] == 4294967295
-    pkl, reg = tmp_path / "SMPL_NEUTRAL.pkl", tmp_path / "J_regressor_h36m_correct.npy"
-    pkl.write_bytes(official_smpl_pickle(arrays, protocol=2))
-    np.save(reg, derive_h36m_regressor(arrays).toarray())
-    write_body_dir(tmp_path / "body", source=str(pkl), h36m_regressor=reg)
-    return tmp_path / "body"
+    return smpl_body_dir(arrays, tmp_path, "SMPL_NEUTRAL")[0]
 
 
 @pytest.mark.parametrize("kind", ["procedural", "official SMPL format"])
