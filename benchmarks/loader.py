@@ -11,7 +11,8 @@ benchmarks/.cache/; or `--shards` (a preprocess output).
 For W workers, a round measures
 * the loader: clips/s of `make_loader(TrainStream(...), W)` as `train` runs it (tar members
   read, frames decoded and cut to the crop, targets parsed, batches collated and handed to the
-  main process), after its first batch;
+  main process), once running: after each worker's first PREFETCH + 2 batches (the batch
+  arenas it then reuses; stdformer.train.buffers);
 * the bound: W processes that do nothing but decode the same clips' JPEG members (already in
   memory; libjpeg-turbo through simplejpeg, to RGB), their rates summed.
 Ratio = loader / bound, so it is per worker. Both run one OpenCV/torch thread per process.
@@ -97,7 +98,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--body", default="data/body", help="its body directory (with --shards)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=12, help="timed batches per round")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per round")
     parser.add_argument("--rounds", type=int, default=3, help="loader + bound, alternated")
     parser.add_argument("--augment", action="store_true",
                         help="the published augmentation (default: off, as params.yaml)")

@@ -35,7 +35,7 @@ from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig, count_parameters
 from stdformer.train.assets import load_body_assets
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import TrainStream, index_shards, make_loader
+from stdformer.train.data import PREFETCH, TrainStream, index_shards, make_loader
 from stdformer.train.loop import build_model
 from stdformer.train.steps import batch_loss, optimizer_step
 
@@ -85,9 +85,11 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
 
 
 def loader_throughput(stream: TrainStream, num_workers: int, batches: int) -> float:
-    """Clips/s of the loader alone (decode + augment + collate), after its first batch."""
+    """Clips/s of the loader alone (decode + augment + collate) once running: after each
+    worker has built its first PREFETCH + 2 batches (the batch buffers it then reuses)."""
     it = iter(make_loader(stream, num_workers, seed=0))
-    next(it)
+    for _ in range((PREFETCH + 2) * max(num_workers, 1)):
+        next(it)
     start = time.perf_counter()
     clips = sum(len(next(it)["key"]) for _ in range(batches))
     return clips / (time.perf_counter() - start)

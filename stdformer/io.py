@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import re
@@ -335,7 +336,7 @@ def _npy_view(member: memoryview) -> np.ndarray:
             raise ValueError("object arrays are not allowed")
         _NPY_HEADERS[header] = dtype, shape, fortran
     dtype, shape, fortran = _NPY_HEADERS[header]
-    array = np.frombuffer(member, dtype, int(np.prod(shape)), header_len)
+    array = np.frombuffer(member, dtype, math.prod(shape), header_len)
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 

@@ -1,6 +1,7 @@
 """The training loader's batches: built in place from the shards, they hold what decoding each
 clip on its own gives (frames, augmentation, targets); the uint8 frames normalised on the
-device equal the float frames of the per-clip path; the shard reader reads what webdataset
+device equal the float frames of the per-clip path; loader workers reuse their batch buffers
+once (and only once) the consumer has let go of a batch; the shard reader reads what webdataset
 reads and names a truncated shard."""
 
 import pytest
@@ -13,7 +14,8 @@ from stdformer.io import DataError
 from stdformer.train.assets import load_body_assets
 from stdformer.train.augment import ClipAugmenter
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import assemble_batch, index_shards
+from stdformer.train.buffers import SLOT_KEY
+from stdformer.train.data import PREFETCH, TrainStream, assemble_batch, index_shards, make_loader
 from stdformer.train.steps import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 
 CROP = 32
@@ -64,6 +66,43 @@ def test_uint8_batch_normalised_on_the_device_equals_the_float_path(shard_dir):
     std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
     torch.testing.assert_close(normalize_frames(batch["frames"]), (floats - mean) / std,
                                rtol=0, atol=1e-6)
+
+
+def _stream(shard_dir, synth_body_dir):
+    return TrainStream(index_shards(shard_dir, "train"), seed=3, batch_size=2, rank=0,
+                       world_size=1, shuffle_window=4, augment=AugmentConfig(enabled=True),
+                       perms=load_body_assets(synth_body_dir).perms)
+
+
+def _same(batch, expected):
+    return (batch["key"] == expected["key"] and torch.equal(batch["frames"], expected["frames"])
+            and all(torch.equal(v, expected["targets"][k]) for k, v in batch["targets"].items()))
+
+
+def test_worker_reuses_a_batch_buffer_once_the_consumer_drops_the_batch(shard_dir,
+                                                                         synth_body_dir):
+    stream, count = _stream(shard_dir, synth_body_dir), 4 * (PREFETCH + 2)
+    in_process = make_loader(stream, 0, seed=0)
+    expected = [next(in_process) for _ in range(count)]
+    uses = {}
+    for got, want in zip(make_loader(stream, 1, seed=0), expected):  # one batch held at a time
+        assert _same(got, want), got["key"]
+        worker, slot, use = got[SLOT_KEY]
+        uses[slot] = max(use, uses.get(slot, 0))
+    assert sorted(uses) == list(range(PREFETCH + 2))       # the worker's slots, and no others
+    assert sum(uses.values()) == count                      # every batch in a reused slot
+
+
+def test_batches_the_consumer_keeps_are_never_overwritten(shard_dir, synth_body_dir):
+    stream, count = _stream(shard_dir, synth_body_dir), 3 * (PREFETCH + 2)
+    in_process = make_loader(stream, 0, seed=0)
+    expected = [next(in_process) for _ in range(count)]
+    loader = make_loader(stream, 1, seed=0)
+    kept = [next(loader) for _ in range(count)]             # all held until the end
+    del loader
+    assert all(_same(got, want) for got, want in zip(kept, expected))
+    slots = [got[SLOT_KEY][1] for got in kept if SLOT_KEY in got]
+    assert sorted(slots) == list(range(PREFETCH + 2))       # each slot used once; then fresh
 
 
 def test_shard_reader_reads_what_webdataset_reads(shard_dir):

@@ -18,6 +18,7 @@ and starts at batch `b`: skipped clips are never read from disk, let alone decod
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ from stdformer.data.manifest import split_shards
 from stdformer.data import shards
 from stdformer.data.shards import TARGET_SPECS, check_targets, worker_context
 from stdformer.io import DataError
+from stdformer.train.buffers import SLOT_KEY, Arenas, ReleaseBoard, pack, released_as_dropped
 from stdformer.train.augment import (AugmentParams, ClipAugmenter, FlipPerms, augment_frames,
                                      augment_targets)
 from stdformer.train.config import AugmentConfig
@@ -145,64 +147,56 @@ def read_clips(index: ShardIndex, clips: Sequence[Clip],
                         "is missing (shards changed during training?)", field=upcoming.key)
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor for a batch; inside a loader worker it is allocated in shared
-    memory, as torch's default_collate does, so handing the batch to the main process copies
-    nothing."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
-
-
 def assemble_batch(samples: Sequence[Mapping[str, Any]],
-                   augmenter: ClipAugmenter | None = None) -> dict[str, Any]:
+                   augmenter: ClipAugmenter | None = None,
+                   arenas: Arenas | None = None) -> dict[str, Any]:
     """Raw webdataset samples -> one batch, laid out as `collate_clips` lays it out: key,
     frames uint8 (B, S, 3, H, W), targets {name: (B, ...)} (the contract's; floats as
-    float32), meta.
+    float32), meta; and, when its memory is a reused slot of `arenas`, which one (SLOT_KEY).
 
     Built in place: each clip's stored frames are decoded into one scratch buffer and cut
     (augmented with `augmenter`'s draw for the clip; without one, the centre crop) straight
     into their slot of a (B, S, H, W, 3) array, whose channels-last view is `frames`: no
-    transposing copy on the CPU (the model normalises on the device).
+    transposing copy on the CPU (the model normalises on the device). All of the batch's
+    tensors are views into one arena of `arenas` (default: fresh memory).
     """
-    where0, meta0, names0 = shards.clip_meta(samples[0])
+    clips = [shards.clip_meta(sample) for sample in samples]
+    where0, meta0, names0 = clips[0]
     size, num_frames = int(meta0["crop_size"]), len(names0)
-    frames = _batch_tensor((len(samples), num_frames, size, size, 3), torch.uint8)
-    frames_np = frames.numpy()
-    targets: dict[str, torch.Tensor] = {}
-    keys, metas, scratch = [], [], None
-    for b, sample in enumerate(samples):
-        where, meta, names = shards.clip_meta(sample)
+    for where, meta, names in clips:
         if (int(meta["crop_size"]), len(names)) != (size, num_frames):
             raise DataError(where, f"{len(names)} frames of {meta['crop_size']} px in a batch "
                             f"of {num_frames} frames of {size} px ({where0})", field="crop_size")
+    stored = [{name: array for name, array in shards.clip_targets(sample, where, num_frames)
+               .items() if name in TARGET_SPECS} for sample, (where, _, _) in zip(samples, clips)]
+    layout = {"frames": ((len(samples), num_frames, size, size, 3), torch.uint8)}
+    for name, array in stored[0].items():
+        dtype = torch.float32 if array.dtype.kind == "f" else torch.from_numpy(array).dtype
+        layout[name] = ((len(samples), *array.shape), dtype)
+    tensors, slot = (arenas or Arenas(None)).allocate(layout)
+    frames = tensors.pop("frames")
+    frames_np, scratch = frames.numpy(), None
+    for b, (sample, (where, meta, names), arrays) in enumerate(zip(samples, clips, stored)):
         scratch = shards.stored_frames(sample, where, meta, names, scratch)
         params = augmenter.params_for(sample["__key__"]) if augmenter else AugmentParams()
         augment_frames(scratch, params, shards.context_margin(meta), frames_np[b])
-        arrays = {name: array for name, array in
-                  shards.clip_targets(sample, where, num_frames).items() if name in TARGET_SPECS}
         if params != AugmentParams():  # moved, turned or reversed targets: float32 math
             arrays = augment_targets({k: shards.as_float32(v).numpy() for k, v in arrays.items()},
                                      params, augmenter.perms, size, size)
         for name, array in arrays.items():
-            array = torch.from_numpy(np.ascontiguousarray(array))
-            if name not in targets:
-                dtype = torch.float32 if array.is_floating_point() else array.dtype
-                targets[name] = _batch_tensor((len(samples), *array.shape), dtype)
-            targets[name][b] = array  # float16 -> float32 here, in the copy
-        keys.append(sample["__key__"])
-        metas.append(meta)
-    return {"key": keys, "frames": frames.permute(0, 1, 4, 2, 3), "targets": targets,
-            "meta": metas}
+            tensors[name][b] = torch.from_numpy(np.ascontiguousarray(array))  # float16 -> 32
+    batch = {"key": [sample["__key__"] for sample in samples],
+             "frames": frames.permute(0, 1, 4, 2, 3), "targets": tensors,
+             "meta": [meta for _, meta, _ in clips]}
+    return batch if slot is None else {**batch, SLOT_KEY: slot}
 
 
 def _build_batches(index: ShardIndex, batches: Sequence[Sequence[Clip]],
-                   augmenter: ClipAugmenter | None) -> Iterator[dict[str, Any]]:
+                   augmenter: ClipAugmenter | None, arenas: Arenas
+                   ) -> Iterator[dict[str, Any]]:
     samples = read_clips(index, [c for b in batches for c in b])
     for batch in batches:
-        yield assemble_batch([next(samples) for _ in batch], augmenter)
+        yield assemble_batch([next(samples) for _ in batch], augmenter, arenas)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -222,6 +216,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         perms.check(augment)
         self.augment, self.perms = augment, perms
         self.start_epoch, self.start_batch = start_epoch, start_batch
+        self.board: ReleaseBoard | None = None  # make_loader's, for its workers' arenas
 
     def plan(self, epoch: int) -> list[list[Clip]]:
         return train_batches(self.index, seed=self.seed, epoch=epoch, rank=self.rank,
@@ -231,6 +226,9 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker()
         served = 0  # batches handed out so far across epochs (this rank), for round-robin
+        # make_loader's workers build batches in reused shared arenas and pack them for it
+        packing = self.board is not None and torch.utils.data.get_worker_info() is not None
+        arenas = Arenas(self.board if packing else None)
         for epoch in itertools.count(self.start_epoch):
             first = self.start_batch if epoch == self.start_epoch else 0
             plan = self.plan(epoch)
@@ -238,20 +236,36 @@ class TrainStream(torch.utils.data.IterableDataset):
                        == worker]
             served += len(plan) - first
             augmenter = ClipAugmenter(self.augment, self.perms, self.seed, epoch)
-            built = _build_batches(self.index, [plan[b] for b in numbers], augmenter)
+            built = _build_batches(self.index, [plan[b] for b in numbers], augmenter, arenas)
             for b, batch in zip(numbers, built):
-                yield {**batch, "epoch": epoch, "batch": b}
+                batch = {**batch, "epoch": epoch, "batch": b}
+                yield pack(batch) if packing else batch
 
 
-def make_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, seed: int,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """DataLoader over a stream of ready batches. The explicit generator keeps the loader from
-    drawing its worker seeds from (and so advancing) the global torch RNG."""
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+PREFETCH = 2  # batches each worker builds ahead
+
+
+def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
+    """The loader's collate function: batches come ready (torch's default walks every value)."""
+    return batch
+
+
+def make_loader(dataset: TrainStream, num_workers: int, seed: int, pin_memory: bool = False
+                ) -> Iterator[dict[str, Any]]:
+    """The batches of `dataset`, built by `num_workers` DataLoader workers (0: in this
+    process). The explicit generator keeps the loader from drawing its worker seeds from (and
+    so advancing) the global torch RNG. Each worker reuses PREFETCH + 2 batch arenas, as
+    many as a consumer that holds one batch at a time keeps busy: its batch, the one being
+    handed over, and PREFETCH being built or on their way (stdformer.train.buffers)."""
+    stream = copy.copy(dataset)
+    stream.board = ReleaseBoard(num_workers, PREFETCH + 2) if num_workers > 0 else None
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, collate_fn=_as_built, num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=worker_context(num_workers),
-        prefetch_factor=2 if num_workers > 0 else None)
+        prefetch_factor=PREFETCH if num_workers > 0 else None)
+    return released_as_dropped(loader, stream.board)
 
 
 def iter_targets(index: ShardIndex, names: Sequence[str]) -> Iterator[tuple[str, dict]]:
