@@ -22,13 +22,14 @@ arena instead of waiting or overwriting.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-SLOT_KEY = "buffer"   # batch[SLOT_KEY] = (worker, slot, use): which slot, which use of it
+SLOT_KEY = "slot"     # batch[SLOT_KEY] = (worker, slot, use): which slot, which use of it
 ARENA_KEY = "arena"   # a packed batch's arena (uint8, the whole storage)
 ALIGN = 64            # bytes; every view starts on a cache line
 
@@ -53,10 +54,7 @@ def _offsets(layout: Layout) -> tuple[dict[str, int], int]:
     offsets, end = {}, 0
     for name, (shape, dtype) in layout.items():
         offsets[name] = end
-        nbytes = dtype.itemsize
-        for n in shape:
-            nbytes *= n
-        end += -(-nbytes // ALIGN) * ALIGN
+        end += -(-dtype.itemsize * math.prod(shape) // ALIGN) * ALIGN
     return offsets, end
 
 

@@ -156,7 +156,7 @@ def assemble_batch(samples: Sequence[Mapping[str, Any]],
 
     Built in place: each clip's stored frames are decoded into one scratch buffer and cut
     (augmented with `augmenter`'s draw for the clip; without one, the centre crop) straight
-    into their slot of a (B, S, H, W, 3) array, whose channels-last view is `frames`: no
+    into their place in a (B, S, H, W, 3) array, whose channels-last view is `frames`: no
     transposing copy on the CPU (the model normalises on the device). All of the batch's
     tensors are views into one arena of `arenas` (default: fresh memory).
     """
@@ -261,8 +261,7 @@ def make_loader(dataset: TrainStream, num_workers: int, seed: int, pin_memory: b
     stream.board = ReleaseBoard(num_workers, PREFETCH + 2) if num_workers > 0 else None
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, collate_fn=_as_built, num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=worker_context(num_workers),
         prefetch_factor=PREFETCH if num_workers > 0 else None)
     return released_as_dropped(loader, stream.board)
