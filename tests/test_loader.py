@@ -14,6 +14,7 @@ from stdformer.io import DataError
 from stdformer.train.assets import load_body_assets
 from stdformer.train.augment import ClipAugmenter
 from stdformer.train.config import AugmentConfig
+from stdformer.train import data as train_data
 from stdformer.train.buffers import SLOT_KEY
 from stdformer.train.data import PREFETCH, TrainStream, assemble_batch, index_shards, make_loader
 from stdformer.train.steps import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
@@ -79,13 +80,19 @@ def _same(batch, expected):
             and all(torch.equal(v, expected["targets"][k]) for k, v in batch["targets"].items()))
 
 
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
 def test_worker_reuses_a_batch_buffer_once_the_consumer_drops_the_batch(shard_dir,
-                                                                         synth_body_dir):
+                                                                         synth_body_dir, start,
+                                                                         monkeypatch):
     stream, count = _stream(shard_dir, synth_body_dir), 4 * (PREFETCH + 2)
     in_process = make_loader(stream, 0, seed=0)
     expected = [next(in_process) for _ in range(count)]
+    # How workers start (forked, or spawned from a forkserver when the process runs threads)
+    # decides how the release board reaches them: inherited memory, or a shared handle.
+    monkeypatch.setattr(train_data, "worker_context", lambda workers: start)
+    loader = make_loader(stream, 1, seed=0)
     uses = {}
-    for got, want in zip(make_loader(stream, 1, seed=0), expected):  # one batch held at a time
+    for got, want in zip(loader, expected):                 # one batch held at a time
         assert _same(got, want), got["key"]
         worker, slot, use = got[SLOT_KEY]
         uses[slot] = max(use, uses.get(slot, 0))
