@@ -11,7 +11,7 @@ benchmarks/.cache/; or `--shards` (a preprocess output).
 For W workers, a round measures
 * the loader: clips/s of `make_loader(TrainStream(...), W)` as `train` runs it (tar members
   read, frames decoded and cut to the crop, targets parsed, batches collated and handed to the
-  main process), once running: after each worker's first PREFETCH + 2 batches (the batch
+  main process), once running: after each worker's first ARENAS_PER_WORKER batches (the
   arenas it then reuses; stdformer.train.buffers);
 * the bound: W processes that do nothing but decode the same clips' JPEG members (already in
   memory; libjpeg-turbo through simplejpeg, to RGB), their rates summed.

@@ -35,7 +35,7 @@ from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig, count_parameters
 from stdformer.train.assets import load_body_assets
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import PREFETCH, TrainStream, index_shards, make_loader
+from stdformer.train.data import ARENAS_PER_WORKER, TrainStream, index_shards, make_loader
 from stdformer.train.loop import build_model
 from stdformer.train.steps import batch_loss, optimizer_step
 
@@ -86,9 +86,9 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
 
 def loader_throughput(stream: TrainStream, num_workers: int, batches: int) -> float:
     """Clips/s of the loader alone (decode + augment + collate) once running: after each
-    worker has built its first PREFETCH + 2 batches (the batch buffers it then reuses)."""
+    worker has built its first ARENAS_PER_WORKER batches (the arenas it then reuses)."""
     it = iter(make_loader(stream, num_workers, seed=0))
-    for _ in range((PREFETCH + 2) * max(num_workers, 1)):
+    for _ in range(ARENAS_PER_WORKER * max(num_workers, 1)):
         next(it)
     start = time.perf_counter()
     clips = sum(len(next(it)["key"]) for _ in range(batches))

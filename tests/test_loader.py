@@ -16,7 +16,8 @@ from stdformer.train.augment import ClipAugmenter
 from stdformer.train.config import AugmentConfig
 from stdformer.train import data as train_data
 from stdformer.train.buffers import SLOT_KEY
-from stdformer.train.data import PREFETCH, TrainStream, assemble_batch, index_shards, make_loader
+from stdformer.train.data import (ARENAS_PER_WORKER, TrainStream, assemble_batch,
+                                  index_shards, make_loader)
 from stdformer.train.steps import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 
 CROP = 32
@@ -84,7 +85,7 @@ def _same(batch, expected):
 def test_worker_reuses_a_batch_buffer_once_the_consumer_drops_the_batch(shard_dir,
                                                                          synth_body_dir, start,
                                                                          monkeypatch):
-    stream, count = _stream(shard_dir, synth_body_dir), 4 * (PREFETCH + 2)
+    stream, count = _stream(shard_dir, synth_body_dir), 4 * ARENAS_PER_WORKER
     in_process = make_loader(stream, 0, seed=0)
     expected = [next(in_process) for _ in range(count)]
     # How workers start (forked, or spawned from a forkserver when the process runs threads)
@@ -96,12 +97,14 @@ def test_worker_reuses_a_batch_buffer_once_the_consumer_drops_the_batch(shard_di
         assert _same(got, want), got["key"]
         worker, slot, use = got[SLOT_KEY]
         uses[slot] = max(use, uses.get(slot, 0))
-    assert sorted(uses) == list(range(PREFETCH + 2))       # the worker's slots, and no others
-    assert sum(uses.values()) == count                      # every batch in a reused slot
+    # At most ARENAS_PER_WORKER batches are alive at once (how many depends on timing), so
+    # every batch finds a released slot: `count` batches in that few slots means reuse.
+    assert set(uses) <= set(range(ARENAS_PER_WORKER))
+    assert sum(uses.values()) == count
 
 
 def test_batches_the_consumer_keeps_are_never_overwritten(shard_dir, synth_body_dir):
-    stream, count = _stream(shard_dir, synth_body_dir), 3 * (PREFETCH + 2)
+    stream, count = _stream(shard_dir, synth_body_dir), 3 * ARENAS_PER_WORKER
     in_process = make_loader(stream, 0, seed=0)
     expected = [next(in_process) for _ in range(count)]
     loader = make_loader(stream, 1, seed=0)
@@ -109,7 +112,7 @@ def test_batches_the_consumer_keeps_are_never_overwritten(shard_dir, synth_body_
     del loader
     assert all(_same(got, want) for got, want in zip(kept, expected))
     slots = [got[SLOT_KEY][1] for got in kept if SLOT_KEY in got]
-    assert sorted(slots) == list(range(PREFETCH + 2))       # each slot used once; then fresh
+    assert sorted(slots) == list(range(ARENAS_PER_WORKER))  # each slot used once; then fresh
 
 
 def test_shard_reader_reads_what_webdataset_reads(shard_dir):

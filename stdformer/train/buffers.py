@@ -65,13 +65,9 @@ def _arena(nbytes: int, shared: bool) -> torch.UntypedStorage:
 
 
 def _view(arena: torch.UntypedStorage, dtype: torch.dtype, offset: int,
-          shape: tuple[int, ...], stride: tuple[int, ...] | None = None) -> torch.Tensor:
-    """A `dtype` tensor on `arena` starting `offset` elements of that dtype in."""
-    if stride is None:  # C-contiguous
-        stride, step = [], 1
-        for n in reversed(shape):
-            stride.insert(0, step)
-            step *= n
+          shape: tuple[int, ...], stride: tuple[int, ...] = ()) -> torch.Tensor:
+    """A `dtype` tensor on `arena` starting `offset` elements of that dtype in (no stride:
+    C-contiguous)."""
     return torch.empty(0, dtype=dtype).set_(arena, offset, shape, stride)
 
 

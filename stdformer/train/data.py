@@ -242,7 +242,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                 yield pack(batch) if packing else batch
 
 
-PREFETCH = 2  # batches each worker builds ahead
+PREFETCH = 2                     # batches each worker builds ahead
+ARENAS_PER_WORKER = PREFETCH + 2  # see make_loader
 
 
 def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
@@ -254,11 +255,11 @@ def make_loader(dataset: TrainStream, num_workers: int, seed: int, pin_memory: b
                 ) -> Iterator[dict[str, Any]]:
     """The batches of `dataset`, built by `num_workers` DataLoader workers (0: in this
     process). The explicit generator keeps the loader from drawing its worker seeds from (and
-    so advancing) the global torch RNG. Each worker reuses PREFETCH + 2 batch arenas, as
+    so advancing) the global torch RNG. Each worker reuses ARENAS_PER_WORKER batch arenas, as
     many as a consumer that holds one batch at a time keeps busy: its batch, the one being
     handed over, and PREFETCH being built or on their way (stdformer.train.buffers)."""
     stream = copy.copy(dataset)
-    stream.board = ReleaseBoard(num_workers, PREFETCH + 2) if num_workers > 0 else None
+    stream.board = ReleaseBoard(num_workers, ARENAS_PER_WORKER) if num_workers > 0 else None
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, collate_fn=_as_built, num_workers=num_workers,
         pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
