@@ -113,19 +113,16 @@ def trained_variant(directory: Path, variant: str, body: Path) -> tuple[torch.nn
 def evaluate_models(models: dict[str, torch.nn.Module], params: dict, shards: Path, body: Path
                     ) -> dict[str, dict]:
     """Test-split summaries {name: {metric: value}} of the models and the mean pose."""
-    from stdformer.body.model import BodyModel
-
     ecfg = from_dict(EvaluateConfig, params.get("evaluate") or {}, source="params",
                      prefix="evaluate")
-    assets = load_body_assets(body)
-    regressor = assets.regressor_h36m.double()
+    body_model = load_body_assets(body).body
     predictors = {name: model_predictor(m.eval(), torch.device("cpu"))
                   for name, m in models.items()}
     predictors["mean_pose"] = constant_predictor(
-        mean_pose_vertices(shards, ecfg.baseline_split, regressor))
-    result = evaluate_predictors(predictors, shards, ecfg.split, regressor, merge=ecfg.merge,
+        mean_pose_vertices(shards, ecfg.baseline_split, body_model))
+    result = evaluate_predictors(predictors, shards, ecfg.split, body_model, merge=ecfg.merge,
                                  batch_size=ecfg.batch_size,
-                                 part_labels=BodyModel.from_dir(body).part_labels.numpy())
+                                 part_labels=body_model.part_labels.numpy())
     return {name: {**result.overall[name], **result.diagnostics[name]}
             for name in result.models}
 

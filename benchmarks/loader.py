@@ -40,7 +40,7 @@ from stdformer.train.config import AugmentConfig
 from stdformer.train.data import TrainStream, index_shards, make_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import CACHE, cached_dataset, cases  # noqa: E402
+from preprocess import CACHE, cached_dataset, cases, code_digest  # noqa: E402
 from train import loader_throughput  # noqa: E402
 
 CROP = 224
@@ -51,7 +51,7 @@ def cached_shards() -> tuple[Path, Path]:
     from stdformer.data.preprocess import PreprocessConfig, preprocess
 
     root, body_dir = cached_dataset(cases()["default"][0])
-    out = CACHE / f"shards-{CROP}-{root.name}-{body_dir.name}"
+    out = CACHE / f"shards-{CROP}-{root.name}-{body_dir.name}-{code_digest('data')}"
     if not (out / "manifest.parquet").is_file():
         print(f"preprocessing {root} at {CROP} px into {out} (once)...", file=sys.stderr)
         preprocess(root, body_dir, out, PreprocessConfig(crop_size=CROP, workers=1,

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from stdformer.data import crops  # noqa: E402
 from stdformer.data.preprocess import PreprocessConfig  # noqa: E402
 from stdformer.data.render import project_points  # noqa: E402
-from stdformer.data.targets import PosingArrays, body_targets, project  # noqa: E402
+from stdformer.data.targets import PosingArrays, body_targets, camera_mesh, project  # noqa: E402
 from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402
@@ -57,12 +57,15 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def annotations(root: Path, body: PosingArrays, split: str, cfg: PreprocessConfig) -> dict:
+def annotations(root: Path, body_dir: Path, split: str, cfg: PreprocessConfig) -> dict:
     """sequence -> [{actor, box (N, 4) projected body, visible (N,)}]."""
+    from stdformer.body import BodyModel
+
+    arrays, body = PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
     out: dict[str, list] = {}
     for track in iter_tracks(root, split):
-        targets = body_targets(track, body, str(track.pkl_path))
-        uv, _ = project(targets["vertices"] + targets["root_cam"][:, None], track.intrinsics)
+        targets = body_targets(track, arrays, str(track.pkl_path))
+        uv, _ = project(camera_mesh(body, targets), track.intrinsics)
         visible = crops.keypoint_boxes(track.poses2d, cfg.keypoint_conf, cfg.min_keypoints)[2]
         out.setdefault(track.sequence, []).append(
             {"actor": track.actor, "box": np.concatenate([uv.min(1), uv.max(1)], 1),
@@ -102,17 +105,20 @@ def detector_sweep(root: Path, people: dict, settings: list[dict]) -> list[dict]
 # Predict vs annotations vs evaluate
 
 
-def evaluate_tracks(shards: Path, model, split: str) -> dict:
+def evaluate_tracks(shards: Path, model, split: str, body_dir: Path) -> dict:
     """(sequence, actor) -> evaluate's TrackPrediction of the model (merged windows)."""
+    from stdformer.body import BodyModel
     from stdformer.data.manifest import read_manifest
     from stdformer.data.shards import list_shards, make_clip_loader
-    from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout
+    from stdformer.evaluation.predict import (model_predictor, predict_tracks, track_layout,
+                                              with_mesh)
 
     layout = track_layout(read_manifest(shards), split)
     loader = make_clip_loader(list_shards(shards, split), batch_size=8, frames_dtype="uint8",
                               num_workers=0)
     return {(p.sequence, p.actor): p for p in predict_tracks(
-        loader, {"m": model_predictor(model.model, torch.device("cpu"))}, layout)}
+        with_mesh(loader, BodyModel.from_dir(body_dir)),
+        {"m": model_predictor(model.model, torch.device("cpu"))}, layout)}
 
 
 def score_sequence(out: dict, actors: list, evaluated: dict, sequence: str, regressor) -> dict:
@@ -175,7 +181,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     crop = load_section("preprocess", PreprocessConfig, args.params)
     root = Path(args.root)
-    people = annotations(root, PosingArrays.load(args.body), args.split, crop)
+    people = annotations(root, Path(args.body), args.split, crop)
     if args.detector_sweep:
         settings = [dict(upscale=1.0, win_stride=8, scale=1.05),
                     dict(upscale=1.5, win_stride=8, scale=1.05),
@@ -188,7 +194,7 @@ def main(argv=None) -> dict:
         return {"sweep": detector_sweep(root, people, settings)}
 
     model = load_inference_model(args.model, args.body, device=args.device)
-    evaluated = evaluate_tracks(Path(args.shards), model, args.split)
+    evaluated = evaluate_tracks(Path(args.shards), model, args.split, Path(args.body))
     regressor = model.regressor.double()
     cfg = PredictConfig(device=args.device, glb=False)
     detector = HOGPeopleDetector(cfg.detector)

@@ -64,6 +64,13 @@ def cases() -> dict[str, tuple[dict, int, str]]:
     }
 
 
+def code_digest(package: str) -> str:
+    """12 hex digits of sha256 over stdformer/<package>/*.py: cached outputs of that code are
+    rebuilt when it changes."""
+    files = sorted((Path(__file__).resolve().parents[1] / "stdformer" / package).glob("*.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:12]
+
+
 def cached_dataset(overrides: dict, resolution: int = 6890) -> tuple[Path, Path]:
     """A procedural body and a synthetic 3DPW for `overrides` of SynthesizeConfig, built once
     under benchmarks/.cache/: the body keyed by the body code, the data set by its config and
@@ -71,9 +78,7 @@ def cached_dataset(overrides: dict, resolution: int = 6890) -> tuple[Path, Path]
     from stdformer.body import BodyModel, write_body_dir
     from stdformer.data.synthetic import synthesize
 
-    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(
-        (Path(__file__).resolve().parents[1] / "stdformer" / "body").glob("*.py"))))
-    body_dir = CACHE / f"body-{resolution}-{code.hexdigest()[:12]}"
+    body_dir = CACHE / f"body-{resolution}-{code_digest('body')}"
     if not (body_dir / "meta.json").is_file():
         write_body_dir(body_dir, source="procedural", seed=0, resolution=resolution)
     cfg = SynthesizeConfig(**overrides)

@@ -47,7 +47,6 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
     from stdformer.data.shards import encode_clip, write_shards
 
     assets = load_body_assets(body_dir)
-    num_vertices = assets.hierarchy.num_vertices[0]
     rng = np.random.default_rng(0)
     rows = []
 
@@ -60,7 +59,7 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
         points = lambda n: rng.normal(scale=0.3, size=(clip_len, n, 3))  # noqa: E731
         pixels = lambda n: np.concatenate([rng.uniform(0, crop - 1, (clip_len, n, 2)),  # noqa
                                            np.ones((clip_len, n, 1))], -1)
-        targets = {"vertices": points(num_vertices), "joints3d": points(24),
+        targets = {"joints3d": points(24),
                    "joints_h36m": points(17), "joints2d": pixels(17), "keypoints2d": pixels(18),
                    "pose": rng.normal(scale=0.2, size=(clip_len, 72)),
                    "betas": np.zeros((clip_len, 10)), "valid": np.ones(clip_len, bool)}

@@ -4,6 +4,8 @@ device equal the float frames of the per-clip path; loader workers reuse their b
 once (and only once) the consumer has let go of a batch; the shard reader reads what webdataset
 reads and names a truncated shard."""
 
+import tarfile
+
 import pytest
 import torch
 import webdataset as wds
@@ -130,7 +132,9 @@ def test_shard_reader_reads_what_webdataset_reads(shard_dir):
 def test_truncated_shard_is_a_data_error_naming_it(shard_dir, tmp_path):
     url = index_shards(shard_dir, "train").shards[0]
     data = open(url, "rb").read()
-    for cut in (len(data) // 2, len(data) - 2048):   # inside a member; before the end marker
+    with tarfile.open(url) as tar:
+        members_end = max(m.offset_data + -(-m.size // 512) * 512 for m in tar.getmembers())
+    for cut in (len(data) // 2, members_end - 100, members_end):  # in members; no end marker
         bad = tmp_path / f"cut{cut}.tar"
         bad.write_bytes(data[:cut])
         with pytest.raises(DataError, match=rf"{bad}: not a readable tar shard \(truncated"):

@@ -19,10 +19,10 @@ from stdformer.data import crops
 from stdformer.data.manifest import read_manifest
 from stdformer.data.preprocess import PreprocessConfig, preprocess
 from stdformer.data.shards import list_shards, make_clip_loader
-from stdformer.data.targets import PosingArrays, body_targets, project
+from stdformer.data.targets import PosingArrays, body_targets, camera_mesh, project
 from stdformer.data.threedpw import iter_tracks
 from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normalized
-from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout
+from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout, with_mesh
 from stdformer.inference import PredictConfig, load_inference_model, predict_video
 from stdformer.inference import camera, export
 from stdformer.inference.detect import HOGPeopleDetector, read_boxes
@@ -87,14 +87,16 @@ def boxes_json(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_predict_with_annotation_boxes_equals_evaluate(synth_root, shards, model, tmp_path):
+def test_predict_with_annotation_boxes_equals_evaluate(synth_root, shards, model, tmp_path,
+                                                      synth_body):
     """The consistency invariant: with preprocess's boxes, predict cuts the crops preprocess
     cut and merges the windows evaluate merges, so its per-frame outputs are evaluate's."""
     layout = track_layout(read_manifest(shards), "test")
     loader = make_clip_loader(list_shards(shards, "test"), batch_size=3, frames_dtype="uint8",
                               num_workers=0)
     merged = {(p.sequence, p.actor): p for p in predict_tracks(
-        loader, {"m": model_predictor(model.model, torch.device("cpu"))}, layout, "mean")}
+        with_mesh(loader, synth_body), {"m": model_predictor(model.model, torch.device("cpu"))},
+        layout, "mean")}
     compared = 0
     for sequence in sorted({s for s, _ in merged}):
         rows = []
@@ -165,14 +167,14 @@ def test_short_tracks_are_dropped_and_max_people_keeps_the_longest():
     assert len(tracks[0]) == 29 and tracks[0].detected.sum() == 9     # gaps are part of it
 
 
-def test_hog_finds_the_people_of_the_two_actor_sequence(synth_root, synth_body_dir):
+def test_hog_finds_the_people_of_the_two_actor_sequence(synth_root, synth_body_dir, synth_body):
     """The default detector on the synthetic 320x240 frames: both actors detected (IoU >= 0.5
     with the box of the projected body) in most frames where they are visible."""
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test") if t.num_actors == 2})[0]
     people, body = {}, PosingArrays.load(synth_body_dir)
     for actor in annotation_tracks(synth_root, sequence):
         targets = body_targets(actor, body, "x")
-        uv, _ = project(targets["vertices"] + targets["root_cam"][:, None], actor.intrinsics)
+        uv, _ = project(camera_mesh(synth_body, targets), actor.intrinsics)
         people[actor.actor] = (np.concatenate([uv.min(1), uv.max(1)], 1),
                                annotation_boxes(actor)[2])
     detector = HOGPeopleDetector()
@@ -199,7 +201,8 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def test_translation_from_weak_perspective_recovers_the_camera_position(synth_root,
-                                                                         synth_body_dir):
+                                                                         synth_body_dir,
+                                                                         synth_body):
     """Ground truth through the chain: mesh in the camera -> crop of preprocess's box -> the
     weak-perspective camera that best fits it -> translation. The recovered position of the
     mid-hip is the true one to within the weak-perspective approximation (a body ~0.3 m deep
@@ -214,8 +217,8 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
         if not detected.any():
             continue
         targets = body_targets(track, body, "x")
-        vertices = targets["vertices"]                                   # root-relative
-        mesh_cam = vertices + targets["root_cam"][:, None]
+        mesh_cam = camera_mesh(synth_body, targets)
+        vertices = mesh_cam - targets["root_cam"][:, None]               # root-relative
         anchor = camera.camera_anchor(vertices, regressor)               # (N, 3)
         affines = np.stack([crops.crop_affine(c, s, 1.2, 64) for c, s in zip(centers, sides)])
         uv, _ = project(mesh_cam, track.intrinsics)

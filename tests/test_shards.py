@@ -18,7 +18,7 @@ from stdformer.data import manifest as mf
 from stdformer.data import shards
 from stdformer.io import DataError
 
-S, V, CROP = 4, 30, 24
+S, CROP = 4, 24
 
 
 def _clip(seq: str, actor: int, start: int):
@@ -27,7 +27,7 @@ def _clip(seq: str, actor: int, start: int):
     frames = [cv2.imencode(".jpg", np.full((CROP, CROP, 3), (start + 10 * i) % 250, np.uint8))[1]
               .tobytes() for i in range(S)]
     targets = {
-        "vertices": rng.normal(size=(S, V, 3)), "joints3d": rng.normal(size=(S, 24, 3)),
+        "joints3d": rng.normal(size=(S, 24, 3)),
         "joints_h36m": rng.normal(size=(S, 17, 3)), "joints2d": rng.uniform(0, CROP, (S, 17, 3)),
         "keypoints2d": rng.uniform(0, CROP, (S, 18, 3)), "pose": rng.normal(size=(S, 72)),
         "betas": np.zeros((S, 10)), "valid": np.arange(S) % 2 == 0,
@@ -124,7 +124,7 @@ def test_plain_webdataset_reads_every_member_of_the_contract(tmp_path):
     assert {"json", "targets.npz"} | {f"f{i:02d}.jpg" for i in range(S)} <= set(sample)
     with np.load(io.BytesIO(sample["targets.npz"])) as z:
         arrays = {k: z[k] for k in z.files}
-    expected = {"vertices": ((S, V, 3), np.float16), "joints3d": ((S, 24, 3), np.float32),
+    expected = {"joints3d": ((S, 24, 3), np.float32),
                 "joints_h36m": ((S, 17, 3), np.float32), "joints2d": ((S, 17, 3), np.float32),
                 "keypoints2d": ((S, 18, 3), np.float32), "pose": ((S, 72), np.float32),
                 "betas": ((S, 10), np.float32), "valid": ((S,), np.bool_)}
@@ -157,7 +157,7 @@ def test_manifest_roundtrip_matches_shard_contents(tmp_path):
 
 def test_wrong_target_shape_names_the_field():
     sample = _clip("s", 0, 0)
-    bad = {"vertices": np.zeros((S, V, 3)), "joints3d": np.zeros((S, 23, 3))}
+    bad = {"joints3d": np.zeros((S, 23, 3))}
     with pytest.raises(DataError, match="joints3d"):
         shards.encode_clip("k", [sample["f00.jpg"]] * S, {**bad, **{
             k: np.zeros(shape) for k, shape in [("joints_h36m", (S, 17, 3)),
@@ -167,6 +167,19 @@ def test_wrong_target_shape_names_the_field():
             {"sequence": "s", "actor": 0, "split": "train", "source": "x", "clip_start": 0,
              "frame_ids": [0] * S, "crop_size": CROP, "context_size": CROP,
              "body_model_id": "b"})
+
+
+def test_shards_with_stored_vertices_are_refused_with_a_rerun_hint():
+    """Shards from before the mesh left the contract (a float16 `vertices` array per clip) are
+    a clear DataError naming the clip and the field, not silently read without their mesh."""
+    from stdformer.io import npz_arrays, npz_bytes
+
+    sample = _clip("s", 0, 0)
+    arrays = npz_arrays(sample["targets.npz"])
+    old = {**sample, "targets.npz": npz_bytes(
+        {**arrays, "vertices": np.zeros((S, 30, 3), np.float16)}, compress=False)}
+    with pytest.raises(DataError, match=r"s__a0__00000.*vertices.*rerun preprocess"):
+        shards.decode_clip(old)
 
 
 def test_clip_keys_sort_and_never_contain_webdataset_separators():
@@ -221,7 +234,7 @@ def test_batches_stack_clips(tmp_path):
     _write(tmp_path, num_clips=5, per_shard=5)
     batch = next(iter(shards.make_clip_loader(tmp_path, batch_size=4, frames_dtype="uint8")))
     assert batch["frames"].shape == (4, S, 3, CROP, CROP)
-    assert batch["targets"]["vertices"].shape == (4, S, V, 3)
+    assert batch["targets"]["pose"].shape == (4, S, 72)
     assert batch["targets"]["valid"].dtype == torch.bool and len(batch["meta"]) == 4
 
 

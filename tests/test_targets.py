@@ -34,26 +34,36 @@ def official_format_body_dir(arrays, tmp_path):
 def test_posing_arrays_are_bit_for_bit_the_body_models_own(kind, synth_body_dir, small_arrays,
                                                            tmp_path):
     """PosingArrays.load reads the files without building the torch module (preprocess's
-    start-up); its arrays must be exactly the ones BodyModel's smplx.SMPL holds."""
+    start-up); its arrays must be exactly the rows BodyModel's smplx.SMPL holds for the
+    vertices the H36M regressor reads, and its rest joints the SMPL regressor's."""
     body_dir = synth_body_dir if kind == "procedural" else \
         official_format_body_dir(small_arrays, tmp_path)
     arrays, body = targets.PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
     smpl = body.smpl
     assert isinstance(arrays.pose_basis, torch.Tensor) == (kind != "procedural")  # dense: BLAS
     assert arrays.body_model_id == body.body_model_id
+    h36m = body.J_regressor_h36m.double().numpy()
+    ids = np.flatnonzero((h36m != 0).any(axis=0))
+    assert arrays.vertex_ids.tolist() == ids.tolist() and 0 < len(ids) < body.num_vertices
+    num_vertices = body.num_vertices
+    pose_basis = smpl.posedirs.t().numpy().reshape(num_vertices, 3, -1)[ids].reshape(
+        3 * len(ids), -1)
     expected = {
-        "v_template": smpl.v_template.numpy(), "shapedirs": smpl.shapedirs.numpy(),
-        "pose_basis": smpl.posedirs.t().numpy(), "J_regressor": smpl.J_regressor.numpy(),
-        "weights": smpl.lbs_weights.numpy(), "parents": smpl.parents.numpy(),
-        "h36m": body.J_regressor_h36m.double().numpy(),
-        "h36m_rowsum": body.J_regressor_h36m.double().numpy().sum(axis=1)}
+        "v_template": smpl.v_template.numpy()[ids], "shapedirs": smpl.shapedirs.numpy()[ids],
+        "pose_basis": pose_basis, "weights": smpl.lbs_weights.numpy()[ids],
+        "parents": smpl.parents.numpy(), "h36m": h36m[:, ids], "h36m_rowsum": h36m.sum(axis=1)}
     assert expected["shapedirs"].shape[2] == 10
     for name, want in expected.items():
-        if name in ("pose_basis", "J_regressor", "weights", "h36m"):   # laid out by _matrix
+        if name in ("pose_basis", "weights", "h36m"):                     # laid out by _matrix
             want = _dense(targets._matrix(want))                         # (sparse: no -0.0)
         got = _dense(getattr(arrays, name))
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert got.tobytes() == want.tobytes(), name
+    regressor = smpl.J_regressor.double().numpy()
+    np.testing.assert_allclose(arrays.rest_joints, regressor @ smpl.v_template.double().numpy(),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(arrays.rest_joint_shapedirs, np.einsum(
+        "jv,vcb->jcb", regressor, smpl.shapedirs.double().numpy()), rtol=0, atol=1e-12)
 
 
 def _reference(body, poses, betas, trans, cam_poses, h36m=None):
@@ -94,7 +104,7 @@ def test_pose_track_matches_the_body_model_through_the_camera(synth_body, synth_
     out = targets.pose_track(arrays, *track, chunk=8)
     vertices, joints, h36m = _reference(synth_body, *track)
     assert out["vertices"].dtype == np.float32
-    np.testing.assert_allclose(out["vertices"], vertices, atol=2e-5)
+    np.testing.assert_allclose(out["vertices"], vertices[:, arrays.vertex_ids], atol=2e-5)
     np.testing.assert_allclose(out["joints"], joints, atol=2e-5)
     np.testing.assert_allclose(out["joints_h36m"], h36m, atol=2e-5)
 
@@ -105,7 +115,7 @@ def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
     mesh (as the body model does), then moved into the camera."""
     arrays = targets.PosingArrays.load(synth_body_dir)
     h36m = synth_body.J_regressor_h36m.double().numpy() * np.linspace(0.9, 1.1, 17)[:, None]
-    arrays = dataclasses.replace(arrays, h36m=targets._matrix(h36m),
+    arrays = dataclasses.replace(arrays, h36m=targets._matrix(h36m[:, arrays.vertex_ids]),
                                  h36m_rowsum=h36m.sum(axis=1))
     _, _, expected = _reference(synth_body, *track, h36m=h36m)
     np.testing.assert_allclose(targets.pose_track(arrays, *track)["joints_h36m"], expected,
@@ -129,3 +139,19 @@ def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body_dir, track, mo
                 assert out[name].tobytes() == array.tobytes(), (chunk, name)
             else:
                 np.testing.assert_allclose(out[name], array, rtol=0, atol=2e-6)
+
+
+def test_the_shard_mesh_is_the_world_mesh_seen_from_the_camera_relative_to_the_pelvis(
+        synth_body, track):
+    """Shards store the camera-frame pose, not the mesh: posing that pose (no translation)
+    gives the body's world mesh mapped through the camera, relative to the SMPL pelvis (what
+    preprocess stored per frame before): the camera's rotation rides on the global
+    orientation, its translation and the body's cancel on the pelvis."""
+    poses, betas, _, cam_poses = track
+    vertices, joints, _ = _reference(synth_body, *track)
+    expected = vertices - joints[:, :1]
+    pose_cam = torch.as_tensor(targets.camera_pose(poses, cam_poses))
+    mesh = synth_body.shard_mesh(pose_cam[None], torch.as_tensor(np.tile(betas, (1, len(poses), 1))))
+    assert mesh.shape == (1, len(poses), synth_body.num_vertices, 3)
+    assert mesh.dtype == torch.float32 and not mesh.requires_grad
+    np.testing.assert_allclose(mesh[0].numpy(), expected, atol=2e-5)

@@ -3,6 +3,7 @@
     body = BodyModel.from_dir("data/body")
     out = body(pose (B, 72), betas (B, 10), trans (B, 3) | None)
     out.vertices (B, V, 3), out.joints (B, 24, 3), out.joints_h36m (B, 17, 3)
+    body.shard_mesh(pose (..., 72), betas (..., 10))   # shard targets' mesh, pelvis-relative
 
 Posing runs through `smplx.SMPL` (linear blend skinning with shape and pose blend shapes). The
 module holds no trainable parameters and an empty state_dict: it is a fixed asset identified by
@@ -257,6 +258,18 @@ class BodyModel(torch.nn.Module):
                         transl=None if trans is None else trans.to(dtype), pose2rot=True)
         vertices = out.vertices
         return BodyOutput(vertices, out.joints[:, :24], self.regress_h36m(vertices))
+
+    @torch.no_grad()
+    def shard_mesh(self, pose: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """The ground-truth mesh of shard targets (stdformer.data.shards): pose (..., 72)
+        axis-angle with the global orientation in the camera frame, betas (..., 10) ->
+        vertices (..., V, 3) float32 in camera axes, relative to the SMPL pelvis (joint 0), on
+        the body's device. A target: no gradient. Posed where it is used (the training device, evaluation), as
+        FastMETRO poses its ground truth, instead of stored: 6890 x 3 values a frame."""
+        lead, device = pose.shape[:-1], self.smpl.v_template.device
+        out = self(pose.reshape(-1, pose.shape[-1]).to(device),
+                   betas.reshape(-1, betas.shape[-1]).to(device))
+        return (out.vertices - out.joints[:, :1]).reshape(*lead, self.num_vertices, 3)
 
     def template(self, level: int = 0) -> torch.Tensor:
         """(V_level, 3) rest-pose (T-pose, zero betas) vertices at hierarchy level `level`."""

@@ -241,10 +241,10 @@ def jpeg_reduction(affine: np.ndarray, max_factor: int = 8) -> int:
 def reduced_affine(affine: np.ndarray, factor: int) -> np.ndarray:
     """Affine from a 1/factor decoded image to the crop (reduced pixel u covers full pixels
     [u*f, (u+1)*f), centre u*f + (f-1)/2)."""
-    affine = np.asarray(affine, dtype=np.float64)
-    linear = affine[:, :2]
-    offset = affine[:, 2] + linear.sum(axis=1) * ((factor - 1) / 2)
-    return np.column_stack([linear * factor, offset])
+    (a, b, c), (d, e, f) = np.asarray(affine, dtype=np.float64).tolist()  # floats: per frame
+    half = (factor - 1) / 2
+    return np.array([[a * factor, b * factor, c + (a + b) * half],
+                     [d * factor, e * factor, f + (d + e) * half]])
 
 
 class UnreadableImageError(ValueError):

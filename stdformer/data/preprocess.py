@@ -5,9 +5,10 @@ Per sequence (in parallel over an executor; results come back in order), for eac
      stored with `context` x its side of real surroundings (the model's crop is the centre);
      each image is read and decoded once for all the people in it, at the reduced JPEG scale
      (1/2, 1/4, 1/8) that still gives every crop full resolution;
-  2. targets from the body model (targets.pose_track): mesh from (pose, betas, trans) in the
-     camera frame of cam_poses, root-relative on the SMPL pelvis; camera-frame pose (global
-     orientation rotated into the camera); H36M-17 joints projected with the intrinsics and then
+  2. targets from the body model (targets.pose_track): SMPL and H36M-17 joints from (pose,
+     betas, trans) in the camera frame of cam_poses, root-relative on the SMPL pelvis;
+     camera-frame pose (global orientation rotated into the camera), from which the mesh is
+     posed where it is used (not stored); H36M-17 joints projected with the intrinsics and then
      the crop affine;
   3. clips of `clip_len` frames at the split's stride, plus the last `clip_len` frames.
 The main process writes the shards in (split, sequence, actor, start) order, so two runs give
@@ -221,7 +222,8 @@ def crop_frames(image_paths: list[list], centers: list[np.ndarray], sides: list[
         for path, ks in showing.items():
             images = [blank] * len(ks)
             try:
-                data = Path(path).read_bytes()
+                with open(path, "rb") as f:
+                    data = f.read()
             except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
                 if cfg.on_error == "fail":
                     raise DataError(path, f"image file cannot be read ({type(e).__name__})") \
@@ -323,7 +325,7 @@ def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _Track
     keypoints2d = np.concatenate([crops.apply_affine(kp[..., :2], affines), kp[..., 2:]], axis=-1)
 
     per_frame = {
-        "vertices": targets["vertices"], "joints3d": targets["joints3d"],
+        "joints3d": targets["joints3d"],
         "joints_h36m": targets["joints_h36m"], "joints2d": joints2d,
         "keypoints2d": keypoints2d, "pose": targets["pose"], "betas": targets["betas"],
         "valid": valid, "affine": affines.astype(np.float32),

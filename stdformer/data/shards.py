@@ -11,7 +11,6 @@ One sample = one clip of S frames of one actor track, stored as tar members shar
                         crop_size) / 2 pixels in from each side; the rest is real surroundings
                         for scale and rotation augmentation
     <key>.targets.npz   arrays (camera frame, metres, 3D root-relative on the SMPL pelvis):
-        vertices    (S,V,3)  float16
         joints3d    (S,24,3) float32  SMPL joints
         joints_h36m (S,17,3) float32  H36M-17 regressed from the mesh
         joints2d    (S,17,3) float32  H36M-17 projected into crop pixels + visibility
@@ -22,6 +21,10 @@ One sample = one clip of S frames of one actor track, stored as tar members shar
       optional extras written by preprocess: affine (S,2,3) image->centre crop, root_cam (S,3)
       pelvis position in the camera (add it back for absolute camera-frame coordinates),
       intrinsics (3,3).
+    The ground-truth mesh is not stored: `BodyModel.shard_mesh(pose, betas)` poses it (the
+    (S, V, 3) mesh relative to the SMPL pelvis, in the camera frame) where it is used, on the
+    training device and in evaluation, as FastMETRO poses its ground truth. Stored, it was 40 KB
+    a frame, 15 times a 64 px crop's JPEG: most of preprocessing's and the loader's work.
 
 Shards hold `samples_per_shard` clips each (`shard-%06d.tar`, written by tarfiles.py); their
 bytes depend only on the samples (fixed mtime/owner/mode, members sorted by name).
@@ -58,7 +61,6 @@ from stdformer.io import DataError, npz_arrays, npz_bytes
 
 # name -> (shape with "S" for the clip length and None for "any", dtype)
 TARGET_SPECS: dict[str, tuple[tuple, np.dtype]] = {
-    "vertices": (("S", None, 3), np.dtype(np.float16)),
     "joints3d": (("S", 24, 3), np.dtype(np.float32)),
     "joints_h36m": (("S", 17, 3), np.dtype(np.float32)),
     "joints2d": (("S", 17, 3), np.dtype(np.float32)),
@@ -93,6 +95,10 @@ def frame_member(index: int, num_frames: int) -> str:
 def check_targets(targets: Mapping[str, np.ndarray], num_frames: int, where: str = "<clip>"
                   ) -> dict[str, np.ndarray]:
     """Cast the contract arrays to their dtypes, checking shapes; extras pass through."""
+    if "vertices" in targets:
+        raise DataError(where, "stored per-frame vertices: shards from an older preprocess "
+                        "(the mesh is now posed from pose and betas); rerun preprocess",
+                        field="vertices")
     out = {}
     for name, (shape, dtype) in TARGET_SPECS.items():
         if name not in targets:
@@ -238,8 +244,7 @@ def clip_targets(sample: Mapping[str, Any], where: str, num_frames: int
 
 
 def as_float32(array: np.ndarray) -> torch.Tensor:
-    """The array as a tensor, floats as float32 (torch converts float16 ~30x faster than
-    numpy), other dtypes kept."""
+    """The array as a tensor, floats as float32 (extras may be float64), other dtypes kept."""
     tensor = torch.from_numpy(array)
     return tensor.float() if tensor.is_floating_point() else tensor
 

@@ -1,8 +1,10 @@
 """Camera-frame, root-relative 3D targets of one actor track from the body model (SMPL).
 
-World mesh and joints from (pose, betas, trans) composed with cam_poses (`pose_track`: linear
-blend skinning with the camera on the joint transforms), then relative to the SMPL pelvis; the
-global orientation rotated into the camera; projection with the intrinsics.
+World joints from (pose, betas, trans) composed with cam_poses (`pose_track`: linear blend
+skinning, of the vertices the H36M regressor reads, with the camera on the joint transforms),
+then relative to the SMPL pelvis; the global orientation rotated into the camera (the mesh is
+posed from it where it is used: BodyModel.shard_mesh, `camera_mesh`); projection with the
+intrinsics.
 Track arrays are checked (shape, finite) with DataErrors naming the pickle and field.
 """
 
@@ -78,19 +80,26 @@ def _matmul(m, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PosingArrays:
-    """A body model's SMPL arrays laid out for `pose_track` (float32, V vertices).
+    """What `pose_track` needs of a body model to pose a track's joints, in float32.
 
-    v_template (V, 3), shapedirs (V, 3, 10), pose_basis (V*3, 207) (posedirs transposed),
-    J_regressor (24, V), weights (V, 24), parents (24,) int (-1 for the root), h36m (17, V);
-    the regressors, basis and weights sparse or dense (`_matrix`).
+    Preprocess stores joints, not meshes (the mesh is posed from pose and betas where it is
+    used: BodyModel.shard_mesh), so only the vertices the H36M regressor reads are
+    skinned: `vertex_ids` (K,) of the body's V (331 of 6890 for the procedural body).
+    v_template (K, 3), shapedirs (K, 3, 10), pose_basis (K*3, 207) (posedirs transposed),
+    weights (K, 24), h36m (17, K): those vertices' rows (columns of the regressor), sparse or
+    dense (`_matrix`); rest_joints (24, 3) and rest_joint_shapedirs (24, 3, 10) float64: the
+    SMPL joint regressor applied to the whole template and shape basis; parents (24,) int (-1
+    for the root).
     """
 
     body_model_id: str
+    vertex_ids: np.ndarray
     v_template: np.ndarray
     shapedirs: np.ndarray
     pose_basis: Any
-    J_regressor: Any
     weights: Any
+    rest_joints: np.ndarray
+    rest_joint_shapedirs: np.ndarray
     parents: np.ndarray
     h36m: Any
     h36m_rowsum: np.ndarray  # (17,) 1 for a regressor that is an exact weighted mean
@@ -110,13 +119,20 @@ class PosingArrays:
         h36m = files.J_regressor_h36m
         h36m = h36m.toarray() if scipy.sparse.issparse(h36m) else np.asarray(h36m)
         h36m = h36m.astype(np.float32).astype(np.float64)
-        return cls(body_model_id=files.body_model_id,
-                   v_template=a["v_template"].astype(np.float32),
-                   shapedirs=a["shapedirs"][:, :, :num_betas].astype(np.float32),
-                   pose_basis=_matrix(a["posedirs"].reshape(-1, a["posedirs"].shape[-1])),
-                   J_regressor=_matrix(a["J_regressor"].toarray()),
-                   weights=_matrix(a["weights"]), parents=parents,
-                   h36m=_matrix(h36m), h36m_rowsum=h36m.sum(axis=1))
+        ids = np.flatnonzero(np.any(h36m != 0, axis=0))
+        v_template = a["v_template"].astype(np.float32)
+        shapedirs = a["shapedirs"][:, :, :num_betas].astype(np.float32)
+        regressor = a["J_regressor"]
+        regressor = (regressor.toarray() if scipy.sparse.issparse(regressor)
+                     else np.asarray(regressor)).astype(np.float32).astype(np.float64)
+        posedirs = a["posedirs"][ids]
+        return cls(body_model_id=files.body_model_id, vertex_ids=ids,
+                   v_template=v_template[ids], shapedirs=shapedirs[ids],
+                   pose_basis=_matrix(posedirs.reshape(-1, posedirs.shape[-1])),
+                   weights=_matrix(a["weights"][ids]),
+                   rest_joints=regressor @ v_template,
+                   rest_joint_shapedirs=np.einsum("jv,vcb->jcb", regressor, shapedirs),
+                   parents=parents, h36m=_matrix(h36m[:, ids]), h36m_rowsum=h36m.sum(axis=1))
 
 
 def joint_transforms(poses: np.ndarray, rest_joints: np.ndarray, parents: np.ndarray
@@ -150,18 +166,20 @@ def pose_track(arrays: PosingArrays, poses: np.ndarray, betas: np.ndarray, trans
     """SMPL linear blend skinning of one track (one shape), composed with the camera.
 
     poses (N, 72) world axis-angle, betas (10,), trans (N, 3), cam_poses (N, 4, 4)
-    world->camera. Returns `vertices` (N, V, 3) float32, `joints` (N, 24, 3) float64 and
-    `joints_h36m` (N, 17, 3) float32, all in the camera frame: the body model's output
-    (`BodyModel.forward`) mapped through cam_poses, to float32 rounding. Faster than the
-    module on a track: the shape blend is done once, the camera and translation ride on the 24
-    joint transforms instead of a pass over every vertex, and the mostly-zero matrices are
-    multiplied sparse.
+    world->camera. Returns `vertices` (N, K, 3) float32 (the arrays' K vertices,
+    `arrays.vertex_ids`), `joints` (N, 24, 3) float64 and `joints_h36m` (N, 17, 3) float32,
+    all in the camera frame: the body model's output (`BodyModel.forward`) mapped through
+    cam_poses, to float32 rounding. Faster than the module on a track: the shape blend is done
+    once, only the vertices the H36M regressor reads are skinned, the camera and translation
+    ride on the 24 joint transforms instead of a pass over every vertex, and the mostly-zero
+    matrices are multiplied sparse.
     """
     n, num_vertices = len(poses), len(arrays.v_template)
     num_betas = arrays.shapedirs.shape[-1]  # the body's (<= 10)
     v_shaped = arrays.v_template + (arrays.shapedirs.reshape(-1, num_betas)
                                     @ np.asarray(betas[:num_betas], np.float32)).reshape(-1, 3)
-    rest_joints = _matmul(arrays.J_regressor, v_shaped).astype(np.float64)           # (24, 3)
+    rest_joints = arrays.rest_joints + arrays.rest_joint_shapedirs @ np.asarray(
+        betas[:num_betas], np.float64)                                               # (24, 3)
     rot, joints, skinning = joint_transforms(poses, rest_joints, arrays.parents)
     # World placement then camera: one (4, 4) per frame applied to the 24 joint transforms.
     place = np.tile(np.eye(4), (n, 1, 1))
@@ -210,8 +228,9 @@ def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]
     """Camera-frame, root-relative 3D targets of every frame of a track, posed with the body's
     `arrays` (`PosingArrays.load(body_dir)`; preprocess keeps one per process).
 
-    Returns vertices (N,V,3) float16, joints3d (N,24,3), joints_h36m (N,17,3), root_cam (N,3),
-    joints_h36m_cam (N,17,3) (absolute, for projection), pose (N,72) camera-frame.
+    Returns joints3d (N,24,3), joints_h36m (N,17,3), root_cam (N,3), joints_h36m_cam (N,17,3)
+    (absolute, for projection), pose (N,72) camera-frame, betas (N,10): the mesh is posed from
+    pose and betas where it is needed (`BodyModel.shard_mesh`, `camera_mesh`).
     """
     n = len(track.image_paths)
     actor = track.actor
@@ -225,11 +244,7 @@ def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]
     cam_poses = checked_array(track, "cam_poses", (n, 4, 4), pkl, "cam_poses")
     posed = pose_track(arrays, poses, betas, trans, cam_poses)
     root = posed["joints"][:, :1, :]  # SMPL pelvis (N,1,3)
-    # Stored as float16 (the shard contract); torch converts ~30x faster than numpy.
-    vertices = torch.from_numpy(posed["vertices"]).sub_(torch.from_numpy(
-        root.astype(np.float32))).half().numpy()
     return {
-        "vertices": vertices,
         "joints3d": posed["joints"] - root,
         "joints_h36m": posed["joints_h36m"] - root,
         "joints_h36m_cam": posed["joints_h36m"],
@@ -237,3 +252,10 @@ def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]
         "pose": camera_pose(poses, cam_poses),
         "betas": np.tile(betas, (n, 1)),
     }
+
+
+def camera_mesh(body: torch.nn.Module, targets: dict[str, np.ndarray]) -> np.ndarray:
+    """The camera-frame mesh (N, V, 3) float32 of a track's `body_targets`, posed by `body` (a
+    BodyModel, `shard_mesh`) and placed at the pelvis (root_cam)."""
+    mesh = body.shard_mesh(torch.from_numpy(targets["pose"]), torch.from_numpy(targets["betas"]))
+    return mesh.cpu().numpy() + targets["root_cam"][:, None].astype(np.float32)

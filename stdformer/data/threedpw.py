@@ -228,7 +228,8 @@ def tracks_from_sequence(root: str | Path, split: str, pkl_path: str | Path,
                          check_images: bool = True) -> list[Track]:
     """One Track per actor of one sequence file."""
     seq = read_sequence(pkl_path)
-    paths = [image_path(root, seq["sequence"], i) for i in seq["img_frame_ids"]]
+    folder = image_path(root, seq["sequence"], 0).parent
+    paths = [folder / IMAGE_PATTERN.format(int(i)) for i in seq["img_frame_ids"]]
     if check_images:
         for p in paths:
             if not p.is_file():

@@ -6,7 +6,8 @@ from stdformer.evaluation.config import (BASELINE_NAME, MERGE_MODES, SMOOTH_SUFF
                                          EvaluateConfig, SmoothingConfig)
 from stdformer.evaluation.predict import (TrackLayout, TrackPrediction, WindowMerger,
                                           constant_predictor, merge_windows, model_predictor,
-                                          normalize_frames, predict_tracks, track_layout)
+                                          normalize_frames, predict_tracks, track_layout,
+                                          with_mesh)
 from stdformer.evaluation.run import (EvaluatePaths, EvaluationResult, evaluate,
                                       evaluate_predictors, write_outputs)
 from stdformer.evaluation.scoring import METRICS, FrameTable, score_track, track_errors
@@ -17,5 +18,5 @@ __all__ = [
     "MERGE_MODES", "METRICS", "SMOOTH_SUFFIX", "SmoothingConfig", "TrackLayout",
     "TrackPrediction", "WindowMerger", "constant_predictor", "evaluate", "evaluate_predictors",
     "gaussian_smooth", "merge_windows", "model_predictor", "normalize_frames", "predict_tracks",
-    "score_track", "track_errors", "track_layout", "write_outputs",
+    "score_track", "track_errors", "track_layout", "with_mesh", "write_outputs",
 ]

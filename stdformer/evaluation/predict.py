@@ -240,12 +240,23 @@ def _to_numpy(outputs: Mapping[str, torch.Tensor], batch_size: int, clip_len: in
     return out
 
 
+def with_mesh(batches: Iterable[Mapping[str, Any]], body: torch.nn.Module
+              ) -> Iterator[dict[str, Any]]:
+    """Clip batches with the ground-truth mesh added to their targets: `vertices` (B, S, V, 3),
+    posed by `body` (BodyModel.shard_mesh) from the stored pose and betas."""
+    for batch in batches:
+        targets = batch["targets"]
+        yield {**batch, "targets": {**targets, "vertices": body.shard_mesh(
+            targets["pose"], targets["betas"]).cpu()}}
+
+
 def predict_tracks(batches: Iterable[Mapping[str, Any]], predictors: Mapping[str, Predictor],
                    layout: Mapping[TrackId, TrackLayout], merge: str = "mean",
                    observers: Iterable[Callable[[Mapping[str, Any], Mapping[str, Any]], None]] = (),
                    where: str = "<shards>") -> Iterator[TrackPrediction]:
-    """Run every predictor on every batch of clips (collate_clips output) and yield each track,
-    merged, once all its clips (as the `layout` from the manifest says) have been seen.
+    """Run every predictor on every batch of clips (collate_clips output with the ground-truth
+    mesh, `with_mesh`) and yield each track, merged, once all its clips (as the `layout` from
+    the manifest says) have been seen.
 
     observers are called with (batch, {name: {"vertices": (B, S, V, 3), "cam": (B, S, 3)}})
     numpy outputs, e.g. to keep a few clips for figures. Tracks come out in completion order.

@@ -21,7 +21,7 @@ from stdformer.evaluation import report
 from stdformer.evaluation.config import BASELINE_NAME, SMOOTH_SUFFIX, EvaluateConfig
 from stdformer.evaluation.diagnostics import part_vertex_groups, summarize_diagnostics
 from stdformer.evaluation.predict import (Predictor, constant_predictor, model_predictor,
-                                          predict_tracks, track_layout)
+                                          predict_tracks, track_layout, with_mesh)
 from stdformer.evaluation.scoring import FrameTable, score_track, summaries
 from stdformer.io import DataError, atomic_output, write_bytes_atomic, write_text_atomic
 
@@ -73,18 +73,18 @@ def row_order(models: Sequence[str], smoothed: Sequence[str], baseline: bool) ->
 # Predictors from the configuration
 
 
-def mean_pose_vertices(shards: Path, split: str, regressor: torch.Tensor) -> torch.Tensor:
-    """The mean root-relative fine mesh (V, 3) over the valid frames of `split` (training set)."""
+def mean_pose_vertices(shards: Path, split: str, body: torch.nn.Module) -> torch.Tensor:
+    """The mean root-relative fine mesh (V, 3) over the valid frames of `split` (training set),
+    meshes posed by `body` (a BodyModel)."""
     from stdformer.train.data import index_shards, iter_targets
     from stdformer.train.evaluate import mean_pose
 
     index = index_shards(shards, split)
-    vertices, _ = mean_pose(iter_targets(index, ("vertices", "joints_h36m", "valid")),
-                            regressor)
+    vertices, _ = mean_pose(iter_targets(index, ("pose", "betas", "joints_h36m", "valid")), body)
     return vertices.float()
 
 
-def load_predictors(cfg: EvaluateConfig, shards: Path, body_dir: Path, regressor: torch.Tensor,
+def load_predictors(cfg: EvaluateConfig, shards: Path, body_dir: Path, body: torch.nn.Module,
                     clip_len: int, device: torch.device) -> dict[str, Predictor]:
     """name -> predictor for every configured model file, plus the baseline when enabled.
     A model whose clip length differs from the shards' is refused (its windows would not be
@@ -100,7 +100,7 @@ def load_predictors(cfg: EvaluateConfig, shards: Path, body_dir: Path, regressor
         predictors[name] = model_predictor(model, device)
     if cfg.baseline:
         predictors[BASELINE_NAME] = constant_predictor(
-            mean_pose_vertices(shards, cfg.baseline_split, regressor))
+            mean_pose_vertices(shards, cfg.baseline_split, body))
     return predictors
 
 
@@ -119,15 +119,16 @@ def _clip_len(manifest: Mapping[str, list], split: str, where: Path) -> int:
 
 
 def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path, split: str,
-                        regressor: torch.Tensor, *, merge: str = "mean",
+                        body: torch.nn.Module, *, merge: str = "mean",
                         smoothed: Sequence[str] = (), sigma: float = 1.5,
                         batch_size: int = 8, num_workers: int = 0,
                         overlay_keys: Sequence[str] = (), body_model_id: str | None = None,
                         part_labels: np.ndarray | None = None,
                         progress: bool = False) -> EvaluationResult:
     """Score every predictor on every valid frame of `split` (clips predicted, windows merged per
-    track, see predict.py); `smoothed` models also get a "_smooth" row. part_labels (V,): the
-    SMPL joint of every vertex, for per-part errors (diagnostics.py); None = none."""
+    track, see predict.py); `smoothed` models also get a "_smooth" row. `body` (a BodyModel)
+    poses the ground-truth meshes and regresses the joints. part_labels (V,): the SMPL joint of
+    every vertex, for per-part errors (diagnostics.py); None = none."""
     shards = Path(shards)
     manifest = read_manifest(shards)
     layout = track_layout(manifest, split)
@@ -140,12 +141,13 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
     observers = [collector]
     if body_model_id is not None:
         observers.append(_body_check(body_model_id, shards / split))
-    batches: Any = loader
+    regressor = body.J_regressor_h36m.double()
+    batches: Any = with_mesh(loader, body)
     if progress:
         from stdformer.progress import progress as progress_bar
 
         total = -(-sum(1 for s in manifest["split"] if s == split) // batch_size)
-        batches = progress_bar(loader, total=total, unit="batch", desc="evaluate")
+        batches = progress_bar(batches, total=total, unit="batch", desc="evaluate")
     groups = part_vertex_groups(part_labels) if part_labels is not None else None
     table = FrameTable()
     for track in predict_tracks(batches, predictors, layout, merge, observers,
@@ -207,26 +209,25 @@ def write_outputs(result: EvaluationResult, paths: EvaluatePaths, faces: np.ndar
 def evaluate(cfg: EvaluateConfig, paths: EvaluatePaths, progress: bool = True
              ) -> EvaluationResult:
     """The `evaluate` stage: load models and body, score, write every output."""
-    from stdformer.body.model import BodyModel
     from stdformer.train.assets import load_body_assets
 
     assets = load_body_assets(paths.body)
-    part_labels = BodyModel.from_dir(paths.body).part_labels.cpu().numpy()
-    regressor = assets.regressor_h36m.double()
+    body = assets.body
     manifest = read_manifest(paths.shards)
     clip_len = _clip_len(manifest, cfg.split, paths.shards / "manifest.parquet")
     try:
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise DataError("evaluate", str(e), field="device") from e
-    predictors = load_predictors(cfg, paths.shards, paths.body, regressor, clip_len, device)
+    predictors = load_predictors(cfg, paths.shards, paths.body, body, clip_len, device)
     overlay_keys = ov.select_overlay_keys(manifest, cfg.split, cfg.overlays) \
         if any(n != BASELINE_NAME for n in predictors) else []
     result = evaluate_predictors(
-        predictors, paths.shards, cfg.split, regressor, merge=cfg.merge,
+        predictors, paths.shards, cfg.split, body, merge=cfg.merge,
         smoothed=cfg.smoothed_models(), sigma=cfg.smoothing.sigma, batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, overlay_keys=overlay_keys,
-        body_model_id=assets.body_model_id, part_labels=part_labels, progress=progress)
+        body_model_id=assets.body_model_id, part_labels=body.part_labels.cpu().numpy(),
+        progress=progress)
     primary = result.models[0] if result.models else None
     faces = np.asarray(assets.hierarchy.faces[0], np.int64)        # the full mesh
     write_outputs(result, paths, faces, primary, cfg.worst_sequences, cfg.overlay_size,

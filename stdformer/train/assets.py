@@ -1,8 +1,10 @@
-"""What training needs from the body model directory, as tensors: the mesh hierarchy (model
-construction, target pyramid), the H36M regressor (losses, metrics), flip permutations."""
+"""What training needs from the body model directory, as tensors: the body (posing the
+ground-truth mesh), the mesh hierarchy (model construction, target pyramid), the H36M regressor
+(losses, metrics), flip permutations."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class BodyAssets:
     down_mid: tuple[torch.Tensor, torch.Tensor]     # fine -> mid as padded (index, weight)
     down_coarse: tuple[torch.Tensor, torch.Tensor]  # mid -> coarse
     rest_vertices: torch.Tensor | None = None       # (V, 3) rest-pose template, body axes
+    body: torch.nn.Module | None = None             # BodyModel: shard targets' mesh (shard_mesh)
 
     @property
     def mesh_info(self) -> MeshInfo:
@@ -39,7 +42,8 @@ class BodyAssets:
         return BodyAssets(self.body_model_id, self.hierarchy, self.body_dir, self.meta,
                           self.regressor_h36m.to(device), self.perms, move(self.down_mid),
                           move(self.down_coarse),
-                          None if self.rest_vertices is None else self.rest_vertices.to(device))
+                          None if self.rest_vertices is None else self.rest_vertices.to(device),
+                          None if self.body is None else copy.deepcopy(self.body).to(device))
 
     def camera_template(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The rest-pose body standing upright and facing the camera, in the targets' frame
@@ -81,7 +85,7 @@ def load_body_assets(body_dir: str | Path) -> BodyAssets:
         regressor_h36m=regressor,
         perms=perms, down_mid=sparse_rows_padded(hierarchy.down[0]),
         down_coarse=sparse_rows_padded(hierarchy.down[1]),
-        rest_vertices=body.template(0).detach().float().clone())
+        rest_vertices=body.template(0).detach().float().clone(), body=body)
 
 
 def _h36m_regressor(body, body_dir: Path) -> torch.Tensor:

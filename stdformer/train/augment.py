@@ -36,7 +36,9 @@ from stdformer.io import DataError
 from stdformer.train.config import AugmentConfig
 
 # Targets holding 3D points (S, P, 3) and the flip permutation each one uses (FlipPerms field).
-POINTS_3D = {"vertices": "vertices", "joints3d": "smpl", "joints_h36m": "h36m"}
+# The mesh is not among them: it is posed from the augmented pose (BodyModel.shard_mesh), as
+# FastMETRO poses its flipped and rotated ground truth.
+POINTS_3D = {"joints3d": "smpl", "joints_h36m": "h36m"}
 # Targets holding 2D points (S, P, 3) = (x, y, visibility/confidence) in crop pixels.
 POINTS_2D = {"joints2d": "h36m", "keypoints2d": "coco"}
 # Targets without a frame axis (everything else with a leading S axis is reversed in time).
@@ -48,8 +50,9 @@ class FlipPerms:
     """Mirror index of every point: after a flip, point i takes the mirrored point perm[i].
 
     vertices (V,), smpl (24,), h36m (17,), coco (18,) int arrays (each an involution), from
-    the body directory (`stdformer.body.mirror`). vertices is None when the body cannot be
-    flipped; `unavailable` then says why, and flip augmentation refuses to start.
+    the body directory (`stdformer.body.mirror`). vertices is None when the body is not
+    mirror-symmetric, so that the mesh of a flipped pose is not the mirrored mesh;
+    `unavailable` then says why, and flip augmentation refuses to start.
     """
 
     vertices: np.ndarray | None
@@ -225,9 +228,10 @@ def augment_targets(targets: Mapping[str, np.ndarray], params: AugmentParams,
                     perms: FlipPerms, width: int, height: int) -> dict[str, np.ndarray]:
     """The targets of a clip augmented as `augment_frames` augments its frames (crops W x H).
 
-    targets: the shard contract arrays of the centre crop (vertices (S, V, 3), joints3d
-    (S, 24, 3), joints_h36m (S, 17, 3), joints2d / keypoints2d (S, P, 3) pixels + visibility,
-    pose (S, 72), betas (S, 10), valid (S,), extras with a leading S axis). Returns a new dict
+    targets: the shard contract arrays of the centre crop (joints3d (S, 24, 3), joints_h36m
+    (S, 17, 3), joints2d / keypoints2d (S, P, 3) pixels + visibility, pose (S, 72), betas
+    (S, 10), valid (S,), extras with a leading S axis); the mesh posed from the returned pose
+    is the augmented mesh. Returns a new dict
     (the input arrays are not modified; unchanged ones may be shared or reversed views).
     """
     arrays = dict(targets)

@@ -184,7 +184,7 @@ def assemble_batch(samples: Sequence[Mapping[str, Any]],
             arrays = augment_targets({k: shards.as_float32(v).numpy() for k, v in arrays.items()},
                                      params, augmenter.perms, size, size)
         for name, array in arrays.items():
-            tensors[name][b] = torch.from_numpy(np.ascontiguousarray(array))  # float16 -> 32
+            tensors[name][b] = torch.from_numpy(np.ascontiguousarray(array))
     batch = {"key": [sample["__key__"] for sample in samples],
              "frames": frames.permute(0, 1, 4, 2, 3), "targets": tensors,
              "meta": [meta for _, meta, _ in clips]}

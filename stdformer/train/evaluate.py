@@ -40,10 +40,11 @@ def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
 
 
 @torch.no_grad()
-def mean_pose(clips: Iterable[tuple[str, dict]], regressor: torch.Tensor
+def mean_pose(clips: Iterable[tuple[str, dict]], body: torch.nn.Module
               ) -> tuple[torch.Tensor, int]:
-    """Mean pelvis-centred mesh over the valid frames of `clips` ((key, {vertices (S, V, 3),
-    joints_h36m (S, 17, 3), valid (S,)}) pairs). Returns (vertices (V, 3) float64, frames).
+    """Mean pelvis-centred mesh over the valid frames of `clips` ((key, {pose (S, 72), betas
+    (S, 10), joints_h36m (S, 17, 3), valid (S,)}) pairs; meshes posed by `body`, a BodyModel).
+    Returns (vertices (V, 3) float64, frames).
 
     Each mesh is centred on the mid-hip of its J14 (from joints_h36m), so the mean mesh's own
     regressed J14, root aligned, is the mean root-relative J14 pose (the regressor is linear
@@ -53,7 +54,8 @@ def mean_pose(clips: Iterable[tuple[str, dict]], regressor: torch.Tensor
         valid = torch.as_tensor(arrays["valid"]).bool()
         if not valid.any():
             continue
-        verts = torch.as_tensor(arrays["vertices"]).double()[valid]          # (n, V, 3)
+        pose, betas = (torch.as_tensor(arrays[k])[valid] for k in ("pose", "betas"))
+        verts = body.shard_mesh(pose, betas).cpu().double()                    # (n, V, 3)
         pelvis = j14_pelvis(j14_from_h36m(torch.as_tensor(arrays["joints_h36m"]).double()[valid]))
         centred = (verts - pelvis[:, None, :]).sum(dim=0)
         total = centred if total is None else total + centred

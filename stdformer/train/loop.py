@@ -354,8 +354,7 @@ def _validate(s: Session, baseline: torch.Tensor | None = None) -> dict[str, flo
     if baseline is not None:
         predictors[BASELINE_NAME] = constant_predictor(baseline)
     try:
-        result = evaluate_predictors(predictors, s.paths.shards, "validation",
-                                     s.assets.regressor_h36m.double(),
+        result = evaluate_predictors(predictors, s.paths.shards, "validation", s.assets.body,
                                      merge=EvaluateConfig().merge,
                                      batch_size=s.cfg.batch_size,
                                      num_workers=s.cfg.num_workers)
@@ -390,9 +389,8 @@ def _finish(s: Session) -> TrainResult:
     """Validate on the whole split with the mean-pose baseline (every rank); rank 0 writes the
     model, metrics and curve files."""
     d, state = s.d, s.state
-    names = ("vertices", "joints_h36m", "valid")
-    mean_vertices, train_frames = mean_pose(iter_targets(s.train_index, names),
-                                            s.assets.regressor_h36m)
+    names = ("pose", "betas", "joints_h36m", "valid")
+    mean_vertices, train_frames = mean_pose(iter_targets(s.train_index, names), s.assets.body)
     final = _validate(s, baseline=mean_vertices)
     barrier(d)
     metrics: dict[str, Any] = {"steps": state.step, **final,

@@ -53,7 +53,8 @@ def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,
                  crop_size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Shard targets (on the device) -> what `compute_losses` reads: J14 3D joints, J14 2D
     joints in [-1, 1] crop coordinates (pixel centres; the crop spans [-0.5, W - 0.5]) with
-    their visibility, the ground-truth mesh at all three levels, and the frame validity."""
+    their visibility, the ground-truth mesh (posed here from pose and betas) at all three
+    levels, and the frame validity."""
     height, width = crop_size
     joints2d = targets["joints2d"][..., list(J14_FROM_H36M), :]             # (B, S, 14, 3)
     centre = joints2d.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
@@ -63,7 +64,7 @@ def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,
         "joints2d": (joints2d[..., :2] - centre) / half,
         "joints2d_vis": joints2d[..., 2].clamp(0.0, 1.0),
         "valid": targets["valid"].bool(),
-        **vertex_pyramid(targets["vertices"], assets),
+        **vertex_pyramid(assets.body.shard_mesh(targets["pose"], targets["betas"]), assets),
     }
 
 
