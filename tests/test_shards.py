@@ -169,6 +169,22 @@ def test_wrong_target_shape_names_the_field():
              "body_model_id": "b"})
 
 
+@pytest.mark.parametrize("name", ["a", "seq__a0__00000.f07.jpg", "x" * 100, "é.json",
+                                  "d/" + "y" * 100])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 123_456, 8 ** 11])
+def test_member_headers_are_the_bytes_tarfile_writes(name, size):
+    from stdformer.data.tarfiles import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "", ""
+    if size >= 8 ** 11:   # past USTAR's size field: tarfile's own refusal, unchanged
+        with pytest.raises(ValueError):
+            ustar_header(name, size)
+        return
+    assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING,
+                                                  "surrogateescape")
+
+
 def test_shards_with_stored_vertices_are_refused_with_a_rerun_hint():
     """Shards from before the mesh left the contract (a float16 `vertices` array per clip) are
     a clear DataError naming the clip and the field, not silently read without their mesh."""
