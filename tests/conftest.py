@@ -36,6 +36,23 @@ def synth_body(synth_body_dir):
 
 
 @pytest.fixture(scope="session")
+def eval_data(tmp_path_factory):
+    """(body_dir, shards_dir, body, ground truth) of the evaluation tests
+    (evalkit.make_eval_data)."""
+    from evalkit import make_eval_data
+
+    return make_eval_data(tmp_path_factory.mktemp("evaldata"))
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """(body_dir, shards_dir) the training tests train on (trainkit.make_train_data)."""
+    from trainkit import make_train_data
+
+    return make_train_data(tmp_path_factory.mktemp("traindata"))
+
+
+@pytest.fixture(scope="session")
 def synth_cfg():
     """A small synthetic-3DPW config: every feature present, a few seconds to build."""
     from stdformer.data.synthetic import SynthesizeConfig

@@ -1,7 +1,7 @@
 """Every stage pins its numeric libraries' instruction sets and thread counts (stages/__init__.py),
 so its bytes do not depend on the CPU: numpy's SIMD kernels and OpenBLAS's per-CPU kernels each
 change the body model's float64 arrays in the last bit, torch's thread count the synthetic
-set's joints. (Training under other thread counts and ISAs: tests/test_train.py.)"""
+set's joints. (Training under other thread counts and ISAs: tests/test_train_stage.py.)"""
 
 import os
 import subprocess

@@ -151,7 +151,8 @@ def test_the_shard_mesh_is_the_world_mesh_seen_from_the_camera_relative_to_the_p
     vertices, joints, _ = _reference(synth_body, *track)
     expected = vertices - joints[:, :1]
     pose_cam = torch.as_tensor(targets.camera_pose(poses, cam_poses))
-    mesh = synth_body.shard_mesh(pose_cam[None], torch.as_tensor(np.tile(betas, (1, len(poses), 1))))
+    betas_cam = torch.as_tensor(np.tile(betas, (1, len(poses), 1)))
+    mesh = synth_body.shard_mesh(pose_cam[None], betas_cam)
     assert mesh.shape == (1, len(poses), synth_body.num_vertices, 3)
     assert mesh.dtype == torch.float32 and not mesh.requires_grad
     np.testing.assert_allclose(mesh[0].numpy(), expected, atol=2e-5)

@@ -1,7 +1,7 @@
 """Training: deterministic resumable data plans, same seed -> same losses, bit-exact resume after
-SIGKILL, DDP on CPU (gloo), checkpoints and model files under weights_only, MLflow checks and the
-train stage. Everything runs on a tiny procedural body and a tiny synthetic dataset made by the
-real synthesize + preprocess code."""
+SIGKILL, DDP on CPU (gloo), checkpoints under weights_only. Everything runs on a tiny procedural
+body and a tiny synthetic dataset made by the real synthesize + preprocess code (conftest.py's
+`train_data`); the stage, model files and MLflow are in test_train_stage.py."""
 
 import csv
 import dataclasses
@@ -10,80 +10,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from stdformer.config import from_dict
 from stdformer.io import DataError
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig
-from stdformer.train import (TrainConfig, TrainPaths, Tracking, TrackingUnavailableError,
-                             load_model, model_config_from_section, train)
+from stdformer.train import TrainConfig, Tracking, model_config_from_section, train
 from stdformer.train import checkpoint as ckpt_io
 from stdformer.train.assets import load_body_assets
-from stdformer.train.data import (TrainStream, index_shards, make_loader, train_batches)
-
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-# Same threads everywhere: bit-exact comparisons across processes need the same CPU kernels.
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-             "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO)}
-
-TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32, 16], "ffn_dims": [32, 16],
-              "heads": 2}
-
-
-def tiny_train(**overrides) -> TrainConfig:
-    base = dict(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, val_every=0,
-                log_every=1, num_workers=0, shuffle_buffer=4)
-    return from_dict(TrainConfig, {**base, **overrides})
-
-
-def tiny_model() -> ModelConfig:
-    return model_config_from_section(dict(TINY_MODEL))
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory):
-    """(body_dir, shards_dir): procedural body (500 vertices) and 3 + 1 short synthetic
-    sequences preprocessed into 64 px clips of 8 frames, 4 clips per shard."""
-    from stdformer.body.files import write_body_dir
-    from stdformer.body.model import BodyModel
-    from stdformer.data.preprocess import PreprocessConfig, preprocess
-    from stdformer.data.synthetic import SynthesizeConfig, synthesize
-
-    root = tmp_path_factory.mktemp("traindata")
-    body_dir, raw, shards = root / "body", root / "raw", root / "shards"
-    write_body_dir(body_dir, resolution=500, factors=(4, 4))
-    synthesize(raw, BodyModel.from_dir(body_dir), SynthesizeConfig(
-        train_sequences=3, validation_sequences=1, test_sequences=0, min_frames=20,
-        max_frames=24, width=160, height=120, distractors=0, occluders=0,
-        two_actor_fraction=0.0), progress=False)
-    preprocess(raw, body_dir, shards, PreprocessConfig(
-        dataset_root=str(raw), splits=["train", "validation"], crop_size=64,
-        samples_per_shard=4, workers=1, executor="serial"), progress=False)
-    return body_dir, shards
-
-
-def paths_in(directory: Path, dataset) -> TrainPaths:
-    body, shards = dataset
-    return TrainPaths(shards=shards, body=body, model=directory / "models" / "stdformer.pt",
-                      checkpoints=directory / "checkpoints",
-                      metrics=directory / "metrics" / "train.json",
-                      curve=directory / "metrics" / "train_curve.csv")
-
-
-def weights_of(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["weights"]
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
+from stdformer.train.data import TrainStream, index_shards, make_loader, train_batches
+from trainkit import (CHILD_ENV, PYTHON, TINY_MODEL, only_config_dir, paths_in, tiny_model,
+                      tiny_train, weights_of)
 
 
 def test_train_config_is_validated_and_model_profile_applies():
@@ -103,8 +45,8 @@ def test_train_config_is_validated_and_model_profile_applies():
 # Data plans
 
 
-def test_plans_split_ranks_disjointly_and_resume_skips_exactly(dataset):
-    _, shards = dataset
+def test_plans_split_ranks_disjointly_and_resume_skips_exactly(train_data):
+    _, shards = train_data
     index = index_shards(shards, "train")
     kw = dict(seed=5, epoch=3, batch_size=2, shuffle_window=4)
     ranks = [train_batches(index, rank=r, world_size=2, **kw) for r in range(2)]
@@ -115,7 +57,7 @@ def test_plans_split_ranks_disjointly_and_resume_skips_exactly(dataset):
     assert train_batches(index, rank=0, world_size=1, **{**kw, "epoch": 4}) != \
         train_batches(index, rank=0, world_size=1, **kw)                   # reshuffled per epoch
 
-    assets = load_body_assets(dataset[0])
+    assets = load_body_assets(train_data[0])
     common = dict(seed=5, batch_size=2, rank=0, world_size=1, shuffle_window=4,
                   augment=tiny_train().augment, perms=assets.perms)
     full = iter(TrainStream(index, **common))
@@ -130,8 +72,8 @@ def test_plans_split_ranks_disjointly_and_resume_skips_exactly(dataset):
             assert torch.equal(got["targets"][name], target), name
 
 
-def test_batches_do_not_depend_on_the_number_of_loader_workers(dataset):
-    body, shards = dataset
+def test_batches_do_not_depend_on_the_number_of_loader_workers(train_data):
+    body, shards = train_data
     index = index_shards(shards, "train")
     stream = TrainStream(index, seed=1, batch_size=2, rank=0, world_size=1, shuffle_window=4,
                          augment=tiny_train().augment, perms=load_body_assets(body).perms)
@@ -156,10 +98,10 @@ def _loss_column(curve: Path) -> list[str]:
     return [line.split(",")[column] for line in lines[1:]]
 
 
-def test_same_seed_gives_the_same_loss_sequence(dataset, tmp_path):
+def test_same_seed_gives_the_same_loss_sequence(train_data, tmp_path):
     runs = []
     for name in ("a", "b"):
-        paths = paths_in(tmp_path / name, dataset)
+        paths = paths_in(tmp_path / name, train_data)
         train(tiny_train(steps=3, checkpoint_every=3), tiny_model(), LossConfig(), paths,
               Tracking(uri=None), progress=False)
         runs.append(_loss_column(paths.curve))
@@ -199,10 +141,10 @@ def _same_size_other_content(src: Path, dst: Path) -> None:
     write_manifest(dst, [{k: v for k, v in r.items() if k not in DIGEST_FIELDS} for r in rows])
 
 
-def test_resume_is_keyed_on_shard_content_not_names_or_sizes(dataset, tmp_path, capsys):
+def test_resume_is_keyed_on_shard_content_not_names_or_sizes(train_data, tmp_path, capsys):
     """Issue 10 item 1: shards rewritten with the same names and sizes (preprocess rerun with
     min_keypoints 6 -> 12) make training start fresh instead of resuming the old model."""
-    body, old = dataset
+    body, old = train_data
     new = tmp_path / "new_shards"
     _same_size_other_content(old, new)
     def sizes(root):
@@ -226,8 +168,8 @@ def test_resume_is_keyed_on_shard_content_not_names_or_sizes(dataset, tmp_path, 
     assert any(not torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
 
 
-def test_joint_warmup_trains_the_joint_tokens_alone_then_the_full_loss(dataset, tmp_path):
-    paths = paths_in(tmp_path, dataset)
+def test_joint_warmup_trains_the_joint_tokens_alone_then_the_full_loss(train_data, tmp_path):
+    paths = paths_in(tmp_path, train_data)
     train(tiny_train(steps=3, checkpoint_every=3, joint_warmup_steps=2), tiny_model(),
           LossConfig(), paths, Tracking(uri=None), progress=False)
     rows = list(csv.DictReader(paths.curve.read_text().splitlines()))
@@ -284,8 +226,8 @@ RECORD_KEYS = textwrap.dedent("""
 """)
 
 
-def _spec(directory: Path, dataset, **train_overrides) -> dict:
-    paths = paths_in(directory, dataset)
+def _spec(directory: Path, train_data, **train_overrides) -> dict:
+    paths = paths_in(directory, train_data)
     base = dict(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, val_every=3,
                 log_every=1, num_workers=0, shuffle_buffer=4)
     return {"train": {**base, **train_overrides}, "model": TINY_MODEL,
@@ -297,11 +239,6 @@ def _run_worker(tmp_path: Path, spec: dict, prefix: str = "") -> subprocess.Comp
     script.write_text(prefix + WORKER)
     return subprocess.run([PYTHON, str(script), json.dumps(spec)], env=CHILD_ENV,
                           capture_output=True, text=True, timeout=600)
-
-
-def _only_config_dir(root: Path) -> Path:
-    (config,) = ckpt_io.list_configs(root)
-    return config.directory
 
 
 def _kill_group_and_reap(child: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -323,12 +260,12 @@ def _kill_group_and_reap(child: subprocess.Popen, timeout_s: float = 60.0) -> No
         time.sleep(0.1)
 
 
-def test_sigkilled_run_resumes_to_bit_identical_weights(dataset, tmp_path):
-    reference = _spec(tmp_path / "reference", dataset)
+def test_sigkilled_run_resumes_to_bit_identical_weights(train_data, tmp_path):
+    reference = _spec(tmp_path / "reference", train_data)
     done = _run_worker(tmp_path, reference)
     assert done.returncode == 0, done.stderr
 
-    interrupted = _spec(tmp_path / "interrupted", dataset, num_workers=1)
+    interrupted = _spec(tmp_path / "interrupted", train_data, num_workers=1)
     script = tmp_path / "worker.py"
     with open(tmp_path / "interrupted.err", "w") as err:
         child = subprocess.Popen(
@@ -341,7 +278,7 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(dataset, tmp_path):
         _kill_group_and_reap(child)
         child.stdout.close()
     assert marker.startswith("CHECKPOINT"), (tmp_path / "interrupted.err").read_text()[-3000:]
-    checkpoints = _only_config_dir(Path(interrupted["paths"]["checkpoints"]))
+    checkpoints = only_config_dir(Path(interrupted["paths"]["checkpoints"]))
     assert [s for s, _ in ckpt_io.list_checkpoints(checkpoints)] == [2]
     assert not Path(interrupted["paths"]["model"]).exists()
     (checkpoints / ".step-00000004.pt.x1.tmp").write_bytes(b"half a checkpoint")  # a torn write
@@ -359,8 +296,8 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(dataset, tmp_path):
         Path(interrupted["paths"]["metrics"]).read_text()
 
 
-def test_ddp_two_cpu_ranks_agree_on_weights_and_split_the_clips(dataset, tmp_path):
-    spec = _spec(tmp_path / "ddp", dataset, steps=3, val_every=0)
+def test_ddp_two_cpu_ranks_agree_on_weights_and_split_the_clips(train_data, tmp_path):
+    spec = _spec(tmp_path / "ddp", train_data, steps=3, val_every=0)
     dump = tmp_path / "dump"
     dump.mkdir()
     script = tmp_path / "worker.py"
@@ -375,148 +312,9 @@ def test_ddp_two_cpu_ranks_agree_on_weights_and_split_the_clips(dataset, tmp_pat
     assert ranks[0]["keys"] and ranks[1]["keys"]
     assert not set(ranks[0]["keys"]) & set(ranks[1]["keys"])
     # only rank 0 wrote outputs; the checkpoint holds both ranks' RNG states
-    ckpt = torch.load(ckpt_io.checkpoint_path(_only_config_dir(Path(spec["paths"]["checkpoints"])),
+    ckpt = torch.load(ckpt_io.checkpoint_path(only_config_dir(Path(spec["paths"]["checkpoints"])),
                                               3), weights_only=True)
     assert len(ckpt["rng"]) == 2
     assert json.loads(Path(spec["paths"]["metrics"]).read_text())["steps"] == 3
 
 
-# --------------------------------------------------------------------------------------------
-# Files, MLflow and the stage
-
-
-def test_unreachable_tracking_server_fails_before_training(dataset, tmp_path):
-    paths = paths_in(tmp_path, dataset)
-    with pytest.raises(TrackingUnavailableError, match=r"127\.0\.0\.1:9.*not reachable"):
-        train(tiny_train(), tiny_model(), LossConfig(), paths,
-              Tracking(uri="http://127.0.0.1:9"), progress=False)
-    assert not paths.checkpoints.exists() and not paths.model.exists()
-
-
-def _write_params(directory: Path, **train_overrides) -> Path:
-    params = {
-        "train": {"steps": 3, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2,
-                  "val_every": 2, "log_every": 1, "num_workers": 0, "shuffle_buffer": 4,
-                  **train_overrides},
-        "model": TINY_MODEL,
-        "loss": {"normal": False},
-    }
-    path = directory / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-def _run_stage(cwd: Path, dataset, env: dict) -> subprocess.CompletedProcess:
-    body, shards = dataset
-    return subprocess.run(
-        [PYTHON, "-m", "stages.train", "--params", "params.yaml", "--shards", str(shards),
-         "--body", str(body), "--out", "models/stdformer.pt", "--no-progress"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_stage_refuses_an_unreachable_mlflow_with_one_line(dataset, tmp_path):
-    _write_params(tmp_path)
-    proc = _run_stage(tmp_path, dataset, {**CHILD_ENV, "MLFLOW_TRACKING_URI":
-                                          "http://127.0.0.1:9"})
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: MLFLOW_TRACKING_URI=http://127.0.0.1:9: MLflow "
-                                  "tracking server not reachable")
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_stage_trains_logs_to_mlflow_and_writes_loadable_files(dataset, tmp_path):
-    _write_params(tmp_path)
-    env = {k: v for k, v in CHILD_ENV.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = _run_stage(tmp_path, dataset, env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "mean-pose baseline MPJPE" in proc.stderr
-
-    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    for key in ("val_mpjpe", "val_pa_mpjpe", "val_mpvpe", "baseline_val_mpjpe", "train_loss"):
-        assert metrics[key] > 0, key
-    curve = (tmp_path / "metrics" / "train_curve.csv").read_text().splitlines()
-    header = curve[0].split(",")
-    assert header[0] == "step" and "loss/total" in header and "val_mpjpe" in header
-    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3"]
-
-    model_file = torch.load(tmp_path / "models" / "stdformer.pt", weights_only=True)
-    assert {"weights", "model_config", "body_model_id", "train_config", "metrics"} <= \
-        model_file.keys()
-    assert model_file["metrics"]["val_mpjpe"] == metrics["val_mpjpe"]
-    checkpoint = torch.load(_only_config_dir(tmp_path / "checkpoints") / "step-00000003.pt",
-                            weights_only=True)
-    assert checkpoint["step"] == 3 and checkpoint["optimizer"]["state"]
-
-    model = load_model(tmp_path / "models" / "stdformer.pt", dataset[0])
-    frames = torch.zeros(1, 8, 3, 64, 64)
-    with torch.no_grad():
-        out = model(frames)
-    num_vertices = load_body_assets(dataset[0]).hierarchy.num_vertices[0]
-    assert out["vertices"].shape == (1, 8, num_vertices, 3)
-
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("stdformer")
-    assert experiment.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.steps"] == "3"
-    losses = client.get_metric_history(run.info.run_id, "loss/total")
-    assert [m.step for m in losses] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mpjpe")] == [2, 3]
-
-
-def test_stage_writes_the_same_model_bytes_whatever_the_cores_and_instruction_set(dataset,
-                                                                                   tmp_path):
-    # What differs between machines, as environment variables: the thread count torch would
-    # take from the cores, and the ISA of ATen's kernels, oneDNN's convolutions and MKL's
-    # BLAS. Each of these alone changes the weights when the stage does not pin them.
-    machines = {
-        "one_core_avx512": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-        "two_cores_sse41": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
-                            "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default",
-                            "MKL_CBWR": "AUTO"},
-    }
-    models = {}
-    for name, env in machines.items():
-        (tmp_path / name).mkdir()
-        _write_params(tmp_path / name, steps=2, val_every=0)
-        proc = _run_stage(tmp_path / name, dataset, {**CHILD_ENV, **env})
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        models[name] = (tmp_path / name / "models" / "stdformer.pt").read_bytes()
-    assert models["one_core_avx512"] == models["two_cores_sse41"]
-    recorded = torch.load(tmp_path / "one_core_avx512" / "models" / "stdformer.pt",
-                          weights_only=True)["numerics"]
-    assert recorded["threads"] == 2 and recorded["aten_cpu_capability"] == "AVX2"
-    assert recorded["onednn_max_cpu_isa"] == "AVX2" and recorded["mkl_cbwr"] == "COMPATIBLE"
-    assert recorded["deterministic_algorithms"] is True
-
-
-def test_validation_scores_every_frame_once_exactly_as_evaluate_does(dataset, tmp_path):
-    from stdformer.evaluation import evaluate_predictors, model_predictor
-    from stdformer.train.data import iter_targets
-
-    body, shards = dataset
-    paths = paths_in(tmp_path, dataset)
-    metrics = train(tiny_train(steps=1, checkpoint_every=1), tiny_model(), LossConfig(), paths,
-                    Tracking(uri=None), progress=False).metrics
-
-    # The validation track's last clip overlaps the one before it: counted per clip, the
-    # overlapping frames would count twice.
-    clip_frames, unique_frames = 0, set()
-    for key, arrays in iter_targets(index_shards(shards, "validation"), ["valid"]):
-        track, start = key.rsplit("__", 1)
-        clip_frames += int(arrays["valid"].sum())
-        unique_frames |= {(track, int(start) + i) for i in range(len(arrays["valid"]))
-                          if arrays["valid"][i]}
-    assert clip_frames > len(unique_frames)
-    assert metrics["val_frames"] == len(unique_frames)
-
-    predictor = model_predictor(load_model(paths.model, body), torch.device("cpu"))
-    evaluated = evaluate_predictors({"model": predictor}, shards, "validation",
-                                    load_body_assets(body).body).overall["model"]
-    for name in ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "frames"):
-        assert metrics[f"val_{name}"] == pytest.approx(evaluated[name], rel=1e-6), name
-    assert metrics["baseline_val_mpjpe"] > 0

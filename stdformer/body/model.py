@@ -264,8 +264,9 @@ class BodyModel(torch.nn.Module):
         """The ground-truth mesh of shard targets (stdformer.data.shards): pose (..., 72)
         axis-angle with the global orientation in the camera frame, betas (..., 10) ->
         vertices (..., V, 3) float32 in camera axes, relative to the SMPL pelvis (joint 0), on
-        the body's device. A target: no gradient. Posed where it is used (the training device, evaluation), as
-        FastMETRO poses its ground truth, instead of stored: 6890 x 3 values a frame."""
+        the body's device. A target: no gradient. Posed where it is used (the training device,
+        evaluation), as FastMETRO poses its ground truth, instead of stored: 6890 x 3 values a
+        frame."""
         lead, device = pose.shape[:-1], self.smpl.v_template.device
         out = self(pose.reshape(-1, pose.shape[-1]).to(device),
                    betas.reshape(-1, betas.shape[-1]).to(device))

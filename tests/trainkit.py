@@ -1,0 +1,70 @@
+"""Shared pieces of the training tests (test_train.py, test_train_stage.py): tiny configs,
+the tiny data set they train on (conftest.py's `train_data`), paths and weights."""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from stdformer.config import from_dict
+from stdformer.model.stdformer import ModelConfig
+from stdformer.train import TrainConfig, TrainPaths, model_config_from_section
+from stdformer.train import checkpoint as ckpt_io
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+# Same threads everywhere: bit-exact comparisons across processes need the same CPU kernels.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+             "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO)}
+
+TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32, 16], "ffn_dims": [32, 16],
+              "heads": 2}
+
+
+def tiny_train(**overrides) -> TrainConfig:
+    base = dict(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2, val_every=0,
+                log_every=1, num_workers=0, shuffle_buffer=4)
+    return from_dict(TrainConfig, {**base, **overrides})
+
+
+def tiny_model() -> ModelConfig:
+    return model_config_from_section(dict(TINY_MODEL))
+
+
+def make_train_data(root: Path) -> tuple[Path, Path]:
+    """(body_dir, shards_dir): procedural body (500 vertices) and 3 + 1 short synthetic
+    sequences preprocessed into 64 px clips of 8 frames, 4 clips per shard."""
+    from stdformer.body.files import write_body_dir
+    from stdformer.body.model import BodyModel
+    from stdformer.data.preprocess import PreprocessConfig, preprocess
+    from stdformer.data.synthetic import SynthesizeConfig, synthesize
+
+    body_dir, raw, shards = root / "body", root / "raw", root / "shards"
+    write_body_dir(body_dir, resolution=500, factors=(4, 4))
+    synthesize(raw, BodyModel.from_dir(body_dir), SynthesizeConfig(
+        train_sequences=3, validation_sequences=1, test_sequences=0, min_frames=20,
+        max_frames=24, width=160, height=120, distractors=0, occluders=0,
+        two_actor_fraction=0.0), progress=False)
+    preprocess(raw, body_dir, shards, PreprocessConfig(
+        dataset_root=str(raw), splits=["train", "validation"], crop_size=64,
+        samples_per_shard=4, workers=1, executor="serial"), progress=False)
+    return body_dir, shards
+
+
+def paths_in(directory: Path, train_data) -> TrainPaths:
+    body, shards = train_data
+    return TrainPaths(shards=shards, body=body, model=directory / "models" / "stdformer.pt",
+                      checkpoints=directory / "checkpoints",
+                      metrics=directory / "metrics" / "train.json",
+                      curve=directory / "metrics" / "train_curve.csv")
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["weights"]
+
+
+def only_config_dir(root: Path) -> Path:
+    """The one run-config directory under a checkpoints root."""
+    (config,) = ckpt_io.list_configs(root)
+    return config.directory
