@@ -34,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stdformer.body import BodyModel  # noqa: E402
 from stdformer.data import crops  # noqa: E402
 from stdformer.data.preprocess import PreprocessConfig  # noqa: E402
 from stdformer.data.render import project_points  # noqa: E402
@@ -57,11 +58,10 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def annotations(root: Path, body_dir: Path, split: str, cfg: PreprocessConfig) -> dict:
-    """sequence -> [{actor, box (N, 4) projected body, visible (N,)}]."""
-    from stdformer.body import BodyModel
-
-    arrays, body = PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
+def annotations(root: Path, body_dir: Path, body, split: str, cfg: PreprocessConfig) -> dict:
+    """sequence -> [{actor, box (N, 4) projected body, visible (N,)}]; `body` the BodyModel of
+    body_dir."""
+    arrays = PosingArrays.load(body_dir)
     out: dict[str, list] = {}
     for track in iter_tracks(root, split):
         targets = body_targets(track, arrays, str(track.pkl_path))
@@ -105,9 +105,9 @@ def detector_sweep(root: Path, people: dict, settings: list[dict]) -> list[dict]
 # Predict vs annotations vs evaluate
 
 
-def evaluate_tracks(shards: Path, model, split: str, body_dir: Path) -> dict:
-    """(sequence, actor) -> evaluate's TrackPrediction of the model (merged windows)."""
-    from stdformer.body import BodyModel
+def evaluate_tracks(shards: Path, model, split: str, body) -> dict:
+    """(sequence, actor) -> evaluate's TrackPrediction of the model (merged windows); `body`
+    (a BodyModel) poses the ground truth."""
     from stdformer.data.manifest import read_manifest
     from stdformer.data.shards import list_shards, make_clip_loader
     from stdformer.evaluation.predict import (model_predictor, predict_tracks, track_layout,
@@ -117,7 +117,7 @@ def evaluate_tracks(shards: Path, model, split: str, body_dir: Path) -> dict:
     loader = make_clip_loader(list_shards(shards, split), batch_size=8, frames_dtype="uint8",
                               num_workers=0)
     return {(p.sequence, p.actor): p for p in predict_tracks(
-        with_mesh(loader, BodyModel.from_dir(body_dir)),
+        with_mesh(loader, body),
         {"m": model_predictor(model.model, torch.device("cpu"))}, layout)}
 
 
@@ -181,7 +181,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     crop = load_section("preprocess", PreprocessConfig, args.params)
     root = Path(args.root)
-    people = annotations(root, Path(args.body), args.split, crop)
+    body = BodyModel.from_dir(args.body)
+    people = annotations(root, Path(args.body), body, args.split, crop)
     if args.detector_sweep:
         settings = [dict(upscale=1.0, win_stride=8, scale=1.05),
                     dict(upscale=1.5, win_stride=8, scale=1.05),
@@ -194,7 +195,7 @@ def main(argv=None) -> dict:
         return {"sweep": detector_sweep(root, people, settings)}
 
     model = load_inference_model(args.model, args.body, device=args.device)
-    evaluated = evaluate_tracks(Path(args.shards), model, args.split, Path(args.body))
+    evaluated = evaluate_tracks(Path(args.shards), model, args.split, body)
     regressor = model.regressor.double()
     cfg = PredictConfig(device=args.device, glb=False)
     detector = HOGPeopleDetector(cfg.detector)
