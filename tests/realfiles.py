@@ -299,3 +299,59 @@ def fastmetro_state_dict(size: str = "S", seed: int = 0, smpl_regressor: bool = 
         sd[f"backbone.{name}.conv3x3.weight"] = torch.randn(cg, cg, 3, 3, generator=gen) / 9 / cg
         sd[f"backbone.{name}.conv3x3.bias"] = 0.01 * torch.randn(cg, generator=gen)
     return sd
+
+
+def coma_upsampling(fine: np.ndarray, coarse: np.ndarray, coarse_faces: np.ndarray,
+                    part_tolerance: float = 1e-6) -> scipy.sparse.csc_matrix:
+    """U as the official file's writer made it (COMA's `mesh_sampling.setup_deformation_
+    transfer`, which GraphCMR / METRO used): for each fine vertex the closest point on the
+    coarse surface; on a face's inside, the linear (not affine) least-squares coefficients of
+    that point on the face's three corners; on an edge, those of the fine vertex itself on the
+    edge's two corners (the third weight stays a stored 0); on a corner, 1. So weights can be
+    negative and rows need not sum to 1, as in the real file (reference section 7). On the
+    procedural body: row sums 0.98 .. 1.04 (U[0]) and 0.78 .. 1.19 (U[1]), a few negative
+    weights (the real file: 0.92 .. 1.02 and 0.83 .. 1.05, 1305 and 354 negative). The closest
+    points come from trimesh's triangle routines, not from the project's code."""
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    faces = np.asarray(coarse_faces, np.int64)
+    # candidates: the faces around the 8 coarse vertices nearest to each fine vertex
+    _, near = cKDTree(coarse).query(fine, k=8)
+    pairs = {(i, fi) for i, vs in enumerate(near) for fi in
+             np.flatnonzero(np.isin(faces, vs).any(axis=1))}
+    rows, fids = np.array(sorted(pairs)).T
+    points = trimesh.triangles.closest_point(coarse[faces[fids]], fine[rows])
+    dist = np.linalg.norm(points - fine[rows], axis=1)
+    best = {}
+    for r, f, p, d in zip(rows, fids, points, dist):
+        if r not in best or d < best[r][2]:
+            best[r] = (f, p, d)
+    face_ids = np.array([best[i][0] for i in range(len(fine))])
+    closest = np.array([best[i][1] for i in range(len(fine))])
+    corners = faces[face_ids]                                              # (N, 3)
+    bary = trimesh.triangles.points_to_barycentric(coarse[corners], closest)
+    weights = np.zeros((len(fine), 3))
+    for i, (tri, b) in enumerate(zip(corners, bary)):
+        on = np.flatnonzero(b > part_tolerance)
+        if len(on) == 2:       # on an edge: the fine vertex on the edge's corners, linearly
+            weights[i, on] = np.linalg.lstsq(coarse[tri[on]].T, fine[i], rcond=None)[0]
+        else:                  # inside, or at a corner: the vertex projected on the face's plane
+            weights[i] = trimesh.triangles.points_to_barycentric(coarse[tri][None],
+                                                                 fine[i][None])[0]
+    rows = np.repeat(np.arange(len(fine)), 3)
+    return scipy.sparse.csc_matrix((weights.reshape(-1), (rows, corners.reshape(-1))),
+                                   shape=(len(fine), len(coarse)))
+
+
+def official_like_hierarchy(hierarchy, template: np.ndarray):
+    """`hierarchy` with its U matrices rebuilt as the official file's writer built them
+    (`coma_upsampling`): same D, A and F, the real file's kind of U."""
+    import dataclasses
+
+    positions = [np.asarray(template, np.float64)]
+    for down in hierarchy.down:
+        positions.append(down @ positions[-1])
+    up = [coma_upsampling(positions[l], positions[l + 1], hierarchy.faces[l + 1])
+          for l in range(len(hierarchy.down))]
+    return dataclasses.replace(hierarchy, up=up)

@@ -217,7 +217,7 @@ def test_fastmetro_checkpoint_trains_and_evaluates_through_the_stages(tiny_proje
 
     import yaml
     from conftest import project_env
-    from realfiles import official_smpl_pickle, write_mesh_downsampling
+    from realfiles import official_like_hierarchy, official_smpl_pickle, write_mesh_downsampling
 
     from stdformer.body import build_hierarchy, derive_h36m_regressor
 
@@ -225,7 +225,8 @@ def test_fastmetro_checkpoint_trains_and_evaluates_through_the_stages(tiny_proje
     files.mkdir()
     (files / "SMPL_NEUTRAL.pkl").write_bytes(official_smpl_pickle(arrays, protocol=2))
     np.save(files / "J_regressor_h36m_correct.npy", derive_h36m_regressor(arrays).toarray())
-    hierarchy = build_hierarchy(arrays["v_template"], arrays["f"].astype(np.int64))
+    hierarchy = official_like_hierarchy(
+        build_hierarchy(arrays["v_template"], arrays["f"].astype(np.int64)), arrays["v_template"])
     write_mesh_downsampling(files / "mesh_downsampling.npz", hierarchy, arrays["v_template"])
     checkpoint = files / "FastMETRO-S-R50_3dpw_state_dict.bin"
     torch.save(fastmetro_state_dict("S", smpl_regressor=True), checkpoint)

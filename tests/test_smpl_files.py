@@ -4,6 +4,7 @@ them and the body, and the left/right mirror correspondence."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
 
@@ -12,8 +13,8 @@ import pytest
 import scipy.sparse
 import torch
 
-from realfiles import (Evil, npy_object_member, object_array, official_smpl_pickle,
-                       smpl_body_dir, write_mesh_downsampling)
+from realfiles import (Evil, npy_object_member, object_array, official_like_hierarchy,
+                       official_smpl_pickle, smpl_body_dir, write_mesh_downsampling)
 from stdformer.body import (H36M_FLIP_PERM, SMPL_FLIP_PERM, BodyModel, build_hierarchy,
                             convert_smpl, derive_h36m_regressor,
                             load_mesh_downsampling, load_smpl_file, make_procedural_body,
@@ -164,7 +165,7 @@ def test_real_smpl_body_dir_needs_h36m_regressor(official_pkl, arrays, body, tmp
     reg = tmp_path / "J_regressor_h36m_correct.npy"
     np.save(reg, derive_h36m_regressor(arrays).toarray())
     ds = tmp_path / "mesh_downsampling.npz"
-    h = body.hierarchy
+    h = official_like_hierarchy(body.hierarchy, arrays["v_template"])
     write_mesh_downsampling(ds, h, arrays["v_template"])
     meta = write_body_dir(tmp_path / "real", source=str(official_pkl), h36m_regressor=reg,
                           mesh_downsampling=ds)
@@ -213,6 +214,63 @@ def test_hierarchy_that_does_not_fit_the_body_is_refused_naming_both_files(small
         assert 0.5 * expected < got < 1.5 * expected
     assert meta["hierarchy_file"] == "mesh_downsampling.npz"
     assert meta["standard_smpl_hierarchy"]["ok"] is False  # procedural, and not 6890 vertices
+
+
+def test_official_upsampling_weights_that_are_not_a_partition_of_unity_are_accepted(
+        small_arrays, tmp_path):
+    """The official file's U holds projected barycentric weights (COMA's construction): some
+    negative, rows summing to 0.8 .. 1.2 rather than 1. A hierarchy is judged by its structure
+    and geometry, so such a file is accepted; the same kind of file made for another vertex
+    order is still refused."""
+    v, f = small_arrays["v_template"], small_arrays["f"].astype(np.int64)
+    official = official_like_hierarchy(build_hierarchy(v, f), v)
+    sums = np.concatenate([np.asarray(u.sum(axis=1)).ravel() for u in official.up])
+    assert np.abs(sums - 1).max() > 0.02                       # the real file's quirks
+    assert min(u.data.min() for u in official.up) < 0
+    assert all(np.all(np.diff(scipy.sparse.csr_matrix(u).indptr) == 3) for u in official.up)
+    ds = tmp_path / "mesh_downsampling.npz"
+    write_mesh_downsampling(ds, official, v)
+    meta = write_body_dir(tmp_path / "body", seed=1, resolution=1200, mesh_downsampling=ds)
+    fit = meta["checks"]["hierarchy_fit"]
+    assert fit["levels"] == official.num_vertices and max(fit["upsampling_error_mm"]) < 10
+
+    foreign = shuffled_hierarchy(small_arrays)
+    write_mesh_downsampling(ds, official_like_hierarchy(foreign, v[np.random.default_rng(0)
+                                                                 .permutation(len(v))]), v)
+    with pytest.raises(DataError, match="does not fit the body template"):
+        write_body_dir(tmp_path / "other", seed=1, resolution=1200, mesh_downsampling=ds)
+    assert not (tmp_path / "other").exists()
+
+
+def test_hierarchy_matrices_are_checked_for_structure(small_arrays, tmp_path):
+    """A U row must interpolate one face of the coarser level; a D row must select one vertex."""
+    v, f = small_arrays["v_template"], small_arrays["f"].astype(np.int64)
+    good = build_hierarchy(v, f)
+    ds = tmp_path / "mesh_downsampling.npz"
+
+    up = good.up[0].tolil()
+    row = next(r for r in range(up.shape[0]) if np.count_nonzero(up.data[r]) == 3)
+    corners = list(up.rows[row])
+    coarse_faces = good.faces[1]
+    used = set(coarse_faces[np.isin(coarse_faces, corners).any(axis=1)].ravel())
+    far = next(c for c in range(good.num_vertices[1]) if c not in used)
+    weight = up[row, corners[0]]
+    up[row, corners[0]] = 0
+    up[row, far] = weight           # a vertex of no face around this row's corners
+    bad_up = dataclasses.replace(good, up=[up.tocsr(), good.up[1]])
+    write_mesh_downsampling(ds, bad_up, v)
+    with pytest.raises(DataError) as err:
+        write_body_dir(tmp_path / "body", seed=1, resolution=1200, mesh_downsampling=ds)
+    assert err.value.field == "U[0]" and f"row {row} " in str(err.value)
+    assert "not one face of the coarser level" in str(err.value)
+
+    down = good.down[1].tolil()
+    down[3, (down.rows[3][0] + 1) % down.shape[1]] = 1.0     # selects two vertices
+    write_mesh_downsampling(ds, dataclasses.replace(good, down=[good.down[0], down.tocsr()]), v)
+    with pytest.raises(DataError) as err:
+        write_body_dir(tmp_path / "body", seed=1, resolution=1200, mesh_downsampling=ds)
+    assert err.value.field == "D[1]" and "row 3 has 2 entries" in str(err.value)
+    assert not (tmp_path / "body").exists()
 
 
 def test_h36m_regressor_that_does_not_fit_the_body_is_refused(small_arrays, tmp_path):

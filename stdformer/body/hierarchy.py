@@ -6,7 +6,8 @@ the previous one by a factor (default 4, 4: 6890 -> 1723 -> 431).
 * `down[l]` (n_{l+1}, n_l): selection; coarse vertex i is the fine vertex nearest to where the
   decimation put it (one 1 a row), so coarse meshes are subsets of the fine vertices.
 * `up[l]` (n_l, n_{l+1}): each fine vertex as barycentric weights on its closest coarse face
-  (3 stored entries a row, summing to 1).
+  (3 stored entries a row; built ones sum to 1, the official file's are projected weights that
+  may be negative and sum to 0.83 .. 1.05, see `stdformer.body.checks`).
 * `adjacency[l]` (n_l, n_l): symmetric 0/1 edge matrix of level l (no self loops).
 * `faces[l]` (F_l, 3) int64.
 
