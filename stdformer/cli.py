@@ -78,7 +78,7 @@ def _checkpoint_inspect(args: argparse.Namespace) -> None:
     print(f"{info['path']}: {info['name'] or 'a'} checkpoint in {info['layout']} layout, "
           f"{info['total_parameters']:,} parameters")
     print(f"  backbone     {info['backbone'] or 'none'}: {info['parameters']['backbone']:,}")
-    print(f"  SD/TD        {', '.join(info['sd_td']) or 'none (they start fresh)'}: "
+    print(f"  SD/TD        {', '.join(info['sd_td']) or 'none (sd: false, td: false)'}: "
           f"{info['parameters']['SD/TD']:,}")
     print(f"  transformer  {t['enc_layers']} + {t['dec_layers']} layers a stage, widths "
           f"{t['widths']}, FFN {t['ffn_dims']}, {info['joint_tokens']} joint and "
@@ -93,6 +93,9 @@ def _checkpoint_inspect(args: argparse.Namespace) -> None:
     print("params.yaml:")
     print("  " + yaml.safe_dump({"model": info["model_params"]}, sort_keys=False,
                                 default_flow_style=None).replace("\n", "\n  ").rstrip())
+    if not info["sd_td"]:
+        print("  (this is the checkpoint's own network; to train STDFormer from it, the paper's "
+              "recipe, set sd: true and td: true: SD/TD then start fresh)")
 
 
 def _checkpoint_convert(args: argparse.Namespace) -> None:

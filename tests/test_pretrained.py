@@ -17,6 +17,7 @@ from stdformer.io import DataError
 from stdformer.model import ModelConfig, ResNet, STDFormer
 from stdformer.model.pretrained import (convert_checkpoint, inspect_checkpoint,
                                         load_init_checkpoint, read_checkpoint)
+from stdformer.train.config import model_config_from_section
 
 # meta.json of a body on the standard SMPL hierarchy (what write_body_dir records for an SMPL
 # file with mesh_downsampling.npz) and of the procedural body
@@ -46,7 +47,7 @@ def smpl_sized_mesh():
 
 
 def fastmetro_s_r50() -> ModelConfig:
-    """The params `stdformer checkpoint inspect` suggests for FastMETRO-S-R50."""
+    """FastMETRO-S-R50's network with SD/TD added (to start STDFormer from FastMETRO)."""
     return dataclasses.replace(ModelConfig.resnet50(), enc_layers=1, dec_layers=1, dropout=0.0)
 
 
@@ -91,8 +92,9 @@ def test_fastmetro_checkpoint_loads_with_nothing_left_over(smpl_sized_mesh, tmp_
 
     info = inspect_checkpoint(path)
     assert info["name"] == "FastMETRO-S-R50" and info["backbone"] == "resnet"
-    assert info["model_params"] == {"profile": "resnet50", "enc_layers": 1, "dec_layers": 1,
-                                    "template_head": False, "init_checkpoint": str(path)}
+    assert info["model_params"] == {"profile": "resnet50", "sd": False, "td": False,
+                                    "enc_layers": 1, "dec_layers": 1, "template_head": False,
+                                    "init_checkpoint": str(path)}
     assert info["vertex_tokens"] == 431 and info["needs_standard_smpl_hierarchy"]
 
 
@@ -135,6 +137,27 @@ def test_stdformer_release_sd_td_are_found_by_name_or_shape(smpl_sized_mesh, tmp
     assert torch.equal(own["disentangle.sd.conv3x3.weight"],
                        state[f"backbone.{names[0]}.conv3x3.weight"])
     assert torch.equal(own["disentangle.td.gn.bias"], state[f"backbone.{names[1]}.gn.bias"])
+
+
+@pytest.mark.parametrize("ema", [None, {"ema_spatial": 16, "ema_temporal": 8}],
+                         ids=["fastmetro", "stdformer-release"])
+def test_inspect_suggests_params_that_rebuild_the_checkpoints_network_exactly(
+        smpl_sized_mesh, tmp_path, ema):
+    """Following `checkpoint inspect`'s advice builds the file's network, tensor for tensor: a
+    FastMETRO file gets no fresh SD/TD blocks (its outputs stay FastMETRO's), a release file
+    with SD/TD gets them with its clip length."""
+    path = tmp_path / "state_dict.bin"
+    torch.save(fastmetro_state_dict("S", ema=ema), path)
+    params = inspect_checkpoint(path)["model_params"]
+    assert params["template_head"] is False and params["init_checkpoint"] == str(path)
+    assert (params["sd"], params["td"]) == ((True, True) if ema else (False, False))
+    model = build(model_config_from_section(params), smpl_sized_mesh)
+    report = load_init_checkpoint(model, path, STANDARD_META, BODY_ID)
+    assert report.fresh == []
+    own = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert own == {k for k in read_checkpoint(path).state if not k.endswith("num_batches_tracked")}
+    if ema:
+        assert params["clip_len"] == 8
 
 
 def test_checkpoint_for_smpl_is_refused_on_another_hierarchy(smpl_sized_mesh, tmp_path):
@@ -199,7 +222,8 @@ def test_checkpoint_cli_inspect_and_convert(tmp_path, capsys):
     assert main(["checkpoint", "inspect", str(tmp_path / "s.bin")]) == 0
     out = capsys.readouterr().out
     assert "FastMETRO-S-R50 checkpoint in fastmetro layout" in out
-    assert "SD/TD        none (they start fresh)" in out
+    assert "SD/TD        none (sd: false, td: false)" in out
+    assert "sd: false" in out and "td: false" in out and "template_head: false" in out
     assert "smpl_parameter_regressor" in out and "init_checkpoint:" in out
     assert main(["checkpoint", "convert", str(tmp_path / "s.bin"), str(tmp_path / "p.pt")]) == 0
     assert "project layout; skipped 4 keys" in capsys.readouterr().out

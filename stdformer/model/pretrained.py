@@ -190,13 +190,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     size = {1: "S", 2: "M", 3: "L"}.get(enc) if enc == dec else None
     fastmetro_name = (f"FastMETRO-{size}-{'H64' if ckpt.backbone == 'hrnet' else 'R50'}"
                       if size and widths == [512, 128] else None)
-    suggested = {"profile": "full" if ckpt.backbone == "hrnet" else "resnet50",
-                 "enc_layers": enc, "dec_layers": dec,
-                 # FastMETRO's head regresses coordinates; only our own files carry a template
-                 "template_head": any(k.endswith("template_coarse") for k in s),
-                 "init_checkpoint": str(path)}
-    if widths != [512, 128]:
-        suggested.update(widths=widths, ffn_dims=ffn)
+    sd_td = sorted({k.split(".")[1] for k in s if k.startswith("disentangle.")})
+    suggested = model_params_of(ckpt, sd_td, enc, dec, widths, ffn)
     return {
         "path": str(path), "layout": ckpt.layout, "name": fastmetro_name,
         "backbone": ckpt.backbone, "transformer": {"widths": widths, "ffn_dims": ffn,
@@ -204,7 +199,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
         "joint_tokens": (int(s["transformer.joint_token_embed.weight"].shape[0])
                          if "transformer.joint_token_embed.weight" in s else None),
         "vertex_tokens": ckpt.num_vertex_tokens,
-        "sd_td": sorted({k.split(".")[1] for k in s if k.startswith("disentangle.")}),
+        "sd_td": sd_td,
         "parameters": {g: params[g] for g in GROUPS}, "total_parameters": sum(params.values()),
         "body_model_id": ckpt.body_model_id,
         "skipped": ckpt.notes.get("skipped", []), "unknown": ckpt.notes.get("unknown", []),
@@ -212,6 +207,28 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
         or ckpt.num_vertex_tokens == STANDARD_SMPL_LEVELS[-1],
         "model_params": suggested,
     }
+
+
+def model_params_of(ckpt: Checkpoint, sd_td: list[str], enc: int, dec: int,
+                    widths: list[int], ffn: list[int]) -> dict:
+    """The `model:` params whose network has exactly the checkpoint's tensors: SD/TD only where
+    the file has them (a FastMETRO file: `sd: false, td: false`, so the network stays
+    FastMETRO's instead of gaining fresh SD/TD blocks), FastMETRO's coordinate head
+    (`template_head: false`) unless the file is one of ours with a template head. TD's
+    channels per group are the clip length S; where SD/TD sit (`sd_td_at`) cannot be read from
+    EMA's parameters (they depend only on channels per group): the default, layer1, is kept."""
+    s = ckpt.state
+    params = {"profile": "full" if ckpt.backbone == "hrnet" else "resnet50",
+              "sd": "sd" in sd_td, "td": "td" in sd_td,
+              "enc_layers": enc, "dec_layers": dec,
+              "template_head": any(k.endswith("template_coarse") for k in s)}
+    td_gn = s.get("disentangle.td.gn.weight")
+    if td_gn is not None:
+        params["clip_len"] = int(td_gn.shape[0])
+    if widths != [512, 128]:
+        params.update(widths=widths, ffn_dims=ffn)
+    params["init_checkpoint"] = ckpt.path
+    return params
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> dict:
@@ -244,4 +261,4 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) 
 
 
 __all__ = ["Checkpoint", "InitReport", "check_hierarchy", "convert_checkpoint",
-           "inspect_checkpoint", "load_init_checkpoint", "read_checkpoint"]
+           "inspect_checkpoint", "load_init_checkpoint", "model_params_of", "read_checkpoint"]
