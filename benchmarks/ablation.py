@@ -42,12 +42,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from stdformer.config import from_dict, read_params, section_config  # noqa: E402
-from stdformer.evaluation import EvaluateConfig, constant_predictor, evaluate_predictors, \
-    model_predictor
-from stdformer.evaluation.run import mean_pose_vertices
-from stdformer.losses import LossConfig
-from stdformer.train import TrainConfig, TrainPaths, Tracking, model_config_from_section, train
-from stdformer.train.assets import load_body_assets
+from stdformer.evaluation import EvaluateConfig  # noqa: E402
+from stdformer.losses import LossConfig  # noqa: E402
+from stdformer.model.stdformer import model_config_from_section  # noqa: E402
+from stdformer.scoring.predict import constant_predictor, model_predictor  # noqa: E402
+from stdformer.scoring.run import evaluate_predictors, mean_pose_vertices  # noqa: E402
+from stdformer.train import TrainConfig, TrainPaths, Tracking, train
+from stdformer.model.assets import load_body_assets
 
 REPORTED = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median", "width_ratio")
 REFERENCE = "per_frame"
@@ -102,7 +103,7 @@ def train_variant(params: dict, variant: str, seed: int, shards: Path, body: Pat
 
 def trained_variant(directory: Path, variant: str, body: Path) -> tuple[torch.nn.Module, dict]:
     """A model the pipeline trained (DIR/<variant>.pt) and what its file says about training."""
-    from stdformer.train import load_model, read_model_file
+    from stdformer.model.model_file import load_model, read_model_file
 
     path = directory / f"{variant}.pt"
     metrics = read_model_file(path)["metrics"]

@@ -36,9 +36,10 @@ import yaml
 
 from stdformer import numerics
 from stdformer.model.stdformer import ModelConfig, count_parameters
-from stdformer.train.assets import load_body_assets
+from stdformer.model.assets import load_body_assets
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import TrainStream, index_shards, make_loader
+from stdformer.data.shard_index import index_shards
+from stdformer.train.data import TrainStream, make_loader
 from stdformer.train.loop import build_model
 
 # benchmarks/ siblings (the script's directory is on sys.path)

@@ -35,9 +35,10 @@ import cv2
 import simplejpeg
 import torch
 
-from stdformer.train.assets import load_body_assets
+from stdformer.model.assets import load_body_assets
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import TrainStream, index_shards, make_loader
+from stdformer.data.shard_index import index_shards
+from stdformer.train.data import TrainStream, make_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import CACHE, cached_dataset, cases, code_digest  # noqa: E402

@@ -35,9 +35,10 @@ def child(body: Path, threads: int, steps: int) -> None:
     import torch
 
     from stdformer.model.stdformer import ModelConfig
-    from stdformer.train.assets import load_body_assets
+    from stdformer.model.assets import load_body_assets
     from stdformer.train.config import AugmentConfig
-    from stdformer.train.data import TrainStream, index_shards, make_loader
+    from stdformer.data.shard_index import index_shards
+    from stdformer.train.data import TrainStream, make_loader
     from stdformer.train.loop import build_model
     from train import make_random_shards, train_step_fn
 

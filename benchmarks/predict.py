@@ -110,7 +110,7 @@ def evaluate_tracks(shards: Path, model, split: str, body) -> dict:
     (a BodyModel) poses the ground truth."""
     from stdformer.data.manifest import read_manifest
     from stdformer.data.shards import list_shards, make_clip_loader
-    from stdformer.evaluation.predict import (model_predictor, predict_tracks, track_layout,
+    from stdformer.scoring.predict import (model_predictor, predict_tracks, track_layout,
                                               with_mesh)
 
     layout = track_layout(read_manifest(shards), split)
@@ -123,7 +123,7 @@ def evaluate_tracks(shards: Path, model, split: str, body) -> dict:
 
 def score_sequence(out: dict, actors: list, evaluated: dict, sequence: str, regressor) -> dict:
     """Recall, switches and errors of one sequence's predict output (npz arrays)."""
-    from stdformer.evaluation.scoring import track_errors
+    from stdformer.scoring.track_scores import track_errors
 
     result = {"people": len(actors), "tracks": int(len(np.unique(out["track_id"]))),
               "switches": 0, "predict": [], "evaluate": [], "pa_predict": [], "pa_evaluate": [],

@@ -33,9 +33,10 @@ import torch
 from stdformer import numerics
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig, count_parameters
-from stdformer.train.assets import load_body_assets
+from stdformer.model.assets import load_body_assets
 from stdformer.train.config import AugmentConfig
-from stdformer.train.data import ARENAS_PER_WORKER, TrainStream, index_shards, make_loader
+from stdformer.data.shard_index import index_shards
+from stdformer.train.data import ARENAS_PER_WORKER, TrainStream, make_loader
 from stdformer.train.loop import build_model
 from stdformer.train.steps import batch_loss, optimizer_step
 

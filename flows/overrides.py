@@ -47,7 +47,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
 def _check_models(params: dict, source: str) -> None:
     """The `model` section, and the model of every `variants` entry (model + its overrides),
     as the train stage builds them."""
-    from stdformer.train import model_config_from_section
+    from stdformer.model.stdformer import model_config_from_section
 
     base = dict(params.get("model") or {})
     model_config_from_section(base, source, prefix="model")

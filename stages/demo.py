@@ -16,7 +16,7 @@ from stdformer.data.preprocess import PreprocessConfig
 from stdformer.inference import DemoConfig
 from stdformer.inference.demo import run_demo
 from stdformer.io import run_guarded
-from stdformer.train.tracking import default_tracking_uri
+from stdformer.tracking import default_tracking_uri
 
 
 def main() -> None:

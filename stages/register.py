@@ -19,7 +19,7 @@ from stdformer.config import read_params, section_config
 from stdformer.io import run_guarded
 from stdformer.progress import mlflow_bars_on_terminal_only
 from stdformer.registry import RegisterConfig, RegisterPaths, register
-from stdformer.train.tracking import default_tracking_uri
+from stdformer.tracking import default_tracking_uri
 
 
 def main() -> None:

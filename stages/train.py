@@ -16,8 +16,9 @@ from pathlib import Path
 from stdformer.config import read_params, section_config
 from stdformer.io import DataError, run_guarded
 from stdformer.losses import LossConfig
-from stdformer.train import (TrainConfig, TrainPaths, Tracking, default_tracking_uri,
-                             model_config_from_section, train)
+from stdformer.model.stdformer import model_config_from_section
+from stdformer.tracking import default_tracking_uri
+from stdformer.train import TrainConfig, TrainPaths, Tracking, train
 
 
 def main() -> None:

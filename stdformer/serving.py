@@ -42,6 +42,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow.pyfunc  # noqa: E402
 
+from stdformer.io import DataError, load_npz
+from stdformer.metrics import j14_from_h36m
+from stdformer.model.inputs import normalize_frames
+from stdformer.model.model_file import load_model, read_model_file
+
 BODY_FILES = ("model.npz", "hierarchy.npz", "regressors.npz", "meta.json")
 OUTPUT_NAMES = ("vertices", "joints_h36m", "joints14", "cam")
 # Distributions the stdformer modules import at load time (pinned to the installed versions).
@@ -65,9 +70,6 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         import torch
-
-        from stdformer.io import load_npz
-        from stdformer.train.export import load_model
 
         config = dict(context.model_config or {})
         device = str(config.get("device", "auto"))
@@ -93,9 +95,6 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
     def _forward(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames uint8 (b, S, H, W, 3) -> outputs for b clips."""
         import torch
-
-        from stdformer.metrics import j14_from_h36m
-        from stdformer.train.steps import normalize_frames
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 1, 4, 2, 3)                                   # (b, S, 3, H, W) uint8
@@ -190,8 +189,6 @@ def pip_requirements() -> list[str]:
 def check_servable(model_file: str | Path, body_dir: str | Path) -> tuple[dict, int]:
     """Fail now, with a DataError naming the file, if the model cannot be logged and served:
     returns (model file payload, full-mesh vertex count)."""
-    from stdformer.io import DataError
-    from stdformer.train.export import read_model_file
 
     payload = read_model_file(model_file)
     for f in BODY_FILES:
@@ -238,8 +235,6 @@ def _check_body(meta_path: Path, body_model_id: str) -> int:
     """The body directory must be the model's (checked now, not when someone loads the model);
     returns its full-mesh vertex count."""
     import json
-
-    from stdformer.io import DataError
 
     meta = json.loads(meta_path.read_text())
     if meta.get("body_model_id") != body_model_id:

@@ -16,7 +16,8 @@ import torch
 from stdformer.data.manifest import write_manifest
 from stdformer.data.preprocess import clip_starts
 from stdformer.data.shards import clip_key, encode_clip, write_shards
-from stdformer.evaluation import evaluate_predictors
+from stdformer.evaluation.overlays import OverlayCollector
+from stdformer.scoring.run import evaluate_predictors
 
 REPO = Path(__file__).resolve().parents[1]
 S = 4                 # clip length
@@ -131,6 +132,11 @@ def noisy(batch, sigma=0.02):
     return {"vertices": torch.stack(out)}
 
 
-def run(predictors, eval_data, **kw):
+def run(predictors, eval_data, overlay_keys=(), **kw):
+    """evaluate_predictors on the test split, collecting `overlay_keys` as the stage does."""
     body_dir, shards, body, _ = eval_data
-    return evaluate_predictors(predictors, shards, "test", body, batch_size=3, **kw)
+    collector = OverlayCollector(overlay_keys)
+    result = evaluate_predictors(predictors, shards, "test", body, batch_size=3,
+                                 observers=[collector], **kw)
+    result.overlay_clips = collector.ordered()
+    return result

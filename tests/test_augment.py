@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stdformer.body import constants
-from stdformer.train.augment import (AugmentParams, ClipAugmenter, FlipPerms, apply_augment,
+from stdformer.body.mirror import FlipPerms
+from stdformer.train.augment import (AugmentParams, ClipAugmenter, apply_augment,
                                      camera_z_rotation, clip_rng, draw_params)
 from stdformer.train.config import AugmentConfig
 

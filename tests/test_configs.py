@@ -13,7 +13,8 @@ from stdformer.evaluation import EvaluateConfig
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import STDFormer
 from stdformer.registry import RegisterConfig
-from stdformer.train import TrainConfig, model_config_from_section
+from stdformer.model.stdformer import model_config_from_section
+from stdformer.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {"body": BodyConfig, "synthesize": SynthesizeConfig, "preprocess": PreprocessConfig,

@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from stdformer.body.constants import H36M_JOINT_NAMES, SMPL_JOINT_NAMES
-from stdformer.evaluation.diagnostics import (DIAGNOSTICS, frame_diagnostics, part_vertex_groups,
+from stdformer.scoring.diagnostics import (DIAGNOSTICS, frame_diagnostics, part_vertex_groups,
                                               principal_spreads, summarize_diagnostics, yaw_error)
 
 J = {name: i for i, name in enumerate(H36M_JOINT_NAMES)}

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO, dvc, project_env
 from stdformer.evaluation import report
-from stdformer.train.tracking import curve_csv
+from stdformer.tracking import curve_csv
 
 VARIANTS = list(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])  # trained
 MODELS = [*VARIANTS, *(f"{v}_smooth" for v in VARIANTS), "mean_pose"]             # evaluated

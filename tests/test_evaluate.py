@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from evalkit import noisy, perfect, regressor_of, run, valid_frames
-from stdformer.evaluation import (BASELINE_NAME, WindowMerger, constant_predictor,
-                                  gaussian_smooth, merge_windows)
+from stdformer.scoring import BASELINE_NAME, gaussian_smooth
+from stdformer.scoring.predict import WindowMerger, constant_predictor, merge_windows
 from stdformer.evaluation.overlays import (fit_weak_perspective, project_weak_perspective,
                                            weak_perspective_view)
-from stdformer.evaluation.run import mean_pose_vertices
+from stdformer.scoring.run import mean_pose_vertices
 from stdformer.io import DataError
 from stdformer.metrics import j14_from_h36m, root_align
 
@@ -51,7 +51,7 @@ def test_predict_tracks_merges_the_overlapping_last_clip(eval_data, merge, shift
     _, shards, body, truth = eval_data
     from stdformer.data.manifest import read_manifest
     from stdformer.data.shards import make_clip_loader
-    from stdformer.evaluation import predict_tracks, track_layout, with_mesh
+    from stdformer.scoring.predict import predict_tracks, track_layout, with_mesh
 
     layout = track_layout(read_manifest(shards), "test")
     assert layout[("seqA", 0)].clips == 4 and layout[("seqA", 0)].length == 13
@@ -71,7 +71,7 @@ def test_shards_that_disagree_with_the_manifest_or_body_are_refused(eval_data):
     _, shards, body, _ = eval_data
     from stdformer.data.manifest import read_manifest
     from stdformer.data.shards import make_clip_loader
-    from stdformer.evaluation import TrackLayout, predict_tracks, track_layout, with_mesh
+    from stdformer.scoring.predict import TrackLayout, predict_tracks, track_layout, with_mesh
 
     layout = track_layout(read_manifest(shards), "test")
     layout[("seqB", 0)] = TrackLayout(length=9, clips=4)            # one clip more than stored
@@ -98,7 +98,7 @@ def test_every_valid_frame_gets_exactly_one_row(eval_data):
 
 
 def test_track_errors_do_not_depend_on_the_chunk_size():
-    from stdformer.evaluation import track_errors
+    from stdformer.scoring.track_scores import track_errors
 
     rng = np.random.default_rng(0)
     gt, pred = rng.normal(0, 0.3, (2, 7, 40, 3))

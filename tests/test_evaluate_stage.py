@@ -106,8 +106,9 @@ def test_config_validation_names_the_field():
 def write_random_model(path: Path, body_dir: Path, clip_len: int) -> None:
     """A models/*.pt file (stdformer/train/export.py format) with random weights."""
     from stdformer.model.stdformer import STDFormer
-    from stdformer.train import MODEL_FORMAT, model_config_from_section
-    from stdformer.train.assets import load_body_assets
+    from stdformer.model.model_file import MODEL_FORMAT
+    from stdformer.model.stdformer import model_config_from_section
+    from stdformer.model.assets import load_body_assets
 
     cfg = model_config_from_section({"profile": "cpu", "backbone_width": 8, "widths": [32, 16],
                                      "ffn_dims": [32, 16], "heads": 2, "clip_len": clip_len})

@@ -13,14 +13,14 @@ import webdataset as wds
 from stdformer.data import shards
 from stdformer.data.preprocess import PreprocessConfig, preprocess
 from stdformer.io import DataError
-from stdformer.train.assets import load_body_assets
+from stdformer.model.assets import load_body_assets
 from stdformer.train.augment import ClipAugmenter
 from stdformer.train.config import AugmentConfig
 from stdformer.train import data as train_data
 from stdformer.train.buffers import SLOT_KEY
-from stdformer.train.data import (ARENAS_PER_WORKER, TrainStream, assemble_batch,
-                                  index_shards, make_loader)
-from stdformer.train.steps import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from stdformer.data.shard_index import index_shards
+from stdformer.train.data import ARENAS_PER_WORKER, TrainStream, assemble_batch, make_loader
+from stdformer.model.inputs import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 
 CROP = 32
 

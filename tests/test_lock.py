@@ -97,3 +97,30 @@ def test_no_record_of_an_outside_effect_is_committed():
     tracked = subprocess.run(["git", "ls-files", *sorted(persisted)], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.split()
     assert not tracked, f"committed, so a fresh clone skips the stage that writes them: {tracked}"
+
+
+def _stale_after_editing(project, pattern_groups) -> dict:
+    """Append a blank line to every project file matching the globs, then the stale stages."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    produced = {out["path"] for stage in lock.values() for out in stage.get("outs", [])}
+    edited = [p for pattern in pattern_groups for p in sorted(project.glob(pattern))]
+    assert edited, pattern_groups
+    for path in edited:
+        path.write_text(path.read_text() + "\n")
+    return stale_entries(json.loads(dvc(project, "status", "--json") or "{}"), produced)
+
+
+def test_editing_reports_inference_registry_or_flows_never_retrains(tmp_path):
+    """The cache's promise: a whitespace edit of code a stage does not run leaves the stage
+    cached. Inference, registry and flow edits leave training and evaluation cached (register
+    and demo run that code, so they show the check is live); report and overlay edits leave
+    training cached and re-run evaluation."""
+    project = copy_project(tmp_path / "repo", with_lock=True)
+    stale = _stale_after_editing(project, ["stdformer/inference/*.py", "stdformer/registry/*.py",
+                                           "stdformer/serving.py", "flows/*.py"])
+    assert "train@stdformer" not in stale and "evaluate" not in stale, stale
+    assert "register" in stale and "demo" in stale
+    stale = _stale_after_editing(project, ["stdformer/evaluation/overlays.py",
+                                           "stdformer/evaluation/report.py"])
+    assert "train@stdformer" not in stale, stale
+    assert "evaluate" in stale

@@ -134,7 +134,7 @@ def test_mpvpe_of_the_protocol_centres_on_h36m_joint_0_of_each_mesh(gen):
     """FastMETRO / STDFormer evaluation: each mesh minus its own H36M joint 0 regressed from
     it, not the J14 mid-hip. A prediction equal to the ground truth except for the one vertex
     the right hip is regressed from: with the pelvis on vertex 0, only that vertex is off."""
-    from stdformer.train.evaluate import frame_errors
+    from stdformer.scoring.frames import frame_errors
 
     n, v = 2, 40
     gt = torch.randn(n, v, 3, generator=gen, dtype=torch.float64)

@@ -5,6 +5,7 @@ two-actor test sequence), preprocessed here with 4-frame clips; the model is a t
 STDFormer (the pipeline is checked by geometry and by agreement with evaluate, not pose quality).
 """
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -22,7 +23,7 @@ from stdformer.data.shards import list_shards, make_clip_loader
 from stdformer.data.targets import PosingArrays, body_targets, camera_mesh, project
 from stdformer.data.threedpw import iter_tracks
 from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normalized
-from stdformer.evaluation.predict import model_predictor, predict_tracks, track_layout, with_mesh
+from stdformer.scoring.predict import model_predictor, predict_tracks, track_layout, with_mesh
 from stdformer.inference import PredictConfig, load_inference_model, predict_video
 from stdformer.inference import camera, export
 from stdformer.inference.detect import HOGPeopleDetector, read_boxes
@@ -41,14 +42,17 @@ QUIET = {"overlay": False, "glb": False}
 
 def write_tiny_model(path: Path, body_dir: Path, seed: int = 0) -> Path:
     from stdformer.losses import LossConfig
-    from stdformer.train import TrainConfig, model_config_from_section
-    from stdformer.train.assets import load_body_assets
-    from stdformer.train.loop import build_model, write_model
+    from stdformer.model.stdformer import model_config_from_section
+    from stdformer.train import TrainConfig
+    from stdformer.model.assets import load_body_assets
+    from stdformer.model.model_file import write_model_file
+    from stdformer.train.loop import build_model
 
     assets = load_body_assets(body_dir)
     cfg = model_config_from_section(dict(TINY_MODEL))
     torch.manual_seed(seed)
-    write_model(path, build_model(cfg, assets), cfg, TrainConfig(), LossConfig(), assets, {})
+    write_model_file(path, build_model(cfg, assets), cfg, assets.body_model_id,
+                     dataclasses.asdict(TrainConfig()), dataclasses.asdict(LossConfig()), {})
     return path
 
 
@@ -207,7 +211,7 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
     weak-perspective camera that best fits it -> translation. The recovered position of the
     mid-hip is the true one to within the weak-perspective approximation (a body ~0.3 m deep
     at 3-6 m: a few percent of the depth)."""
-    from stdformer.train.assets import load_body_assets
+    from stdformer.model.assets import load_body_assets
 
     regressor = load_body_assets(synth_body_dir).regressor_h36m
     body = PosingArrays.load(synth_body_dir)

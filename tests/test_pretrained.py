@@ -17,7 +17,7 @@ from stdformer.io import DataError
 from stdformer.model import ModelConfig, ResNet, STDFormer
 from stdformer.model.pretrained import (convert_checkpoint, inspect_checkpoint,
                                         load_init_checkpoint, read_checkpoint)
-from stdformer.train.config import model_config_from_section
+from stdformer.model.stdformer import model_config_from_section
 
 # meta.json of a body on the standard SMPL hierarchy (what write_body_dir records for an SMPL
 # file with mesh_downsampling.npz) and of the procedural body

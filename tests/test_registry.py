@@ -7,6 +7,7 @@ Everything uses a tiny procedural body (800 vertices) and randomly initialised t
 written in the released model-file format."""
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from stdformer.io import DataError, file_digest
 from stdformer.registry import (ModelRegistry, RegisterConfig, RegisterPaths, add_registry_commands,
                                 decide, dvc_lineage, read_eval_metrics, register)
 from stdformer.serving import check_frames, fit_crop_size
-from stdformer.train.tracking import TrackingUnavailableError
+from stdformer.tracking import TrackingUnavailableError
 
 TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32, 16], "ffn_dims": [32, 16],
               "heads": 2}
@@ -182,9 +183,11 @@ def project(tmp_path_factory):
     different seeds), eval.json, params; returns (dir, paths factory)."""
     from stdformer.body import write_body_dir
     from stdformer.losses import LossConfig
-    from stdformer.train import TrainConfig, model_config_from_section
-    from stdformer.train.assets import load_body_assets
-    from stdformer.train.loop import build_model, write_model
+    from stdformer.model.stdformer import model_config_from_section
+    from stdformer.train import TrainConfig
+    from stdformer.model.assets import load_body_assets
+    from stdformer.model.model_file import write_model_file
+    from stdformer.train.loop import build_model
 
     root = tmp_path_factory.mktemp("registry_project")
     write_body_dir(root / "data" / "body", source="procedural", resolution=800)
@@ -192,8 +195,9 @@ def project(tmp_path_factory):
     cfg = model_config_from_section(dict(TINY_MODEL))
     for seed in (1, 2):
         torch.manual_seed(seed)
-        write_model(root / f"model{seed}.pt", build_model(cfg, assets), cfg, TrainConfig(),
-                    LossConfig(), assets, {})
+        write_model_file(root / f"model{seed}.pt", build_model(cfg, assets), cfg,
+                         assets.body_model_id, dataclasses.asdict(TrainConfig()),
+                         dataclasses.asdict(LossConfig()), {})
     return root
 
 
@@ -234,8 +238,8 @@ def torch_reference(model_file: Path, body: Path, frames: np.ndarray) -> dict[st
     """What the pyfunc model must return, computed straight from the torch model."""
     from stdformer.io import load_npz
     from stdformer.metrics import j14_from_h36m
-    from stdformer.train import load_model
-    from stdformer.train.steps import normalize_frames
+    from stdformer.model.model_file import load_model
+    from stdformer.model.inputs import normalize_frames
 
     model = load_model(model_file, body)
     regressor = torch.as_tensor(load_npz(body / "regressors.npz")["J_regressor_h36m"]).float()
@@ -398,7 +402,7 @@ def test_a_killed_registration_is_marked_failed_by_the_next(project, tmp_path, m
 
     import mlflow
 
-    from stdformer.train.tracking import MlflowTracker
+    from stdformer.tracking import MlflowTracker
 
     monkeypatch.chdir(project)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

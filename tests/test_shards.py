@@ -281,7 +281,7 @@ def test_readers_refuse_stray_truncated_and_rewritten_shards(tmp_path):
     """Issue 10 item 4: a test shard copied into train/, a shard truncated at a member boundary
     (a readable tar holding fewer clips) and a same-size rewrite are refused, naming the file,
     by both readers (evaluation's list_shards and training's index_shards)."""
-    from stdformer.train.data import index_shards
+    from stdformer.data.shard_index import index_shards
 
     _write_split(tmp_path, num_clips=10, per_shard=3)   # train/shard-000000..3.tar
     assert len(shards.list_shards(tmp_path, "train")) == 4

@@ -359,7 +359,7 @@ def test_flip_is_a_true_mirror_on_an_smpl_like_asymmetric_mesh(arrays, tmp_path)
 
 
 def test_body_not_symmetric_enough_cannot_be_flipped(small_arrays, tmp_path):
-    from stdformer.train.assets import load_body_assets
+    from stdformer.model.assets import load_body_assets
     from stdformer.train.config import AugmentConfig
 
     lopsided = dict(small_arrays)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from stdformer.metrics import j14_from_h36m, j14_pelvis
-from stdformer.train.assets import load_body_assets
-from stdformer.train.config import model_config_from_section
+from stdformer.model.assets import load_body_assets
+from stdformer.model.stdformer import model_config_from_section
 from stdformer.train.loop import build_model
 
 SMALL = {"profile": "cpu", "backbone_width": 8, "widths": [32], "ffn_dims": [32], "heads": 2}

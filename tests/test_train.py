@@ -20,10 +20,12 @@ from stdformer.config import from_dict
 from stdformer.io import DataError
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import ModelConfig
-from stdformer.train import TrainConfig, Tracking, model_config_from_section, train
+from stdformer.model.stdformer import model_config_from_section
+from stdformer.train import TrainConfig, Tracking, train
 from stdformer.train import checkpoint as ckpt_io
-from stdformer.train.assets import load_body_assets
-from stdformer.train.data import TrainStream, index_shards, make_loader, train_batches
+from stdformer.model.assets import load_body_assets
+from stdformer.data.shard_index import index_shards
+from stdformer.train.data import TrainStream, make_loader, train_batches
 from trainkit import (CHILD_ENV, PYTHON, TINY_MODEL, only_config_dir, paths_in, tiny_model,
                       tiny_train, weights_of)
 

@@ -11,9 +11,11 @@ import torch
 import yaml
 
 from stdformer.losses import LossConfig
-from stdformer.train import Tracking, TrackingUnavailableError, load_model, train
-from stdformer.train.assets import load_body_assets
-from stdformer.train.data import index_shards
+from stdformer.model.model_file import load_model
+from stdformer.tracking import TrackingUnavailableError
+from stdformer.train import Tracking, train
+from stdformer.model.assets import load_body_assets
+from stdformer.data.shard_index import index_shards
 from trainkit import (CHILD_ENV, PYTHON, TINY_MODEL, only_config_dir, paths_in, tiny_model,
                       tiny_train)
 
@@ -128,8 +130,9 @@ def test_stage_writes_the_same_model_bytes_whatever_the_cores_and_instruction_se
 
 
 def test_validation_scores_every_frame_once_exactly_as_evaluate_does(train_data, tmp_path):
-    from stdformer.evaluation import evaluate_predictors, model_predictor
-    from stdformer.train.data import iter_targets
+    from stdformer.scoring.predict import model_predictor
+    from stdformer.scoring.run import evaluate_predictors
+    from stdformer.data.shard_index import iter_targets
 
     body, shards = train_data
     paths = paths_in(tmp_path, train_data)

@@ -9,7 +9,8 @@ import torch
 
 from stdformer.config import from_dict
 from stdformer.model.stdformer import ModelConfig
-from stdformer.train import TrainConfig, TrainPaths, model_config_from_section
+from stdformer.model.stdformer import model_config_from_section
+from stdformer.train import TrainConfig, TrainPaths
 from stdformer.train import checkpoint as ckpt_io
 
 REPO = Path(__file__).resolve().parents[1]

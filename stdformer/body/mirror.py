@@ -23,6 +23,7 @@ Checks, each a DataError naming the body file when it fails:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
@@ -35,6 +36,32 @@ MAX_RESIDUAL = 2.0        # median edges: |mirror(v[perm[i]]) - v[i]|
 MAX_EDGE_CHANGE = 1.0     # median edges: | |flipped edge| - |edge| |
 ON_PLANE = 0.5            # median edges: how far from the plane a self-mapped vertex may be
 CANDIDATES = 8            # nearest mirrored neighbours offered to each vertex
+
+
+@dataclass(frozen=True)
+class FlipPerms:
+    """Mirror index of every point: after a flip, point i takes the mirrored point perm[i].
+
+    vertices (V,), smpl (24,), h36m (17,), coco (18,) int arrays (each an involution), from
+    the body directory (`stdformer.body.mirror`). vertices is None when the body is not
+    mirror-symmetric, so that the mesh of a flipped pose is not the mirrored mesh;
+    `unavailable` then says why, and flip augmentation refuses to start.
+    """
+
+    vertices: np.ndarray | None
+    smpl: np.ndarray
+    h36m: np.ndarray
+    coco: np.ndarray
+    source: str = "<body>"
+    unavailable: str | None = None
+
+    def check(self, may_flip: bool) -> None:
+        """DataError (naming the body) when augmentation may flip a body that cannot be
+        flipped."""
+        if may_flip and self.vertices is None:
+            raise DataError(self.source, f"cannot flip this body ({self.unavailable}); set "
+                            "train.augment.flip_prob: 0", field="mirror")
+
 
 
 def mirror_points(points: np.ndarray, plane_x: float) -> np.ndarray:
@@ -208,4 +235,4 @@ def body_flip_perms(template: np.ndarray, faces: np.ndarray, smpl_joints: np.nda
         return None, report
     return {"vertices": vertices, "smpl": smpl, "h36m": h36m}, {"ok": True, **report}
 
-__all__ = ["body_flip_perms", "vertex_mirror", "joint_mirror", "mirror_points"]
+__all__ = ["FlipPerms", "body_flip_perms", "vertex_mirror", "joint_mirror", "mirror_points"]

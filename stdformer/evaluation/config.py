@@ -6,24 +6,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MERGE_MODES = ("mean", "first", "center")
-BASELINE_NAME = "mean_pose"
-SMOOTH_SUFFIX = "_smooth"
+from stdformer.scoring import BASELINE_NAME, MERGE_MODES, SmoothingConfig
+
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-@dataclass
-class SmoothingConfig:
-    """Gaussian smoothing over time of the merged predicted vertices, per track (a post-process;
-    reported as extra rows "<model>_smooth")."""
-
-    enabled: bool = False
-    sigma: float = 1.5                 # standard deviation in frames
-    models: list[str] | None = None    # which models get a smoothed row; None = every model
-
-    def validate(self) -> None:
-        if self.sigma <= 0:
-            raise ValueError(f"smoothing.sigma must be > 0 frames, got {self.sigma}")
 
 
 @dataclass

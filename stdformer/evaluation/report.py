@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stdformer.evaluation.diagnostics import DIAGNOSTICS
-from stdformer.evaluation.scoring import METRICS
+from stdformer.scoring.diagnostics import DIAGNOSTICS
+from stdformer.scoring.track_scores import METRICS
 
 PER_FRAME_SCHEMA = pa.schema([
     ("model", pa.string()), ("sequence", pa.string()), ("actor", pa.int32()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from stdformer.evaluation.config import MERGE_MODES, SmoothingConfig
+from stdformer.scoring import MERGE_MODES, SmoothingConfig
 
 
 @dataclass

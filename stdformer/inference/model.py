@@ -1,7 +1,7 @@
 """The model `predict` runs: a model file (`models/<variant>.pt` + the body directory it was trained
 with) or a registered MLflow model (`models:/stdformer@champion`, `models:/stdformer/3`,
 `runs:/<id>/model`), whose pyfunc artifacts carry the model file and the body files
-(`stdformer.serving`). Either way the model is rebuilt by `stdformer.train.export.load_model`,
+(`stdformer.serving`). Either way the model is rebuilt by `stdformer.model.model_file.load_model`,
 which refuses a body directory whose body model differs from the model's.
 """
 
@@ -17,7 +17,11 @@ import numpy as np
 import torch
 
 from stdformer.io import DataError
+from stdformer.model.assets import load_body_assets
+from stdformer.model.model_file import load_model, read_model_file
 from stdformer.progress import mlflow_bars_on_terminal_only
+from stdformer.registry.store import fluent_tracking_uri
+from stdformer.tracking import default_tracking_uri
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -44,8 +48,6 @@ def _registered_files(uri: str, tracking_uri: str) -> Iterator[tuple[Path, Path]
     import yaml
     from mlflow.exceptions import MlflowException
 
-    from stdformer.registry.store import fluent_tracking_uri
-
     mlflow_bars_on_terminal_only()
     with tempfile.TemporaryDirectory(prefix="stdformer-model-") as tmp:
         try:
@@ -70,13 +72,10 @@ def load_inference_model(spec: str | Path, body_dir: str | Path | None = None,
                          ) -> InferenceModel:
     """The model named by `spec` (file or MLflow URI) on `device`. A model file needs the body
     directory it was trained with (`body_dir`); a registered model brings its own."""
-    from stdformer.train.assets import load_body_assets
-    from stdformer.train.export import load_model, read_model_file
 
     spec = str(spec)
     if is_mlflow_uri(spec):
         if tracking_uri is None:
-            from stdformer.train.tracking import default_tracking_uri
             tracking_uri = default_tracking_uri(Path.cwd())
         files = _registered_files(spec, tracking_uri)
     else:

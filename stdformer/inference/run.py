@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from stdformer.data.preprocess import PreprocessConfig
+from stdformer.devices import resolve_device
 from stdformer.evaluation.overlays import png_bytes
-from stdformer.evaluation.predict import model_predictor
+from stdformer.scoring.predict import model_predictor
 from stdformer.inference import camera, export, people
 from stdformer.inference import overlay as ov
 from stdformer.inference.config import PredictConfig
@@ -247,8 +248,6 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
 
 
 def _device(name: str) -> torch.device:
-    from stdformer.evaluation.run import resolve_device
-
     try:
         return resolve_device(name)
     except ValueError as e:

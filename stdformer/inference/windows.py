@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from stdformer.data.preprocess import clip_starts
-from stdformer.evaluation.predict import Predictor, WindowMerger
-from stdformer.evaluation.smoothing import gaussian_smooth
+from stdformer.scoring.predict import Predictor, WindowMerger
+from stdformer.scoring.smoothing import gaussian_smooth
 
 
 @dataclass

@@ -28,10 +28,16 @@ from torch import nn
 from stdformer.body.checks import STANDARD_SMPL_LEVELS, standard_smpl_hierarchy
 from stdformer.io import DataError, write_bytes_atomic
 from stdformer.model.backbone import _unwrap_state_dict
-from stdformer.model.fastmetro import (GROUPS, SKIPPED, backbone_of, from_fastmetro, group_of,
-                                       layout_of, to_fastmetro)
-
-MODEL_FILE_FORMAT = "stdformer-model/1"     # stdformer.train.export.MODEL_FORMAT
+from stdformer.model.fastmetro import (
+    GROUPS,
+    SKIPPED,
+    backbone_of,
+    from_fastmetro,
+    group_of,
+    layout_of,
+    to_fastmetro,
+)
+from stdformer.model.model_file import MODEL_FORMAT, torch_save_bytes
 
 
 @dataclasses.dataclass
@@ -68,7 +74,7 @@ def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> Che
                             f"tensors and may try to run code ({text})") from e
         raise DataError(path, f"not a readable checkpoint (truncated or corrupt?): {text}") from e
     body_model_id = None
-    if isinstance(raw, dict) and raw.get("format") == MODEL_FILE_FORMAT:
+    if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
         body_model_id, raw = raw.get("body_model_id"), raw.get("weights")
     state = _unwrap_state_dict(raw, path)
     layout = layout_of(state)
@@ -254,8 +260,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) 
         if left:
             raise DataError(src, f"{len(left)} keys have no FastMETRO name, e.g. {left[0]}")
     payload = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    from stdformer.train.checkpoint import torch_save_bytes
-
     write_bytes_atomic(dst, torch_save_bytes(payload))
     return {"tensors": len(payload), "skipped": ckpt.notes.get("skipped", [])}
 

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 
-
 def init_conv_bn(module: nn.Module) -> None:
     """torchvision's / HRNet's initialisation: He-normal convs (fan_out), unit BN; Linear keeps
     its default. From-scratch runs then match the reference implementations."""

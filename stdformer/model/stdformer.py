@@ -18,14 +18,17 @@ how the body model / mesh hierarchy was made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from stdformer.config import from_dict
+from stdformer.io import DataError
 from stdformer.model.backbone import LoadReport, build_backbone, load_backbone_weights
 from stdformer.model.ema import SpatioTemporalDisentangle
 from stdformer.model.transformer import MeshTransformer, decoder_attention_mask
@@ -136,6 +139,21 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.enc_layers < 1 or self.dec_layers < 1 or self.num_joints < 1:
             raise ValueError("enc_layers, dec_layers and num_joints must be >= 1")
+
+
+def model_config_from_section(section: dict[str, Any] | None, source: str = "<dict>",
+                              prefix: str = "model"):
+    """The `model` section -> ModelConfig. An optional `profile` key (full, resnet50, cpu)
+    picks the starting values; the other keys override them."""
+    section = dict(section or {})
+    profile = section.pop("profile", None)
+    base: dict[str, Any] = {}
+    if profile is not None:
+        try:
+            base = dataclasses.asdict(ModelConfig.profile(profile))
+        except ValueError as e:
+            raise DataError(source, str(e), field=f"{prefix}.profile") from e
+    return from_dict(ModelConfig, {**base, **section}, source=source, prefix=prefix)
 
 
 def sparse_rows_padded(matrix: sp.spmatrix | sp.sparray | np.ndarray

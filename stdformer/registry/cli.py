@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 from stdformer.registry.config import GATE_METRICS, RegisterConfig
+from stdformer.registry.store import ModelRegistry
+from stdformer.tracking import check_tracking, default_tracking_uri
 
 
 def _registry(args: argparse.Namespace):
-    from stdformer.registry.store import ModelRegistry
-    from stdformer.train.tracking import check_tracking, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(Path.cwd())
     check_tracking(uri)

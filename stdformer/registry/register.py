@@ -23,9 +23,21 @@ from stdformer.registry.config import GATE_METRICS, RegisterConfig
 from stdformer.registry.describe import model_description, version_description
 from stdformer.registry.gate import decide
 from stdformer.registry.lineage import EVAL_ROW, dvc_lineage, finite, read_eval_metrics
-from stdformer.registry.store import (CHALLENGER, CHAMPION, METRIC_PREFIX, NONE, RUN_HOST,
-                                      RUN_PID, RUN_STAGE, TAG_DECISION, TAG_MODEL_MD5,
-                                      ModelRegistry, fluent_tracking_uri)
+from stdformer.registry.store import (
+    CHALLENGER,
+    CHAMPION,
+    METRIC_PREFIX,
+    NONE,
+    RUN_HOST,
+    RUN_PID,
+    RUN_STAGE,
+    TAG_DECISION,
+    TAG_MODEL_MD5,
+    ModelRegistry,
+    fluent_tracking_uri,
+)
+from stdformer.serving import check_servable, log_pyfunc_model
+from stdformer.tracking import MlflowTracker, check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +58,6 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
 
     params: the params.yaml sections to record (as run params; `preprocess.crop_size`, the
     training crop size, goes into the pyfunc's config)."""
-    from stdformer.serving import check_servable
-    from stdformer.train.tracking import check_tracking
 
     check_tracking(tracking_uri)                     # fail fast, before any work
     table = read_eval_metrics(paths.eval, required=cfg.gated_metrics)
@@ -137,9 +147,6 @@ def _log_run(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     """The registration run: params, eval metrics ("mpjpe", baselines as "mean_pose.mpjpe"),
     lineage tags, eval.json and the pyfunc model. Returns (run_id, model_uri, model_id)."""
     import mlflow
-
-    from stdformer.serving import log_pyfunc_model
-    from stdformer.train.tracking import MlflowTracker
 
     tracker = MlflowTracker(tracking_uri, cfg.experiment, artifact_root,
                             run_name=f"register-{cfg.model_name}", params=params,

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from stdformer.io import DataError
+from stdformer.tracking import local_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -89,7 +90,6 @@ class ModelRegistry:
     def missing_artifacts(self, mv) -> str | None:
         """Where a version's model files should be, when that local directory is gone (the
         project moved: local stores record absolute paths); None when present or remote."""
-        from stdformer.train.tracking import local_path
 
         try:
             location = (self.client.get_logged_model(mv.model_id).artifact_location

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+from stdformer.body.mirror import FlipPerms
 from stdformer.data.shards import context_margin
-from stdformer.io import DataError
 from stdformer.train.config import AugmentConfig
 
 # Targets holding 3D points (S, P, 3) and the flip permutation each one uses (FlipPerms field).
@@ -43,30 +43,6 @@ POINTS_3D = {"joints3d": "smpl", "joints_h36m": "h36m"}
 POINTS_2D = {"joints2d": "h36m", "keypoints2d": "coco"}
 # Targets without a frame axis (everything else with a leading S axis is reversed in time).
 PER_CLIP = frozenset({"intrinsics"})
-
-
-@dataclass(frozen=True)
-class FlipPerms:
-    """Mirror index of every point: after a flip, point i takes the mirrored point perm[i].
-
-    vertices (V,), smpl (24,), h36m (17,), coco (18,) int arrays (each an involution), from
-    the body directory (`stdformer.body.mirror`). vertices is None when the body is not
-    mirror-symmetric, so that the mesh of a flipped pose is not the mirrored mesh;
-    `unavailable` then says why, and flip augmentation refuses to start.
-    """
-
-    vertices: np.ndarray | None
-    smpl: np.ndarray
-    h36m: np.ndarray
-    coco: np.ndarray
-    source: str = "<body>"
-    unavailable: str | None = None
-
-    def check(self, cfg: AugmentConfig) -> None:
-        """DataError (naming the body) when `cfg` may flip a body that cannot be flipped."""
-        if cfg.enabled and cfg.flip_prob > 0 and self.vertices is None:
-            raise DataError(self.source, f"cannot flip this body ({self.unavailable}); set "
-                            "train.augment.flip_prob: 0", field="mirror")
 
 
 @dataclass(frozen=True)
@@ -279,7 +255,7 @@ class ClipAugmenter:
     """
 
     def __init__(self, cfg: AugmentConfig, perms: FlipPerms, seed: int, epoch: int):
-        perms.check(cfg)
+        perms.check(cfg.may_flip)
         self.cfg, self.perms, self.seed, self.epoch = cfg, perms, seed, epoch
 
     def params_for(self, key: str) -> AugmentParams:

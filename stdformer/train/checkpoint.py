@@ -18,7 +18,6 @@ older steps of one configuration (`keep`) and what `stdformer checkpoint prune` 
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import re
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from stdformer.io import DataError, write_bytes_atomic, write_text_atomic
+from stdformer.model.model_file import torch_save_bytes
 
 FORMAT = "stdformer-train-checkpoint/1"
 CONFIG_FILE = "config.json"
@@ -55,14 +55,6 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.fullmatch(p.name))]
     return sorted(found)
-
-
-def torch_save_bytes(obj: Any) -> bytes:
-    """torch.save into memory: the bytes do not depend on the destination file name (torch
-    names the archive after the file), so equal objects give equal files."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------

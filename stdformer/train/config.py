@@ -28,6 +28,10 @@ class AugmentConfig:
     scale_max: float = 1.25
     reverse_prob: float = 0.5           # temporal reversal
 
+    @property
+    def may_flip(self) -> bool:
+        return self.enabled and self.flip_prob > 0
+
     def validate(self) -> None:
         for name in ("flip_prob", "rotation_zero_prob", "reverse_prob"):
             value = getattr(self, name)
@@ -96,15 +100,6 @@ _NOT_HASHED = frozenset({"checkpoint_every", "keep_checkpoints", "resume", "log_
                          "val_every", "experiment", "num_workers"})
 
 
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local_rank> when a GPU is present, else cpu."""
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device("cuda", local_rank)
-
-
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. bf16 autocast is a GPU feature here."""
     if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
@@ -135,22 +130,3 @@ def config_hash(identity: dict[str, Any]) -> str:
     """sha256 of a `run_identity`: a checkpoint is resumed only when its hash matches."""
     text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def model_config_from_section(section: dict[str, Any] | None, source: str = "<dict>",
-                              prefix: str = "model"):
-    """The `model` section -> ModelConfig. An optional `profile` key (full, resnet50, cpu)
-    picks the starting values; the other keys override them."""
-    from stdformer.config import from_dict
-    from stdformer.io import DataError
-    from stdformer.model.stdformer import ModelConfig
-
-    section = dict(section or {})
-    profile = section.pop("profile", None)
-    base: dict[str, Any] = {}
-    if profile is not None:
-        try:
-            base = dataclasses.asdict(ModelConfig.profile(profile))
-        except ValueError as e:
-            raise DataError(source, str(e), field=f"{prefix}.profile") from e
-    return from_dict(ModelConfig, {**base, **section}, source=source, prefix=prefix)

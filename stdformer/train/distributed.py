@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stdformer.train.config import TrainConfig, resolve_device
+from stdformer.devices import resolve_device
+from stdformer.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def setup_distributed(cfg: TrainConfig) -> tuple[Dist, bool]:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU).
     Returns (Dist, whether this call created the group and so must destroy it)."""
     rank, world_size, local_rank = distributed_env()
-    device = resolve_device(cfg, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     created = False
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":

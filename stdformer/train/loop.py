@@ -27,24 +27,39 @@ from torch import nn
 from tqdm import tqdm
 
 from stdformer import numerics
-from stdformer.io import DataError, file_digest, write_bytes_atomic
+from stdformer.data.shard_index import ShardIndex, index_shards, iter_targets
+from stdformer.devices import resolve_device
+from stdformer.io import DataError, file_digest
 from stdformer.losses import LossConfig, MeshInfo
+from stdformer.model.assets import BodyAssets, load_body_assets
+from stdformer.model.model_file import write_model_file
 from stdformer.model.pretrained import load_init_checkpoint
 from stdformer.model.stdformer import ModelConfig, STDFormer, count_parameters
-from stdformer.train import checkpoint as ckpt_io
-from stdformer.train.assets import BodyAssets, load_body_assets
 from stdformer.progress import progress as progress_bar
-from stdformer.train.config import (TrainConfig, config_hash, resolve_device, resolve_precision,
-                                    run_identity)
-from stdformer.train.data import (ShardIndex, TrainStream, index_shards, iter_targets,
-                                  make_loader)
-from stdformer.train.distributed import (Dist, all_reduce_sum, barrier, distributed_env,
-                                         gather_objects, setup_distributed, sync_buffers,
-                                         wrap_ddp)
-from stdformer.train.evaluate import mean_pose
-from stdformer.train.export import MODEL_FORMAT
+from stdformer.scoring import BASELINE_NAME, MERGE_MODES
+from stdformer.scoring.frames import mean_pose
+from stdformer.scoring.predict import constant_predictor, model_predictor
+from stdformer.scoring.run import evaluate_predictors
+from stdformer.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
+from stdformer.train import checkpoint as ckpt_io
+from stdformer.train.config import (
+    TrainConfig,
+    config_hash,
+    resolve_precision,
+    run_identity,
+)
+from stdformer.train.data import TrainStream, make_loader
+from stdformer.train.distributed import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    distributed_env,
+    gather_objects,
+    setup_distributed,
+    sync_buffers,
+    wrap_ddp,
+)
 from stdformer.train.steps import batch_loss, loss_config_at, lr_factor, optimizer_step
-from stdformer.train.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig, paths:
     final metrics and its model replica; only rank 0 writes files and talks to MLflow."""
     rank, _, local_rank = distributed_env()
     # Before torch runs anything here (see stdformer/numerics.py); the stage pins even earlier.
-    effect = numerics.apply(cfg.threads, resolve_device(cfg, local_rank).type)
+    effect = numerics.apply(cfg.threads, resolve_device(cfg.device, local_rank).type)
     if rank == 0 and tracking.uri is not None:
         check_tracking(tracking.uri)          # before anything expensive: fail fast
     d, created_group = setup_distributed(cfg)
@@ -345,9 +360,6 @@ def _validate(s: Session, baseline: torch.Tensor | None = None) -> dict[str, flo
     mesh (V, 3)), the mean-pose rows too. Every rank scores the whole split (the same numbers,
     no waiting at a collective); the global RNG states are left as they were, so validating
     more or less often does not change the weights."""
-    from stdformer.evaluation import BASELINE_NAME, EvaluateConfig, evaluate_predictors
-    from stdformer.evaluation.predict import constant_predictor, model_predictor
-
     sync_buffers(s.raw_model, s.d)
     rng = ckpt_io.capture_rng()
     predictors = {"model": model_predictor(s.raw_model, s.d.device)}
@@ -355,7 +367,7 @@ def _validate(s: Session, baseline: torch.Tensor | None = None) -> dict[str, flo
         predictors[BASELINE_NAME] = constant_predictor(baseline)
     try:
         result = evaluate_predictors(predictors, s.paths.shards, "validation", s.assets.body,
-                                     merge=EvaluateConfig().merge,
+                                     merge=MERGE_MODES[0],
                                      batch_size=s.cfg.batch_size,
                                      num_workers=s.cfg.num_workers)
     finally:
@@ -407,8 +419,9 @@ def _finish(s: Session) -> TrainResult:
         curve[-1].update(row)
     else:
         curve.append({"step": state.step, **row})
-    write_model(s.paths.model, s.raw_model, s.model_cfg, s.cfg, s.loss_cfg, s.assets, metrics,
-                s.numerics)
+    write_model_file(s.paths.model, s.raw_model, s.model_cfg, s.assets.body_model_id,
+                     dataclasses.asdict(s.cfg), dataclasses.asdict(s.loss_cfg), metrics,
+                     s.numerics)
     write_metrics(s.paths.metrics, metrics)
     write_curve(s.paths.curve, curve)
     if s.tracker is not None:
@@ -423,21 +436,3 @@ def _finish(s: Session) -> TrainResult:
             f"MPJPE {m['baseline_val_mpjpe']:.1f} mm (PA {m['baseline_val_pa_mpjpe']:.1f}, "
             f"MPVPE {m['baseline_val_mpvpe']:.1f})")
     return TrainResult(metrics, s.raw_model, True)
-
-
-def write_model(path: Path, raw_model: nn.Module, model_cfg: ModelConfig, cfg: TrainConfig,
-                loss_cfg: LossConfig, assets: BodyAssets, metrics: Mapping[str, Any],
-                numeric_env: Mapping[str, Any] | None = None) -> None:
-    """The released model: weights + everything `load_model` needs, weights_only-loadable;
-    `numeric_env`: the numeric environment it was trained in (stdformer/numerics.py)."""
-    payload = {
-        "format": MODEL_FORMAT,
-        "weights": {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()},
-        "model_config": dataclasses.asdict(model_cfg),
-        "body_model_id": assets.body_model_id,
-        "train_config": dataclasses.asdict(cfg),
-        "loss_config": dataclasses.asdict(loss_cfg),
-        "metrics": dict(metrics),
-        "numerics": dict(numeric_env or {}),
-    }
-    write_bytes_atomic(path, ckpt_io.torch_save_bytes(payload))

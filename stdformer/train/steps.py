@@ -1,5 +1,5 @@
-"""One training step's pieces, shared by the loop and the benchmark: the LR schedule, input
-normalisation, shard targets -> loss targets, and forward + loss + backward + update."""
+"""One training step's pieces, shared by the loop and the benchmark: the LR schedule, shard
+targets -> loss targets, and forward + loss + backward + update."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from torch import nn
 
 from stdformer.losses import LossConfig, MeshInfo, compute_losses
 from stdformer.metrics import J14_FROM_H36M, j14_from_h36m
-from stdformer.train.assets import BodyAssets, vertex_pyramid
+from stdformer.model.assets import BodyAssets, vertex_pyramid
+from stdformer.model.inputs import normalize_frames
 from stdformer.train.config import TrainConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -40,13 +38,6 @@ def loss_config_at(step: int, cfg: TrainConfig, loss_cfg: LossConfig) -> LossCon
     switches = {f.name: False for f in dataclasses.fields(loss_cfg)
                 if isinstance(getattr(loss_cfg, f.name), bool)}
     return dataclasses.replace(loss_cfg, **{**switches, "joints3d_tokens": True})
-
-
-def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, S, 3, H, W) -> ImageNet-normalised float32 (the model's input)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    return (frames.float() / 255.0 - mean) / std
 
 
 def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,

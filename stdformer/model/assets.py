@@ -1,6 +1,6 @@
-"""What training needs from the body model directory, as tensors: the body (posing the
+"""What the model's users need from the body model directory, as tensors: the body (posing the
 ground-truth mesh), the mesh hierarchy (model construction, target pyramid), the H36M regressor
-(losses, metrics), flip permutations."""
+(losses, metrics), flip permutations. Training, evaluation, predict and serving all load it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import torch
 
 from stdformer.body import constants
 from stdformer.body.hierarchy import MeshHierarchy
-from stdformer.io import DataError
+from stdformer.body.mirror import FlipPerms
+from stdformer.body.model import BodyModel
+from stdformer.io import DataError, load_npz
 from stdformer.losses import MeshInfo
+from stdformer.metrics import j14_from_h36m, j14_pelvis
 from stdformer.model.stdformer import sparse_rows_padded
-from stdformer.train.augment import FlipPerms
 
 
 @dataclass
@@ -49,8 +51,6 @@ class BodyAssets:
         """The rest-pose body standing upright and facing the camera, in the targets' frame
         (camera axes: x right, y down, z forward; centred on the J14 mid-hip):
         (J14 joints (14, 3), coarse vertices (Vc, 3)), for `STDFormer.set_template`."""
-        from stdformer.metrics import j14_from_h36m, j14_pelvis
-
         if self.rest_vertices is None:
             raise ValueError("these body assets carry no rest-pose template")
         # Body axes (y up, facing +z) -> camera axes facing the camera: 180 degrees about x.
@@ -62,8 +62,6 @@ class BodyAssets:
 
 
 def load_body_assets(body_dir: str | Path) -> BodyAssets:
-    from stdformer.body.model import BodyModel
-
     body = BodyModel.from_dir(body_dir)
     hierarchy = body.hierarchy
     if hierarchy.num_levels < 3:
@@ -91,7 +89,6 @@ def load_body_assets(body_dir: str | Path) -> BodyAssets:
 def _h36m_regressor(body, body_dir: Path) -> torch.Tensor:
     matrix = getattr(body, "J_regressor_h36m", None)
     if matrix is None:
-        from stdformer.io import load_npz
         matrix = load_npz(body_dir / "regressors.npz", required=("J_regressor_h36m",))[
             "J_regressor_h36m"]
     if hasattr(matrix, "toarray"):

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.evaluation.config import MERGE_MODES
 from stdformer.io import DataError
-from stdformer.train.steps import normalize_frames
+from stdformer.model.inputs import normalize_frames
+from stdformer.scoring import MERGE_MODES
 
 Predictor = Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
 TrackId = tuple[str, int]                   # (sequence, actor)

@@ -3,8 +3,24 @@ STDFormer with and without it: smoother motion, lower Accel, slightly higher pos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+
+
+@dataclass
+class SmoothingConfig:
+    """Gaussian smoothing over time of the merged predicted vertices, per track (a post-process;
+    reported as extra rows "<model>_smooth")."""
+
+    enabled: bool = False
+    sigma: float = 1.5                 # standard deviation in frames
+    models: list[str] | None = None    # which models get a smoothed row; None = every model
+
+    def validate(self) -> None:
+        if self.sigma <= 0:
+            raise ValueError(f"smoothing.sigma must be > 0 frames, got {self.sigma}")
 
 
 def gaussian_smooth(values: np.ndarray, weights: np.ndarray, sigma: float,

@@ -2,7 +2,7 @@
 
 * MPJPE, PA-MPJPE: J14 from the H36M-17 regressor applied to the predicted fine mesh vs the
   ground-truth `joints_h36m`, each root aligned on its own mid-hip; MPVPE: meshes centred on
-  their own pelvis (`stdformer.train.evaluate.frame_errors`, the same code as validation).
+  their own pelvis (`stdformer.scoring.frames.frame_errors`, the same code as validation).
 * Accel: second differences of root-aligned J14 along ONE track (never across tracks); a term
   is dropped when any of its three frames is invalid (`accel_error_per_sequence`). The term
   centred on frame t is stored on frame t.
@@ -19,11 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from stdformer.evaluation.diagnostics import DIAGNOSTICS, frame_diagnostics, median_or_nan
-from stdformer.evaluation.predict import TrackPrediction
-from stdformer.evaluation.smoothing import gaussian_smooth
-from stdformer.metrics import accel_error_per_sequence, j14_from_h36m, root_align, summarize
-from stdformer.train.evaluate import frame_errors
+from stdformer.metrics import (
+    accel_error_per_sequence,
+    j14_from_h36m,
+    root_align,
+    summarize,
+)
+from stdformer.scoring.diagnostics import DIAGNOSTICS, frame_diagnostics, median_or_nan
+from stdformer.scoring.frames import frame_errors
+from stdformer.scoring.predict import TrackPrediction
+from stdformer.scoring.smoothing import gaussian_smooth
 
 METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "accel")      # mm, mm, mm, mm/frame^2
 ROW_KEYS = ("model", "sequence", "actor", "frame", "image_frame")

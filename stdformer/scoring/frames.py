@@ -14,8 +14,15 @@ from collections.abc import Iterable
 
 import torch
 
-from stdformer.metrics import (j14_from_h36m, j14_pelvis, mesh_pelvis, mpjpe, mpvpe, pa_mpjpe,
-                               root_align)
+from stdformer.metrics import (
+    j14_from_h36m,
+    j14_pelvis,
+    mesh_pelvis,
+    mpjpe,
+    mpvpe,
+    pa_mpjpe,
+    root_align,
+)
 
 
 def frame_errors(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor,
