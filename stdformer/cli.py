@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from stdformer.io import DataError
+from stdformer.io import DataError, check_output_dir
 
 
 def _body_convert(args: argparse.Namespace) -> None:
@@ -156,9 +156,13 @@ def _predict(args: argparse.Namespace) -> None:
         cfg.validate()
     except ValueError as e:
         raise DataError("stdformer predict", str(e)) from e
+    check_output_dir(args.out)                 # before the model is fetched or a frame decoded
     model = load_inference_model(args.model, args.body, device="cpu")
     result = predict_video(args.video, model, args.out, cfg, crop, boxes=args.boxes,
-                           fps=args.fps, show_progress=not args.quiet)
+                           fps=args.fps, show_progress=not args.quiet,
+                           strict_frames=args.strict_frames)
+    for warning in result.warnings:
+        print(f"predict: warning: {warning}", file=sys.stderr)
     if result.message:
         print(f"predict: {result.message}", file=sys.stderr)
     print(f"predict: {result.num_frames} frames, {len(result.track_ids)} track(s) in "
@@ -201,6 +205,10 @@ def _add_predict(groups) -> None:
     predict.add_argument("--no-glb", action="store_true", help="skip the .glb files")
     predict.add_argument("--no-overlay", action="store_true",
                          help="skip the overlay video and contact sheet")
+    predict.add_argument("--strict-frames", action="store_true",
+                         help="fail (exit status 2, nothing written) when the video decodes to "
+                         "fewer frames than its container declares (truncated or damaged); "
+                         "without it that is a warning and the decoded frames are used")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.add_argument("--params", default="params.yaml",
                          help="project params: the preprocess section sets the crop protocol")

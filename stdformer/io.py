@@ -3,8 +3,13 @@
 * `atomic_output(path)`: write to a temp sibling, rename on success, so an interrupted stage
   never leaves a half-written output that looks complete (works for files and directories); the
   temporaries of killed writers are removed by the next writer of the same output.
+* `staged_outputs(directory, name)`: a group of outputs of one run (predict's .npz, videos,
+  meshes) written into one temporary directory and moved into place only when all succeeded.
+* `check_output_dir(path)`: refuse an output directory that cannot be written, before any work.
 * `safe_load_pickle(path, allowed)`: a restricted unpickler; anything outside `allowed` is refused
   with an error that names the file and the global it tried to load.
+* `load_torch_file(path, what)`: every `torch.load` of the project (weights_only), with one-line
+  errors.
 * `npz_bytes(arrays)`: a `.npz` whose bytes depend only on the arrays (fixed zip timestamps), so
   DVC hashes of shards are stable across runs and machines.
 """
@@ -118,20 +123,72 @@ def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[
     try:
         yield tmp
         if directory:
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
-                old.rmdir()  # a free name of our own, for the old tree
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
+            _replace_tree(tmp, path)
         else:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _replace_tree(tmp: Path, path: Path) -> None:
+    """Rename directory `tmp` onto `path`, an existing `path` replaced as a whole."""
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        old.rmdir()  # a free name of our own, for the old tree
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+@contextlib.contextmanager
+def staged_outputs(directory: str | os.PathLike, name: str,
+                   last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write the outputs of one run that belong together so that a failed run leaves none of
+    them: yield an empty temporary directory inside `directory` (named after `name` as
+    `atomic_output` names its temporaries, so a killed run's is removed by the next); when the
+    block succeeds, move each entry into `directory`, replacing a file or directory of the same
+    name (the names in `last` go last: the file that marks a run complete appears after the
+    rest). When the block fails, nothing in `directory` changes. The temporary is gone after."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in stale_temporaries(directory / name):
+        _remove(entry)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(directory / name), suffix=".tmp",
+                                dir=directory))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir(), key=lambda p: (p.name in last, p.name)):
+            if entry.is_dir():
+                _replace_tree(entry, directory / entry.name)
+            else:
+                os.replace(entry, directory / entry.name)
+    finally:
+        _remove(tmp)
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output directory that cannot be written: DataError naming
+    it when it is a file or lies under one, or when nothing can be created in it (in its
+    nearest existing parent, for a directory still to be made). The probe (a directory made
+    and removed at once, which also catches read-only mounts and root-proof immutable
+    directories that permission bits do not show) leaves nothing behind."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(path, "output directory is a file" if existing == path else
+                        f"output directory cannot be made: {existing} is a file")
+    try:
+        Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=existing)).rmdir()
+    except OSError as e:
+        where = "" if existing == path else f" (in {existing}, where it would be made)"
+        raise DataError(path, f"output directory is not writable{where}: "
+                        f"{e.strerror or e}") from e
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -205,6 +262,39 @@ def safe_load_pickle(path: str | os.PathLike, allowed: frozenset = NUMPY_GLOBALS
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                 IndexError, KeyError, UnicodeDecodeError) as e:
             raise DataError(path, f"not a readable pickle (truncated or corrupt?): {e}") from e
+
+
+# torch's weights-only refusal: the global it would not load, or the opcode it does not know.
+_TORCH_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_TORCH_OPERAND = re.compile(r"Unsupported operand (\d+)")
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint",
+                    map_location="cpu") -> object:
+    """`torch.load(path, weights_only=True)`, every error one line naming the file: a file that
+    holds code or Python objects other than tensors and plain containers is refused without
+    running anything (and without torch's advice to retry with weights_only=False, which would
+    run it); a truncated or foreign file is "not a readable <what>". Missing files are the
+    caller's to report (each names what it expected)."""
+    import torch  # heavy: only the modules that read model files pay for it
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler refused (or choked on) it
+        text = str(e)
+        operand = _TORCH_OPERAND.search(text)
+        if operand and not _TORCH_GLOBAL.search(text):   # bytes that are no torch file at all
+            raise DataError(path, f"not a readable {what} (truncated or corrupt? unknown pickle "
+                            f"opcode {operand.group(1)})") from None
+        found = _TORCH_GLOBAL.search(text)
+        named = f"it asks for '{found.group(1)}'; " if found else ""
+        raise DataError(path, f"refusing to load: it holds code or Python objects not allowed in "
+                        f"a {what} ({named}only tensors and plain containers are allowed): the "
+                        "file may try to run code, and nothing in it was run") from None
+    except Exception as e:  # noqa: BLE001 - anything else unreadable is a data error, one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ", 1)[0]
+        raise DataError(path, f"not a readable {what} (truncated or corrupt?): "
+                        f"{first[:200]}") from e
 
 
 def load_npz_restricted(path: str | os.PathLike, allowed: frozenset,

@@ -490,7 +490,7 @@ def test_model_and_body_checked_before_logging(project, tmp_path):
     with pytest.raises(DataError, match="regressors.npz: file not found"):
         check_servable(project / "model1.pt", other)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(DataError, match="junk.pt: not a loadable model file"):
+    with pytest.raises(DataError, match="junk.pt: not a readable model file"):
         check_servable(tmp_path / "junk.pt", project / "data" / "body")
 
 

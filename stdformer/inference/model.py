@@ -21,7 +21,7 @@ from stdformer.model.assets import load_body_assets
 from stdformer.model.model_file import load_model, read_model_file
 from stdformer.progress import mlflow_bars_on_terminal_only
 from stdformer.registry.store import fluent_tracking_uri
-from stdformer.tracking import default_tracking_uri
+from stdformer.tracking import check_tracking, default_tracking_uri, local_path
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -41,17 +41,37 @@ def is_mlflow_uri(spec: str) -> bool:
     return str(spec).startswith(URI_SCHEMES)
 
 
+def _check_registered_location(uri: str) -> None:
+    """A `models:/` URI whose files a local store places in a directory that is gone (the project
+    or its mlartifacts/ moved: local stores record absolute paths) is refused naming that
+    directory; MLflow would download nothing and the model would look like no pyfunc model.
+    Call with MLflow pointed at the store."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    if not ModelsArtifactRepository.is_models_uri(uri):
+        return
+    path = local_path(ModelsArtifactRepository.get_underlying_uri(uri))
+    if path is not None and not path.is_dir():
+        raise DataError(uri, f"the model's files should be in {path}, which does not exist "
+                        "(local tracking stores record absolute paths: was the project or its "
+                        "mlartifacts/ moved or removed?)")
+
+
 @contextlib.contextmanager
 def _registered_files(uri: str, tracking_uri: str) -> Iterator[tuple[Path, Path]]:
-    """Download a logged STDFormer pyfunc model; yield (model file, body directory)."""
+    """Download a logged STDFormer pyfunc model; yield (model file, body directory). The store
+    is checked first as train and register check it (an unreachable server: one line in
+    seconds, not MLflow's minutes of retries)."""
     import mlflow.artifacts
     import yaml
     from mlflow.exceptions import MlflowException
 
+    check_tracking(tracking_uri)
     mlflow_bars_on_terminal_only()
     with tempfile.TemporaryDirectory(prefix="stdformer-model-") as tmp:
         try:
             with fluent_tracking_uri(tracking_uri):
+                _check_registered_location(uri)
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except MlflowException as e:
             raise DataError(uri, f"cannot fetch the model from the MLflow store {tracking_uri} "

@@ -11,6 +11,9 @@ mesh files.
        <video>_overlay.mp4, <video>_sheet.png                           (export.py, overlay.py)
 
 The video is read once per pass (detect, crop, draw), so memory holds boxes and crops, not frames.
+The output directory is checked writable before the video is opened; all of a run's files are
+written into one temporary directory inside it and moved into place together at the end, so a
+run that fails (disk full, a bad frame in the last pass) leaves the directory as it was.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from stdformer.inference.track import (PersonTrack, select_tracks, track_detecti
 from stdformer.inference.video import FrameSource, write_h264
 from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_output,
                                          window_starts)
-from stdformer.io import DataError, atomic_output, write_bytes_atomic
+from stdformer.io import (DataError, atomic_output, check_output_dir, staged_outputs,
+                          write_bytes_atomic)
 from stdformer.metrics import j14_from_h36m
 from stdformer.progress import progress as progress_bar
 
@@ -52,6 +56,7 @@ class PredictResult:
     files: dict[str, Path] = field(default_factory=dict)   # kind -> path (glb: one per track)
     seconds: float = 0.0
     message: str = ""
+    warnings: list[str] = field(default_factory=list)      # one line each, naming the file
 
     @property
     def frames_per_s(self) -> float:
@@ -165,19 +170,23 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
                   cfg: PredictConfig | None = None, crop: PreprocessConfig | None = None, *,
                   boxes: str | Path | None = None, detector: Detector | None = None,
-                  fps: float | None = None, show_progress: bool = True) -> PredictResult:
+                  fps: float | None = None, show_progress: bool = True,
+                  strict_frames: bool = False) -> PredictResult:
     """Run the whole pipeline on `video` and write every output to `out_dir` (see the module
     docstring). `crop` is the preprocess section the model was trained with (its crop size is
     replaced by the model file's, when the file records one). A video without people gives an
-    empty result (zero rows) and a message, not an error."""
+    empty result (zero rows) and a message, not an error. A video that decodes to fewer frames
+    than its container declares (truncated) gives a warning, or with `strict_frames` a
+    DataError before the model runs."""
     cfg = cfg or PredictConfig()
     cfg.validate()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)                   # before any decoding: fail in a second, not later
     crop = crop or PreprocessConfig()
     if model.crop_size and model.crop_size != crop.crop_size:
         crop = dataclasses.replace(crop, crop_size=int(model.crop_size))
     started = time.perf_counter()
     source = FrameSource(video, fps)
-    out_dir = Path(out_dir)
     name = source.name
 
     # 1. people
@@ -200,6 +209,12 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
         smoothed[t.track_id], affines[t.track_id] = people.track_boxes(t, cfg.box_scale, crop)
     crops_rgb, read = cut_crops(source, tracks, smoothed, crop, show_progress)
     num_frames = read if num_frames is None else num_frames
+    warnings = []
+    shortfall = source.shortfall(num_frames)
+    if shortfall and strict_frames:
+        raise DataError(source.path, shortfall)
+    if shortfall:
+        warnings.append(f"{source.path}: {shortfall}; the result covers the decoded ones")
     if boxes is not None and table.frame.max() >= num_frames:
         raise DataError(boxes, f"a box names frame {int(table.frame.max()) + 1}, the video has "
                         f"{num_frames} frames", field="frame")
@@ -233,12 +248,22 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
     arrays = export.result_arrays(rows, faces=model.faces, intrinsics=K, width=source.width,
                                   height=source.height, fps=source.fps, num_frames=num_frames,
                                   meta=meta)
-    result = PredictResult(str(video), num_frames, [t.track_id for t in tracks])
-    result.files["npz"] = out_dir / f"{name}.npz"
-    export.write_result_npz(result.files["npz"], arrays)
-    _write_meshes(result, arrays, tracks, cfg, out_dir, name, model.faces)
-    if cfg.overlay:
-        _write_overlay(result, source, arrays, cfg, out_dir, name, K, show_progress)
+    result = PredictResult(str(video), num_frames, [t.track_id for t in tracks],
+                           warnings=warnings)
+    npz = f"{name}.npz"              # moved into place last: its presence marks a finished run
+    try:
+        with staged_outputs(out_dir, npz, last=(npz,)) as stage:
+            result.files["npz"] = stage / npz
+            export.write_result_npz(result.files["npz"], arrays)
+            _write_meshes(result, arrays, tracks, cfg, stage, name, model.faces)
+            if cfg.overlay:
+                _write_overlay(result, source, arrays, cfg, stage, name, K, show_progress)
+    except OSError as e:        # disk full, quota, I/O error: one line, nothing half-written
+        raise DataError(out_dir, f"writing the outputs of {Path(video).name} failed "
+                        f"({e.strerror or e}): none of this run's files were kept, earlier "
+                        "ones are untouched") from e
+    result.files = {kind: out_dir / path.name for kind, path in result.files.items()}
+    _remove_stale_outputs(out_dir, name, {path.name for path in result.files.values()})
     result.seconds = time.perf_counter() - started
     if not tracks:
         result.message = (f"no person found in {video} ({num_frames} frames"
@@ -256,7 +281,6 @@ def _device(name: str) -> torch.device:
 
 def _write_meshes(result: PredictResult, arrays, tracks, cfg: PredictConfig, out_dir: Path,
                   name: str, faces: np.ndarray) -> None:
-    written = set()
     for t in tracks:
         rows = arrays["track_id"] == t.track_id
         vertices = arrays["vertices"][rows] + arrays["translation"][rows][:, None]
@@ -267,10 +291,6 @@ def _write_meshes(result: PredictResult, arrays, tracks, cfg: PredictConfig, out
                              name=f"track{t.track_id}",
                              extras={"track_id": t.track_id, "first_frame": t.first})
             result.files[f"glb{t.track_id}"] = path
-            written.add(path.name)
-    for stale in out_dir.glob(f"{name}_track*.glb"):         # from an earlier run of this video
-        if stale.name not in written:
-            stale.unlink()
     obj_dir = out_dir / f"{name}_obj"
     if cfg.obj_every > 0 and tracks:
         with atomic_output(obj_dir, directory=True) as tmp:
@@ -280,7 +300,15 @@ def _write_meshes(result: PredictResult, arrays, tracks, cfg: PredictConfig, out
                     export.write_obj(tmp / f"track{t.track_id}_frame{arrays['frame'][r]:05d}.obj",
                                      arrays["vertices"][r] + arrays["translation"][r], faces)
         result.files["obj"] = obj_dir
-    elif obj_dir.is_dir():
+
+
+def _remove_stale_outputs(out_dir: Path, name: str, written: set[str]) -> None:
+    """Meshes an earlier run of this video wrote that this run did not (fewer tracks, no OBJ)."""
+    for stale in out_dir.glob(f"{name}_track*.glb"):
+        if stale.name not in written:
+            stale.unlink()
+    obj_dir = out_dir / f"{name}_obj"
+    if obj_dir.name not in written and obj_dir.is_dir():
         shutil.rmtree(obj_dir)
 
 

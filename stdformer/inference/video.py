@@ -10,6 +10,7 @@ dataset's JPEGs), else from the decoded frame (`Frame.pixels`).
 from __future__ import annotations
 
 import fractions
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ import cv2
 import numpy as np
 
 from stdformer.io import DataError, atomic_output
+
+# FFmpeg inside OpenCV prints a few lines per damaged packet ("Invalid NAL unit size", "partial
+# file") straight to stderr; a truncated video is reported once, in one line (shortfall).
+# Set OPENCV_FFMPEG_LOGLEVEL (FFmpeg's levels, 16 = errors) to see them again.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -55,13 +61,16 @@ class Frame:
 class FrameSource:
     """The frames of a video file or of a folder of images (sorted by name, numbers compared as
     numbers). `width`, `height` come from the first frame; `frame_count` is exact for a folder and
-    the container's (possibly wrong) count for a video: use it for progress only."""
+    the container's (possibly wrong) count for a video: use it for progress only.
+    `declared_frames` is the count the container itself records (None when it records none, and
+    for a folder): more than can be decoded means a truncated or damaged file (`shortfall`)."""
 
     def __init__(self, path: str | Path, fps: float | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(self.path, "video file or frame folder not found")
         self.images: list[Path] | None = None
+        self.declared_frames: int | None = None
         if self.path.is_dir():
             self.images = sorted((p for p in self.path.iterdir()
                                   if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
@@ -78,9 +87,18 @@ class FrameSource:
             capture.release()
             if not ok:
                 raise DataError(self.path, "no frame could be decoded (not a video, or empty)")
+            self.declared_frames = declared_frame_count(self.path)
             self.fps = float(fps or (native if native and np.isfinite(native) and native > 0
                                      else DEFAULT_FPS))
         self.height, self.width = first.shape[:2]
+
+    def shortfall(self, decoded: int) -> str | None:
+        """What is wrong when fewer than the declared frames were decoded (a truncated or
+        damaged video), else None."""
+        if self.declared_frames is None or decoded >= self.declared_frames:
+            return None
+        return (f"only {decoded} of the {self.declared_frames} frames its container declares "
+                "could be decoded (truncated or damaged file?)")
 
     @property
     def name(self) -> str:
@@ -118,6 +136,20 @@ class FrameSource:
                 index += 1
         finally:
             capture.release()
+
+
+def declared_frame_count(path: Path) -> int | None:
+    """The frame count a video's container records for its first video stream (MP4's sample
+    table, ...), or None when it records none. OpenCV's CAP_PROP_FRAME_COUNT cannot serve: it
+    falls back to duration x frame rate, an estimate that is often off by a frame."""
+    import av  # imported where used, as in write_h264: it loads FFmpeg's shared libraries
+
+    try:
+        with av.open(str(path)) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except Exception:  # noqa: BLE001 - PyAV cannot read what OpenCV can: nothing is declared
+        return None
+    return int(frames) if frames > 0 else None
 
 
 def _natural_key(path: Path) -> list:

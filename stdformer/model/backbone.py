@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from stdformer.io import DataError
+from stdformer.io import DataError, load_torch_file
 from stdformer.model.hrnet import HRNet
 from stdformer.model.resnet import ResNet
 
@@ -66,10 +66,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> LoadR
     """
     if not os.path.isfile(path):
         raise DataError(path, "backbone weight file not found")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a data error for the caller
-        raise DataError(path, f"cannot read backbone weights: {e}") from e
+    loaded = load_torch_file(path, "backbone weight file")
     state = _unwrap_state_dict(loaded, path)
     own = backbone.state_dict()
     for key in sorted(state.keys() & own.keys()):

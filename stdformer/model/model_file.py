@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from stdformer.config import from_dict
-from stdformer.io import DataError, write_bytes_atomic
+from stdformer.io import DataError, load_torch_file, write_bytes_atomic
 from stdformer.model.assets import load_body_assets
 from stdformer.model.stdformer import ModelConfig, STDFormer
 
@@ -54,10 +54,7 @@ def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise DataError(path, f"not a loadable model file: {e}") from e
+    payload = load_torch_file(path, "model file", map_location)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise DataError(path, f"not a {MODEL_FORMAT} file", field="format")
     return payload

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from stdformer.body.checks import STANDARD_SMPL_LEVELS, standard_smpl_hierarchy
-from stdformer.io import DataError, write_bytes_atomic
+from stdformer.io import DataError, load_torch_file, write_bytes_atomic
 from stdformer.model.backbone import _unwrap_state_dict
 from stdformer.model.fastmetro import (
     GROUPS,
@@ -65,14 +65,7 @@ def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> Che
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every unreadable file is a data error
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise DataError(path, "refusing to load: the file holds Python objects besides "
-                            f"tensors and may try to run code ({text})") from e
-        raise DataError(path, f"not a readable checkpoint (truncated or corrupt?): {text}") from e
+    raw = load_torch_file(path, "checkpoint")
     body_model_id = None
     if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
         body_model_id, raw = raw.get("body_model_id"), raw.get("weights")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.io import DataError, write_bytes_atomic, write_text_atomic
+from stdformer.io import DataError, load_torch_file, write_bytes_atomic, write_text_atomic
 from stdformer.model.model_file import torch_save_bytes
 
 FORMAT = "stdformer-train-checkpoint/1"
@@ -127,10 +127,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int,
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: name it, do not show a traceback
-        raise DataError(path, f"not a loadable checkpoint: {e}") from e
+    payload = load_torch_file(path, "training checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(path, f"not a {FORMAT} file", field="format")
     return Checkpoint(
