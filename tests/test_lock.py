@@ -8,7 +8,7 @@ the data stages, about 2 minutes on 2 cores):
   whatever machine runs the suite.
 
 The training stages take minutes each; `make lock-check` reruns the whole pipeline in a fresh
-clone and compares all of dvc.lock (README, "Reproducibility").
+clone and compares all of dvc.lock (docs/reproducibility.md).
 """
 
 import json
