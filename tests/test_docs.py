@@ -91,8 +91,8 @@ def test_every_docs_page_is_linked_from_the_readme_which_stays_short():
 
 
 def test_the_checks_find_what_they_look_for(tmp_path):
-    """The checkers themselves: a missing file, a missing heading and a missing path are found;
-    links and paths inside code blocks, URLs and placeholders are not taken for them."""
+    """The checkers themselves: a missing file, a missing heading and a missing path (in inline
+    code or a code block) are found; URLs, links inside code blocks and placeholders are not."""
     (tmp_path / "other.md").write_text("# Other page\n\n## Same bytes: `dvc.lock` on any CPU\n")
     page = tmp_path / "page.md"
     page.write_text(
