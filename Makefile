@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make repro   -> create .venv, install with the pins, run the DVC pipeline on the embedded default
 #   make test    -> create .venv if needed, run the test suite
+# While working: make test-fast (the suite without the `slow`-marked tests: no `dvc repro`, no
+# Prefect server, no training beyond a few steps).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench lock-check constraints clean-venv
+.PHONY: setup repro test test-fast bench lock-check constraints clean-venv
 
 setup: $(VENV)/.installed
 
@@ -37,6 +39,9 @@ repro: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The proof that dvc.lock is what the committed code and params produce: the whole pipeline in a
 # fresh clone of HEAD, then dvc.lock compared with the committed one (OMP_NUM_THREADS=1 make

@@ -15,7 +15,7 @@
 The JSON goes to $OUT/gpu.json when OUT is set, else benchmarks/results/gpu-<device>.json, and
 is rewritten after every part, so a run cut short keeps what it measured. Every part has a time
 budget (`--budget-s`, default 7 min): a part that would not fit is recorded as skipped.
-GPU kernels are not pinned for bit-identity (see the README); this check measures speed.
+GPU kernels are not pinned for bit-identity (docs/reproducibility.md); this check measures speed.
 """
 
 from __future__ import annotations

@@ -121,6 +121,7 @@ def write_random_model(path: Path, body_dir: Path, clip_len: int) -> None:
                 "train_config": {}, "loss_config": {}, "metrics": {}}, path)
 
 
+@pytest.mark.slow  # the stage on three models in a subprocess (~25 s)
 def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(eval_data, tmp_path):
     body_dir, shards, _, truth = eval_data
     write_random_model(tmp_path / "models/stdformer.pt", body_dir, S)

@@ -1,9 +1,12 @@
 """benchmarks/gpu.py, the prepared GPU check, in its CPU smoke mode: every part runs and the
-JSON holds every figure. The real run needs an H100/H200 (see the README)."""
+JSON holds every figure. The real run needs an H100/H200 (docs/tests-and-benchmarks.md, "The
+GPU check")."""
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO, project_env
 
@@ -18,6 +21,7 @@ def test_peak_table_finds_the_device_by_name():
     assert peak_bf16_tflops("Tesla T4") is None
 
 
+@pytest.mark.slow  # trains, compiles and runs `dvc repro train` + `evaluate` on a CPU (minutes)
 def test_smoke_mode_runs_every_part_and_writes_the_figures(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke",
                            "--profiles", "full"], env={**project_env(), "OUT": str(tmp_path)},

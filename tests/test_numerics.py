@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -53,6 +54,7 @@ def test_the_body_stage_writes_the_same_bytes_whatever_the_cpu_kernels(tmp_path)
     assert not changed, f"the body stage's bytes depend on the CPU kernels: {changed}"
 
 
+@pytest.mark.slow  # synthesize twice in subprocesses (~25 s)
 def test_synthesize_writes_the_same_bytes_whatever_the_thread_count(tmp_path, synth_body_dir):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"synthesize": TINY_SYNTHESIS}))

@@ -262,9 +262,9 @@ def test_crops_follow_the_boxes():
 
 
 def test_outputs_load_back(synth_root, model, tmp_path):
-    """npz keys are the README's; the glb (pygltflib: base + morph target per frame; trimesh:
-    the base mesh) gives back the predicted camera-frame vertices; OBJ frames too; the overlay
-    is H.264 that OpenCV reads frame for frame; a second run writes the same bytes."""
+    """npz keys are those of docs/predict.md; the glb (pygltflib: base + morph target per frame;
+    trimesh: the base mesh) gives back the predicted camera-frame vertices; OBJ frames too; the
+    overlay is H.264 that OpenCV reads frame for frame; a second run writes the same bytes."""
     import av
     import pygltflib
     import trimesh
@@ -282,7 +282,7 @@ def test_outputs_load_back(synth_root, model, tmp_path):
                            CROP_CFG, boxes=boxes, show_progress=False)
     with np.load(result.files["npz"], allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
-    assert tuple(out) == export.NPZ_KEYS == readme_npz_keys()
+    assert tuple(out) == export.NPZ_KEYS == documented_npz_keys()
     assert json.loads(str(out["meta"]))["model"] == model.spec
     n = len(out["track_id"])
     assert out["vertices"].shape == (n, model.regressor.shape[1], 3)
@@ -330,9 +330,9 @@ def glb_frames(gltf) -> np.ndarray:
     return base + np.einsum("ft,tvc->fvc", weights, deltas)
 
 
-def readme_npz_keys() -> tuple[str, ...]:
-    """The keys of the README's .npz table, in order."""
-    text = (REPO / "README.md").read_text()
+def documented_npz_keys() -> tuple[str, ...]:
+    """The keys of the .npz table in docs/predict.md, in order."""
+    text = (REPO / "docs" / "predict.md").read_text()
     section = text.split("<!-- npz-keys -->")[1]
     return tuple(re.findall(r"^\| `(\w+)` \|", section, flags=re.M))
 

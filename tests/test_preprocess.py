@@ -289,7 +289,7 @@ def test_track_arrays_are_checked_again_before_use(synth_root, synth_body_dir):
 
 
 # --------------------------------------------------------------------------------------------
-# Empty splits, corrupt data inside a JPEG, counts, context crops, the README's loader
+# Empty splits, corrupt data inside a JPEG, counts, context crops, the documented loader
 
 
 def test_a_split_without_clips_is_an_error_unless_optional(dataset_copy, synth_body_dir,
@@ -383,20 +383,20 @@ def test_stored_context_keeps_the_centre_crop_as_before(synth_root):
     np.testing.assert_allclose(affine, crops.crop_affine(centre, side, cfg.crop_scale, CROP))
 
 
-README_SNIPPET = "make_clip_loader("
+DOCS_SNIPPET = "make_clip_loader("
 
 
-def test_readme_loader_snippet_runs_as_pasted(shard_dir, tmp_path):
-    """Issue 15 item 6: the README's loader snippet, pasted into a script (no __main__ guard),
-    runs with loader workers and gives the served model's input."""
+def test_documented_loader_snippet_runs_as_pasted(shard_dir, tmp_path):
+    """Issue 15 item 6: the loader snippet of docs/pipeline.md (Shard contract), pasted into a
+    script (no __main__ guard), runs with loader workers and gives the served model's input."""
     import re
     import subprocess
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    snippet = next(b for b in blocks if README_SNIPPET in b)
+    page = (Path(__file__).parents[1] / "docs" / "pipeline.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    snippet = next(b for b in blocks if DOCS_SNIPPET in b)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shards").symlink_to(shard_dir)
     (tmp_path / "snippet.py").write_text(snippet)

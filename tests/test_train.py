@@ -262,6 +262,7 @@ def _kill_group_and_reap(child: subprocess.Popen, timeout_s: float = 60.0) -> No
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # trains, is killed and resumes in subprocesses (~40 s)
 def test_sigkilled_run_resumes_to_bit_identical_weights(train_data, tmp_path):
     reference = _spec(tmp_path / "reference", train_data)
     done = _run_worker(tmp_path, reference)
@@ -298,6 +299,7 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(train_data, tmp_path):
         Path(interrupted["paths"]["metrics"]).read_text()
 
 
+@pytest.mark.slow  # two torchrun ranks and a single-process run (~30 s)
 def test_ddp_two_cpu_ranks_agree_on_weights_and_split_the_clips(train_data, tmp_path):
     spec = _spec(tmp_path / "ddp", train_data, steps=3, val_every=0)
     dump = tmp_path / "dump"

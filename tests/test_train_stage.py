@@ -60,6 +60,7 @@ def test_stage_refuses_an_unreachable_mlflow_with_one_line(train_data, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # the stage trains and resumes (~25 s)
 def test_stage_trains_logs_to_mlflow_and_writes_loadable_files(train_data, tmp_path):
     _write_params(tmp_path)
     env = {k: v for k, v in CHILD_ENV.items() if k != "MLFLOW_TRACKING_URI"}
@@ -103,6 +104,7 @@ def test_stage_trains_logs_to_mlflow_and_writes_loadable_files(train_data, tmp_p
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mpjpe")] == [2, 3]
 
 
+@pytest.mark.slow  # two trainings in subprocesses (~35 s)
 def test_stage_writes_the_same_model_bytes_whatever_the_cores_and_instruction_set(train_data,
                                                                                    tmp_path):
     # What differs between machines, as environment variables: the thread count torch would
