@@ -104,7 +104,7 @@ def test_config_validation_names_the_field():
 
 
 def write_random_model(path: Path, body_dir: Path, clip_len: int) -> None:
-    """A models/*.pt file (stdformer/train/export.py format) with random weights."""
+    """A models/*.pt file (stdformer/model/model_file.py format) with random weights."""
     from stdformer.model.stdformer import STDFormer
     from stdformer.model.model_file import MODEL_FORMAT
     from stdformer.model.stdformer import model_config_from_section

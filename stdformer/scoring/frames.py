@@ -1,5 +1,5 @@
 """Per-frame errors (reference section 4) and the training set's mean pose, shared by
-training's validation and `evaluate` (stdformer/evaluation/scoring.py scores merged tracks with
+training's validation and `evaluate` (stdformer/scoring/track_scores.py scores merged tracks with
 `frame_errors`).
 
 J14 joints come from the H36M-17 regressor applied to the predicted fine mesh (the published
