@@ -144,9 +144,10 @@ def _predict(args: argparse.Namespace) -> None:
     from stdformer.data.preprocess import PreprocessConfig
     from stdformer.inference import PredictConfig, load_inference_model, predict_video
 
-    # The crop protocol is the project's preprocess section (what the model was trained on).
+    # The crop protocol is the model file's; a project's preprocess section may only confirm it
+    # (predict warns where it differs). Outside a project there is none, and nothing to confirm.
     crop = (section_config(read_params(args.params), "preprocess", PreprocessConfig, args.params,
-                           required=False) if Path(args.params).is_file() else PreprocessConfig())
+                           required=False) if Path(args.params).is_file() else None)
     cfg = PredictConfig(min_track_frames=args.min_track_frames, max_people=args.max_people,
                         box_scale=args.box_scale, focal=args.focal, device=args.device,
                         glb=not args.no_glb, overlay=not args.no_overlay,

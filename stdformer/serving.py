@@ -28,6 +28,7 @@ unpickles nothing and works in a fresh process that has the pinned requirements.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -37,15 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow.pyfunc  # noqa: E402
 
+from stdformer.devices import resolve_device
 from stdformer.io import DataError, load_npz
 from stdformer.metrics import j14_from_h36m
-from stdformer.model.inputs import normalize_frames
-from stdformer.model.model_file import load_model, read_model_file
+from stdformer.model.inputs import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from stdformer.model.model_file import input_protocol, load_model, read_model_file
 
 BODY_FILES = ("model.npz", "hierarchy.npz", "regressors.npz", "meta.json")
 OUTPUT_NAMES = ("vertices", "joints_h36m", "joints14", "cam")
@@ -66,20 +69,19 @@ mlflow.models.set_model(STDFormerPyfunc())
 class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
     """context.artifacts: "model" (the model file), "body" (body directory with BODY_FILES).
     context.model_config: "batch_size" (clips per forward, default 4), "device" ("auto"),
-    "crop_size" (the training crop size: other sizes are resized to it)."""
+    "crop_size" (only for model files that do not record their input protocol; the model
+    file's crop size and normalisation are used otherwise). Crops of another size are resized
+    to the model's."""
 
     def load_context(self, context) -> None:
-        import torch
-
         config = dict(context.model_config or {})
-        device = str(config.get("device", "auto"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(str(config.get("device", "auto")))
         self.batch_size = int(config.get("batch_size", 4))
-        self.crop_size = config.get("crop_size")   # training crop size; None: not recorded
+        model_file = context.artifacts["model"]
+        self.inputs = input_protocol(read_model_file(model_file), model_file)
+        self.crop_size = self.inputs.crop_size if self.inputs else config.get("crop_size")
         body_dir = Path(context.artifacts["body"])
-        self.model = load_model(context.artifacts["model"], body_dir, map_location=self.device)
+        self.model = load_model(model_file, body_dir, map_location=self.device)
         regressor = load_npz(body_dir / "regressors.npz", required=("J_regressor_h36m",))
         self.regressor = torch.as_tensor(regressor["J_regressor_h36m"], dtype=torch.float32,
                                          device=self.device)                    # (17, V)
@@ -94,12 +96,12 @@ class STDFormerPyfunc(mlflow.pyfunc.PythonModel):
 
     def _forward(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames uint8 (b, S, H, W, 3) -> outputs for b clips."""
-        import torch
-
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = x.permute(0, 1, 4, 2, 3)                                   # (b, S, 3, H, W) uint8
         with torch.no_grad():
-            out = self.model(normalize_frames(x))                     # same input as training
+            mean, std = ((self.inputs.mean, self.inputs.std) if self.inputs
+                         else (IMAGENET_MEAN, IMAGENET_STD))
+            out = self.model(normalize_frames(x, mean, std))          # same input as training
             vertices = out["vertices"].float()                         # (b, S, V, 3)
             joints_h36m = torch.einsum("jv,bsvc->bsjc", self.regressor, vertices)
             result = {"vertices": vertices, "joints_h36m": joints_h36m,
@@ -234,8 +236,6 @@ def log_pyfunc_model(model_file: str | Path, body_dir: str | Path, *, name: str 
 def _check_body(meta_path: Path, body_model_id: str) -> int:
     """The body directory must be the model's (checked now, not when someone loads the model);
     returns its full-mesh vertex count."""
-    import json
-
     meta = json.loads(meta_path.read_text())
     if meta.get("body_model_id") != body_model_id:
         raise DataError(meta_path, f"body model {meta.get('body_model_id')!r} differs from the "

@@ -40,19 +40,24 @@ TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32], "ffn_dims":
 QUIET = {"overlay": False, "glb": False}
 
 
-def write_tiny_model(path: Path, body_dir: Path, seed: int = 0) -> Path:
+def write_tiny_model(path: Path, body_dir: Path, seed: int = 0,
+                     crop: PreprocessConfig = CROP_CFG) -> Path:
+    """A random tiny STDFormer in the model-file format, its input protocol `crop`'s."""
     from stdformer.losses import LossConfig
     from stdformer.model.stdformer import model_config_from_section
     from stdformer.train import TrainConfig
     from stdformer.model.assets import load_body_assets
+    from stdformer.model.inputs import InputProtocol
     from stdformer.model.model_file import write_model_file
     from stdformer.train.loop import build_model
 
     assets = load_body_assets(body_dir)
     cfg = model_config_from_section(dict(TINY_MODEL))
     torch.manual_seed(seed)
+    inputs = InputProtocol(crop.crop_size, crop.crop_scale, crop.context, CLIP)
     write_model_file(path, build_model(cfg, assets), cfg, assets.body_model_id,
-                     dataclasses.asdict(TrainConfig()), dataclasses.asdict(LossConfig()), {})
+                     dataclasses.asdict(TrainConfig()), dataclasses.asdict(LossConfig()), {},
+                     inputs)
     return path
 
 
@@ -443,6 +448,7 @@ def test_registered_model_uri_gives_the_model_files_outputs(tmp_path, model_file
     registry.make_champion(version.version)
     served = load_inference_model("models:/tiny@champion", tracking_uri=uri)
     assert served.body_model_id == model.body_model_id and served.clip_len == CLIP
+    assert served.inputs == model.inputs and served.inputs.crop_size == CROP_CFG.crop_size
     for name, value in model.model.state_dict().items():
         assert torch.equal(served.model.state_dict()[name], value), name
     with pytest.raises(DataError, match="models:/tiny@nobody: cannot fetch the model"):
@@ -491,3 +497,49 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert {p.name: p.read_bytes() for p in demo.iterdir()} == first     # stable DVC hashes
+
+
+# --------------------------------------------------------------------------------------------
+# The model file's input protocol
+
+
+def test_the_model_file_brings_its_crop_protocol(synth_root, synth_body_dir, tmp_path,
+                                                  monkeypatch):
+    """A model trained on 48 px crops at scale 1.3 (not the defaults, 64 and 1.2) predicts from
+    an empty directory, with no params.yaml, exactly as when told its protocol; a project whose
+    preprocess section says otherwise gets a warning and the model file's crops."""
+    from stdformer.cli import main
+
+    crop48 = dataclasses.replace(CROP_CFG, crop_size=48, crop_scale=1.3)
+    model_file = write_tiny_model(tmp_path / "m48.pt", synth_body_dir, crop=crop48)
+    model48 = load_inference_model(model_file, synth_body_dir)
+    assert model48.inputs.crop_size == 48 and model48.inputs.crop_scale == 1.3
+    sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test")})[0]
+    rows = []
+    for track in annotation_tracks(synth_root, sequence):
+        centers, sides, detected = annotation_boxes(track)
+        rows += [{"frame": int(i) + 1, "id": track.actor, "x": centers[i, 0] - sides[i] / 2,
+                  "y": centers[i, 1] - sides[i] / 2, "w": sides[i], "h": sides[i]}
+                 for i in np.flatnonzero(detected)]
+    boxes = boxes_json(tmp_path / "boxes.json", rows)
+    video = synth_root / "imageFiles" / sequence
+    told = predict_video(video, model48, tmp_path / "told", PredictConfig(**QUIET), crop48,
+                         boxes=boxes, show_progress=False)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["predict", str(video), "--model", str(model_file), "--body",
+                 str(synth_body_dir), "--out", str(tmp_path / "bare"), "--boxes", str(boxes),
+                 "--no-glb", "--no-overlay", "--quiet"]) == 0
+    with np.load(told.files["npz"]) as a, np.load(tmp_path / "bare" / f"{sequence}.npz") as b:
+        meta = json.loads(str(b["meta"]))
+        assert (meta["crop_size"], meta["crop_scale"]) == (48, 1.3)
+        assert np.array_equal(a["vertices"], b["vertices"]) and len(b["vertices"])
+
+    other = predict_video(video, model48, tmp_path / "other", PredictConfig(**QUIET), CROP_CFG,
+                          boxes=boxes, show_progress=False)
+    assert any("crop_size 32 -> 48" in w and "model file's are used" in w
+               for w in other.warnings)
+    with np.load(other.files["npz"]) as c, np.load(told.files["npz"]) as a:
+        assert np.array_equal(a["vertices"], c["vertices"])

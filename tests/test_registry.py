@@ -186,6 +186,7 @@ def project(tmp_path_factory):
     from stdformer.model.stdformer import model_config_from_section
     from stdformer.train import TrainConfig
     from stdformer.model.assets import load_body_assets
+    from stdformer.model.inputs import InputProtocol
     from stdformer.model.model_file import write_model_file
     from stdformer.train.loop import build_model
 
@@ -197,7 +198,8 @@ def project(tmp_path_factory):
         torch.manual_seed(seed)
         write_model_file(root / f"model{seed}.pt", build_model(cfg, assets), cfg,
                          assets.body_model_id, dataclasses.asdict(TrainConfig()),
-                         dataclasses.asdict(LossConfig()), {})
+                         dataclasses.asdict(LossConfig()), {},
+                         InputProtocol(crop_size=CROP, crop_scale=1.2, context=1.25, clip_len=8))
     return root
 
 

@@ -188,8 +188,8 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     from stdformer.config import from_dict
     from stdformer.losses import LossConfig
-    from stdformer.train import (TrainConfig, TrainPaths, Tracking, model_config_from_section,
-                                 train)
+    from stdformer.model.stdformer import model_config_from_section
+    from stdformer.train import TrainConfig, TrainPaths, Tracking, train
     from stdformer.train import checkpoint as ckpt_io
 
     if __name__ == "__main__":   # loader workers start from a forkserver

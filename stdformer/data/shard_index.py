@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stdformer.data import shards
-from stdformer.data.manifest import split_shards
+from stdformer.data.manifest import read_manifest, split_shards
 from stdformer.data.shards import check_targets
 from stdformer.io import DataError
 
@@ -105,3 +106,23 @@ def iter_targets(index: ShardIndex, names: Sequence[str]) -> Iterator[tuple[str,
         num_frames = len(arrays["valid"]) if "valid" in arrays else 0
         arrays = check_targets(arrays, num_frames, where=where)
         yield clip.key, {n: arrays[n] for n in names}
+
+
+def crop_protocol(source: str | Path) -> dict[str, Any]:
+    """How the clips under `source` (the preprocess output) were cropped: crop_size and context
+    from the manifest (one value for every clip, else DataError), crop_scale from preprocess's
+    report.json (None where there is none, e.g. shards written by other tools)."""
+    source = Path(source)
+    manifest = read_manifest(source)
+    sizes = {(int(c), int(x)) for c, x in zip(manifest["crop_size"], manifest["context_size"])}
+    if len(sizes) != 1:
+        raise DataError(source / "manifest.parquet", f"clips of several crop sizes {sorted(sizes)}"
+                        " (crop_size, context_size): one model has one input size",
+                        field="crop_size")
+    crop_size, context_size = sizes.pop()
+    settings: dict[str, Any] = {}
+    report = source / "report.json"
+    if report.is_file():
+        settings = json.loads(report.read_text()).get("settings", {})
+    return {"crop_size": crop_size, "crop_scale": settings.get("crop_scale"),
+            "context": float(settings.get("context", context_size / crop_size))}

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from stdformer.data.manifest import read_manifest
+from stdformer.data.shard_index import crop_protocol
 from stdformer.devices import resolve_device
 from stdformer.evaluation import overlays as ov
 from stdformer.evaluation import report
 from stdformer.evaluation.config import EvaluateConfig
 from stdformer.io import DataError, atomic_output, write_bytes_atomic, write_text_atomic
 from stdformer.model.assets import load_body_assets
-from stdformer.model.model_file import load_model
+from stdformer.model.model_file import input_protocol, load_model, read_model_file
 from stdformer.scoring import BASELINE_NAME, SMOOTH_SUFFIX
 from stdformer.scoring.predict import Predictor, constant_predictor, model_predictor
 from stdformer.scoring.run import (
@@ -51,14 +52,26 @@ def load_predictors(cfg: EvaluateConfig, shards: Path, body_dir: Path, body: tor
                     clip_len: int, device: torch.device) -> dict[str, Predictor]:
     """name -> predictor for every configured model file, plus the baseline when enabled.
     A model whose clip length differs from the shards' is refused (its windows would not be
-    the clips the manifest describes)."""
+    the clips the manifest describes), and so is one whose recorded input protocol crops
+    otherwise than the shards were cropped (its scores would measure another input)."""
     predictors: dict[str, Predictor] = {}
+    shard_crops = crop_protocol(shards)
     for name, path in cfg.model_files().items():
-        model = load_model(path, body_dir, map_location="cpu")
+        payload = read_model_file(path)
+        model = load_model(path, body_dir, payload=payload)
         if model.cfg.clip_len != clip_len:
             raise DataError(path, f"model clip_len {model.cfg.clip_len} differs from the "
                             f"{clip_len}-frame clips in {shards}", field="model_config.clip_len")
-        predictors[name] = model_predictor(model, device)
+        inputs = input_protocol(payload, path)
+        if inputs is not None:
+            differs = [f"{k} {getattr(inputs, k)} vs {v}" for k, v in shard_crops.items()
+                       if v is not None and getattr(inputs, k) is not None
+                       and getattr(inputs, k) != v]
+            if differs:
+                raise DataError(path, f"trained on crops other than those in {shards} "
+                                f"({', '.join(differs)}): rerun preprocess with the model's "
+                                "settings", field="inputs")
+        predictors[name] = model_predictor(model, device, inputs)
     if cfg.baseline:
         predictors[BASELINE_NAME] = constant_predictor(
             mean_pose_vertices(shards, cfg.baseline_split, body))

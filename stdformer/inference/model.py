@@ -18,7 +18,8 @@ import torch
 
 from stdformer.io import DataError
 from stdformer.model.assets import load_body_assets
-from stdformer.model.model_file import load_model, read_model_file
+from stdformer.model.inputs import InputProtocol
+from stdformer.model.model_file import input_protocol, load_model, read_model_file
 from stdformer.progress import mlflow_bars_on_terminal_only
 from stdformer.registry.store import fluent_tracking_uri
 from stdformer.tracking import check_tracking, default_tracking_uri, local_path
@@ -34,7 +35,7 @@ class InferenceModel:
     clip_len: int
     faces: np.ndarray                   # (F, 3) int64 faces of the full mesh
     regressor: torch.Tensor             # (17, V) H36M regressor
-    crop_size: int | None               # recorded in the model file, if it is
+    inputs: InputProtocol | None        # how its clips are cropped (None: an older model file)
 
 
 def is_mlflow_uri(spec: str) -> bool:
@@ -105,10 +106,10 @@ def load_inference_model(spec: str | Path, body_dir: str | Path | None = None,
         files = contextlib.nullcontext((Path(spec), Path(body_dir)))
     with files as (model_file, body):
         payload = read_model_file(model_file)
-        model = load_model(model_file, body, map_location=device)
+        model = load_model(model_file, body, map_location=device, payload=payload)
         assets = load_body_assets(body)
-    crop_size = payload.get("crop_size")
+    inputs = input_protocol(payload, model_file)
     return InferenceModel(model=model, spec=spec, body_model_id=assets.body_model_id,
                           clip_len=int(model.cfg.clip_len),
                           faces=np.asarray(assets.hierarchy.faces[0], np.int64),
-                          regressor=assets.regressor_h36m, crop_size=crop_size)
+                          regressor=assets.regressor_h36m, inputs=inputs)

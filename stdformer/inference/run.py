@@ -37,6 +37,7 @@ from stdformer.inference import overlay as ov
 from stdformer.inference.config import PredictConfig
 from stdformer.inference.detect import Detector, HOGPeopleDetector, read_boxes
 from stdformer.inference.model import InferenceModel
+from stdformer.model.inputs import InputProtocol
 from stdformer.inference.track import (PersonTrack, select_tracks, track_detections,
                                        tracks_from_ids)
 from stdformer.inference.video import FrameSource, write_h264
@@ -167,24 +168,38 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 # The whole run
 
 
+def crop_for_model(crop: PreprocessConfig, inputs: InputProtocol | None
+                   ) -> tuple[PreprocessConfig, list[str]]:
+    """The crop protocol predict uses: the model file's crop size, scale and context (the
+    settings the model was trained on), over `crop`; and the settings where `crop` said
+    otherwise ("crop_size 64 -> 48"). A model file without a protocol keeps `crop` as it is."""
+    if inputs is None:
+        return crop, []
+    recorded = {"crop_size": inputs.crop_size, "crop_scale": inputs.crop_scale,
+                "context": inputs.context}
+    recorded = {k: v for k, v in recorded.items() if v is not None}
+    differs = [f"{k} {getattr(crop, k)} -> {v}" for k, v in recorded.items()
+               if getattr(crop, k) != v]
+    return dataclasses.replace(crop, **recorded), differs
+
+
 def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
                   cfg: PredictConfig | None = None, crop: PreprocessConfig | None = None, *,
                   boxes: str | Path | None = None, detector: Detector | None = None,
                   fps: float | None = None, show_progress: bool = True,
                   strict_frames: bool = False) -> PredictResult:
     """Run the whole pipeline on `video` and write every output to `out_dir` (see the module
-    docstring). `crop` is the preprocess section the model was trained with (its crop size is
-    replaced by the model file's, when the file records one). A video without people gives an
+    docstring). The crop protocol is the model file's (`crop_for_model`); `crop`, a project's
+    preprocess section, may only confirm it (where it differs, a warning says so). A video without people gives an
     empty result (zero rows) and a message, not an error. A video that decodes to fewer frames
     than its container declares (truncated) gives a warning, or with `strict_frames` a
     DataError before the model runs."""
     cfg = cfg or PredictConfig()
     cfg.validate()
+    crop_given = crop
     out_dir = Path(out_dir)
     check_output_dir(out_dir)                   # before any decoding: fail in a second, not later
-    crop = crop or PreprocessConfig()
-    if model.crop_size and model.crop_size != crop.crop_size:
-        crop = dataclasses.replace(crop, crop_size=int(model.crop_size))
+    crop, overridden = crop_for_model(crop or PreprocessConfig(), model.inputs)
     started = time.perf_counter()
     source = FrameSource(video, fps)
     name = source.name
@@ -209,7 +224,9 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
         smoothed[t.track_id], affines[t.track_id] = people.track_boxes(t, cfg.box_scale, crop)
     crops_rgb, read = cut_crops(source, tracks, smoothed, crop, show_progress)
     num_frames = read if num_frames is None else num_frames
-    warnings = []
+    warnings = [] if crop_given is None or not overridden else [
+        f"{model.spec}: the preprocess settings given differ from the model file's input "
+        f"protocol ({', '.join(overridden)}): the model file's are used"]
     shortfall = source.shortfall(num_frames)
     if shortfall and strict_frames:
         raise DataError(source.path, shortfall)
@@ -227,7 +244,7 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
         windows = sum(len(window_starts(len(t), model.clip_len, stride)) for t in tracks)
         bar = progress(windows, "model", unit="window", enabled=show_progress)
         try:
-            outputs = predict_tracks(crops_rgb, model_predictor(model.model, device),
+            outputs = predict_tracks(crops_rgb, model_predictor(model.model, device, model.inputs),
                                      model.clip_len, stride, cfg.merge, cfg.batch_size,
                                      bar.update)
         finally:

@@ -1,7 +1,8 @@
 """The released model file (`models/stdformer.pt`): writing it, reading it, rebuilding the model.
 
 The file is a plain dict that `torch.load(weights_only=True)` reads: format, weights
-(state_dict), model_config (dict), body_model_id, train_config, loss_config, metrics, numerics.
+(state_dict), model_config (dict), body_model_id, train_config, loss_config, metrics, inputs
+(`stdformer.model.inputs.InputProtocol` as a dict), numerics.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from stdformer.config import from_dict
 from stdformer.io import DataError, load_torch_file, write_bytes_atomic
 from stdformer.model.assets import load_body_assets
+from stdformer.model.inputs import InputProtocol
 from stdformer.model.stdformer import ModelConfig, STDFormer
 
 MODEL_FORMAT = "stdformer-model/1"
@@ -34,8 +36,10 @@ def torch_save_bytes(obj: Any) -> bytes:
 def write_model_file(path: str | Path, raw_model: nn.Module, model_cfg: ModelConfig,
                      body_model_id: str, train_config: Mapping[str, Any],
                      loss_config: Mapping[str, Any], metrics: Mapping[str, Any],
-                     numeric_env: Mapping[str, Any] | None = None) -> None:
+                     inputs: InputProtocol, numeric_env: Mapping[str, Any] | None = None
+                     ) -> None:
     """The released model: weights + everything `load_model` needs, weights_only-loadable;
+    `inputs`: how its input clips are cropped and normalised (predict and serving read it);
     `numeric_env`: the numeric environment it was trained in (stdformer/numerics.py)."""
     payload = {
         "format": MODEL_FORMAT,
@@ -45,6 +49,7 @@ def write_model_file(path: str | Path, raw_model: nn.Module, model_cfg: ModelCon
         "train_config": dict(train_config),
         "loss_config": dict(loss_config),
         "metrics": dict(metrics),
+        "inputs": inputs.as_dict(),
         "numerics": dict(numeric_env or {}),
     }
     write_bytes_atomic(path, torch_save_bytes(payload))
@@ -60,11 +65,20 @@ def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def input_protocol(payload: Mapping[str, Any], path: str | Path) -> InputProtocol | None:
+    """The model file's input protocol; None for files written before it was recorded."""
+    if "inputs" not in payload:
+        return None
+    return InputProtocol.from_dict(payload["inputs"], source=str(path))
+
+
 def load_model(path: str | Path, body_dir: str | Path,
-               map_location: str | torch.device = "cpu") -> STDFormer:
+               map_location: str | torch.device = "cpu",
+               payload: Mapping[str, Any] | None = None) -> STDFormer:
     """Rebuild the trained STDFormer (eval mode) from the model file and the body directory
-    it was trained with (the mesh hierarchy is not stored in the file)."""
-    payload = read_model_file(path, map_location)
+    it was trained with (the mesh hierarchy is not stored in the file). `payload`: the file
+    as `read_model_file` returned it, when the caller has read it already."""
+    payload = payload if payload is not None else read_model_file(path, map_location)
     assets = load_body_assets(body_dir)
     if assets.body_model_id != payload["body_model_id"]:
         raise DataError(body_dir, f"body model {assets.body_model_id!r} differs from the one the "

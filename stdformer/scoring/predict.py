@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from stdformer.io import DataError
-from stdformer.model.inputs import normalize_frames
+from stdformer.model.inputs import IMAGENET_MEAN, IMAGENET_STD, InputProtocol, normalize_frames
 from stdformer.scoring import MERGE_MODES
 
 Predictor = Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
@@ -34,13 +34,16 @@ TrackId = tuple[str, int]                   # (sequence, actor)
 # Predictors
 
 
-def model_predictor(model: torch.nn.Module, device: torch.device) -> Predictor:
-    """A predictor running `model` (STDFormer, eval mode) on `device` in fp32."""
+def model_predictor(model: torch.nn.Module, device: torch.device,
+                    inputs: InputProtocol | None = None) -> Predictor:
+    """A predictor running `model` (STDFormer, eval mode) on `device` in fp32, its frames
+    normalised as `inputs` (the model file's protocol) says; ImageNet's when None."""
     model = model.to(device).eval()
+    mean, std = (inputs.mean, inputs.std) if inputs is not None else (IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.inference_mode()
     def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        out = model(normalize_frames(batch["frames"].to(device, non_blocking=True)))
+        out = model(normalize_frames(batch["frames"].to(device, non_blocking=True), mean, std))
         return {"vertices": out["vertices"].float().cpu(), "cam": out["cam"].float().cpu()}
 
     return predict

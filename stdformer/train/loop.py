@@ -27,11 +27,12 @@ from torch import nn
 from tqdm import tqdm
 
 from stdformer import numerics
-from stdformer.data.shard_index import ShardIndex, index_shards, iter_targets
+from stdformer.data.shard_index import ShardIndex, crop_protocol, index_shards, iter_targets
 from stdformer.devices import resolve_device
 from stdformer.io import DataError, file_digest
 from stdformer.losses import LossConfig, MeshInfo
 from stdformer.model.assets import BodyAssets, load_body_assets
+from stdformer.model.inputs import InputProtocol
 from stdformer.model.model_file import write_model_file
 from stdformer.model.pretrained import load_init_checkpoint
 from stdformer.model.stdformer import ModelConfig, STDFormer, count_parameters
@@ -119,6 +120,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     state: RunState
+    inputs: InputProtocol         # how the training clips were cropped (into the model file)
     tracker: MlflowTracker | None = None
 
 
@@ -188,6 +190,7 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
     assets = load_body_assets(paths.body)
     train_index = index_shards(paths.shards, "train")
     val_index = index_shards(paths.shards, "validation")
+    inputs = InputProtocol(**crop_protocol(paths.shards), clip_len=model_cfg.clip_len)
     identity = run_identity(cfg, model_cfg, loss_cfg, world_size=d.world_size,
                             body_model_id=assets.body_model_id,
                             train_data=train_index.fingerprint(),
@@ -222,7 +225,7 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
     device_assets = assets.to(d.device)
     s = Session(cfg, model_cfg, loss_cfg, paths, d, autocast_dtype, assets, device_assets,
                 device_assets.mesh_info, train_index, val_index, identity, run_hash, run_dir,
-                effect, raw_model, model, optimizer, scheduler, state)
+                effect, raw_model, model, optimizer, scheduler, state, inputs)
     if d.main and tracking.uri is not None:
         s.tracker = MlflowTracker(
             tracking.uri, cfg.experiment, tracking.artifact_root, run_id=state.run_id,
@@ -421,7 +424,7 @@ def _finish(s: Session) -> TrainResult:
         curve.append({"step": state.step, **row})
     write_model_file(s.paths.model, s.raw_model, s.model_cfg, s.assets.body_model_id,
                      dataclasses.asdict(s.cfg), dataclasses.asdict(s.loss_cfg), metrics,
-                     s.numerics)
+                     s.inputs, s.numerics)
     write_metrics(s.paths.metrics, metrics)
     write_curve(s.paths.curve, curve)
     if s.tracker is not None:
