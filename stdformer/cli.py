@@ -3,6 +3,7 @@
     stdformer body convert SMPL_NEUTRAL.pkl out.npz   # official SMPL pickle -> plain npz, no chumpy
     stdformer body info data/body                     # what body model a pipeline uses, what was checked
     stdformer checkpoint inspect state_dict.bin       # a FastMETRO / STDFormer / project checkpoint
+    stdformer checkpoint evaluate state_dict.bin      # released weights on data/shards, no training
     stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
     stdformer checkpoint list [checkpoints]           # training checkpoints, one dir per config
     stdformer checkpoint prune [checkpoints] [--keep 1] [--dry-run]   # remove older configs
@@ -13,6 +14,8 @@
 
 from __future__ import annotations
 
+# Each subcommand imports its code (torch, MLflow, ...) when it runs, inside its function:
+# `stdformer --help` and the light commands stay instant (tests/test_layers.py allows it here).
 import argparse
 import json
 import sys
@@ -104,6 +107,34 @@ def _checkpoint_convert(args: argparse.Namespace) -> None:
     done = convert_checkpoint(args.src, args.dst, args.to)
     skipped = f"; skipped {len(done['skipped'])} keys" if done["skipped"] else ""
     print(f"wrote {args.dst} ({done['tensors']} tensors, {args.to} layout{skipped})")
+
+
+def _checkpoint_evaluate(args: argparse.Namespace) -> None:
+    """Released weights on the test split, no training: the evaluate stage's outputs under
+    --out, plus lineage.json naming the file by its sha256."""
+    from pathlib import Path
+
+    from stdformer.evaluation import EvaluateConfig, EvaluatePaths, evaluate
+    from stdformer.evaluation.report import markdown_table
+    from stdformer.io import file_digest, read_json, write_text_atomic
+
+    name = args.name or Path(args.path).stem
+    out = Path(args.out)
+    cfg = EvaluateConfig(models={name: args.path}, split=args.split, baseline=False,
+                         overlays=args.overlays)
+    paths = EvaluatePaths(shards=Path(args.shards), body=Path(args.body),
+                          metrics=out / "eval.json", model_metrics=out / "eval",
+                          diagnostics=out / "eval_diagnostics.json",
+                          per_frame=out / "per_frame.parquet",
+                          per_sequence_csv=out / "eval_per_sequence.csv",
+                          over_time_csv=out / "eval_error_over_time.csv", plots=out / "plots")
+    result = evaluate(cfg, paths, progress=not args.quiet)
+    lineage = {"checkpoint": Path(args.path).name, "sha256": file_digest(args.path),
+               "body_model_id": read_json(Path(args.body) / "meta.json")["body_model_id"],
+               "shards_manifest_sha256": file_digest(Path(args.shards) / "manifest.parquet"),
+               "split": args.split, "metrics": result.overall[name]}
+    write_text_atomic(out / "lineage.json", json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+    print(markdown_table(result.overall), end="")
 
 
 def _checkpoint_list(args: argparse.Namespace) -> None:
@@ -246,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert_ckpt.add_argument("dst")
     convert_ckpt.add_argument("--to", choices=("project", "fastmetro"), default="project")
     convert_ckpt.set_defaults(func=_checkpoint_convert)
+    ceval = ckpt.add_parser("evaluate", help="evaluate released FastMETRO / STDFormer weights "
+                            "(or a model file) on the shards, without training")
+    ceval.add_argument("path", help="state_dict.bin (FastMETRO / STDFormer) or models/*.pt")
+    ceval.add_argument("--name", help="row name (default: the file name's stem)")
+    ceval.add_argument("--body", default="data/body")
+    ceval.add_argument("--shards", default="data/shards")
+    ceval.add_argument("--split", default="test")
+    ceval.add_argument("--out", default="metrics/published",
+                       help="directory for eval.json, per-frame and per-sequence tables, plots "
+                       "and lineage.json")
+    ceval.add_argument("--overlays", type=int, default=3, help="clips drawn with meshes")
+    ceval.add_argument("--quiet", action="store_true", help="no progress bar")
+    ceval.set_defaults(func=_checkpoint_evaluate)
     clist = ckpt.add_parser("list", help="training checkpoints: one line per configuration, "
                             "newest first, with steps, size and what the newest changed")
     clist.add_argument("root", nargs="?", default="checkpoints")

@@ -20,7 +20,7 @@ from stdformer.evaluation import report
 from stdformer.evaluation.config import EvaluateConfig
 from stdformer.io import DataError, atomic_output, write_bytes_atomic, write_text_atomic
 from stdformer.model.assets import load_body_assets
-from stdformer.model.model_file import input_protocol, load_model, read_model_file
+from stdformer.model.pretrained import load_model_or_checkpoint
 from stdformer.scoring import BASELINE_NAME, SMOOTH_SUFFIX
 from stdformer.scoring.predict import Predictor, constant_predictor, model_predictor
 from stdformer.scoring.run import (
@@ -57,12 +57,10 @@ def load_predictors(cfg: EvaluateConfig, shards: Path, body_dir: Path, body: tor
     predictors: dict[str, Predictor] = {}
     shard_crops = crop_protocol(shards)
     for name, path in cfg.model_files().items():
-        payload = read_model_file(path)
-        model = load_model(path, body_dir, payload=payload)
+        model, inputs = load_model_or_checkpoint(path, body_dir, clip_len=clip_len)
         if model.cfg.clip_len != clip_len:
             raise DataError(path, f"model clip_len {model.cfg.clip_len} differs from the "
                             f"{clip_len}-frame clips in {shards}", field="model_config.clip_len")
-        inputs = input_protocol(payload, path)
         if inputs is not None:
             differs = [f"{k} {getattr(inputs, k)} vs {v}" for k, v in shard_crops.items()
                        if v is not None and getattr(inputs, k) is not None

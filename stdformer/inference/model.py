@@ -19,7 +19,7 @@ import torch
 from stdformer.io import DataError
 from stdformer.model.assets import load_body_assets
 from stdformer.model.inputs import InputProtocol
-from stdformer.model.model_file import input_protocol, load_model, read_model_file
+from stdformer.model.pretrained import load_model_or_checkpoint
 from stdformer.progress import mlflow_bars_on_terminal_only
 from stdformer.registry.store import fluent_tracking_uri
 from stdformer.tracking import check_tracking, default_tracking_uri, local_path
@@ -105,10 +105,8 @@ def load_inference_model(spec: str | Path, body_dir: str | Path | None = None,
                             "(--body)")
         files = contextlib.nullcontext((Path(spec), Path(body_dir)))
     with files as (model_file, body):
-        payload = read_model_file(model_file)
-        model = load_model(model_file, body, map_location=device, payload=payload)
+        model, inputs = load_model_or_checkpoint(model_file, body, map_location=device)
         assets = load_body_assets(body)
-    inputs = input_protocol(payload, model_file)
     return InferenceModel(model=model, spec=spec, body_model_id=assets.body_model_id,
                           clip_len=int(model.cfg.clip_len),
                           faces=np.asarray(assets.hierarchy.faces[0], np.int64),

@@ -20,13 +20,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class InputProtocol:
     """crop_size: the square crop the network sees (pixels); crop_scale: crop side / longer
-    side of the person's box (None when the shards did not record it); context: the stored crop
-    is context x the crop (augmentation's surroundings); clip_len: frames a clip; mean, std:
+    side of the person's box; context: the stored crop is context x the crop (augmentation's
+    surroundings); None where unknown (shards of other tools, released weights); clip_len: frames a clip; mean, std:
     per-channel RGB normalisation of [0, 1] pixels."""
 
     crop_size: int
     crop_scale: float | None
-    context: float
+    context: float | None
     clip_len: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -41,7 +41,8 @@ class InputProtocol:
             return cls(crop_size=int(values["crop_size"]),
                        crop_scale=None if values.get("crop_scale") is None
                        else float(values["crop_scale"]),
-                       context=float(values["context"]), clip_len=int(values["clip_len"]),
+                       context=None if values.get("context") is None
+                       else float(values["context"]), clip_len=int(values["clip_len"]),
                        mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
                        std=tuple(float(v) for v in values.get("std", IMAGENET_STD)))
         except (KeyError, TypeError, ValueError) as e:

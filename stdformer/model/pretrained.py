@@ -2,6 +2,8 @@
 
     load_init_checkpoint(model, path, body_meta, body_model_id) -> InitReport   (model.init_checkpoint)
     inspect_checkpoint(path) -> dict                  (stdformer checkpoint inspect PATH)
+    published_model(path, assets) -> (STDFormer, InputProtocol)  (predict / evaluate released
+                                                      weights without training)
     convert_checkpoint(src, dst, to="project" | "fastmetro")   (stdformer checkpoint convert)
 
 Files are read with `torch.load(weights_only=True)`: a pickle that asks for anything but
@@ -37,7 +39,11 @@ from stdformer.model.fastmetro import (
     layout_of,
     to_fastmetro,
 )
-from stdformer.model.model_file import MODEL_FORMAT, torch_save_bytes
+from stdformer.model.assets import BodyAssets, load_body_assets
+from stdformer.model.inputs import InputProtocol
+from stdformer.model.model_file import (MODEL_FORMAT, input_protocol, load_model, read_model_file,
+                                        torch_save_bytes)
+from stdformer.model.stdformer import STDFormer, model_config_from_section
 
 
 @dataclasses.dataclass
@@ -138,7 +144,12 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike, body_meta: d
     and reported). A shape mismatch is refused naming the key. Nothing is loaded unless all
     checks pass."""
     clip_len = getattr(getattr(model, "cfg", None), "clip_len", None)
-    ckpt = read_checkpoint(path, clip_len)
+    return _load_into(model, read_checkpoint(path, clip_len), body_meta, body_model_id, body_dir)
+
+
+def _load_into(model: nn.Module, ckpt: Checkpoint, body_meta: dict, body_model_id: str,
+               body_dir: str | os.PathLike) -> InitReport:
+    path = ckpt.path
     check_hierarchy(ckpt, body_meta, body_model_id, body_dir)
     problems = [f"unsupported: {k}" for k in ckpt.notes.get("unsupported", [])]
     problems += [f"SD/TD block of unclear role: {k}" for k in ckpt.notes.get("ambiguous", [])]
@@ -176,12 +187,9 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     the `model:` params that fit it."""
     ckpt = read_checkpoint(path)
     s = ckpt.state
-    stages = sorted({int(k.split(".")[2]) for k in s if k.startswith("transformer.stages.")})
-    widths = [int(s[f"transformer.stages.{i}.encoder.norm.weight"].shape[0]) for i in stages]
-    ffn = [int(s[f"transformer.stages.{i}.encoder.layers.0.linear1.weight"].shape[0])
-           for i in stages]
-    enc = len({k.split(".")[5] for k in s if k.startswith("transformer.stages.0.encoder.layers.")})
-    dec = len({k.split(".")[5] for k in s if k.startswith("transformer.stages.0.decoder.layers.")})
+    arch = architecture(ckpt)
+    widths, ffn, enc, dec, sd_td = (arch[k] for k in ("widths", "ffn_dims", "enc_layers",
+                                                      "dec_layers", "sd_td"))
     params = Counter()
     for key, value in s.items():
         if value.is_floating_point() and "running_" not in key:
@@ -189,8 +197,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     size = {1: "S", 2: "M", 3: "L"}.get(enc) if enc == dec else None
     fastmetro_name = (f"FastMETRO-{size}-{'H64' if ckpt.backbone == 'hrnet' else 'R50'}"
                       if size and widths == [512, 128] else None)
-    sd_td = sorted({k.split(".")[1] for k in s if k.startswith("disentangle.")})
-    suggested = model_params_of(ckpt, sd_td, enc, dec, widths, ffn)
+    suggested = model_params_of(ckpt)
     return {
         "path": str(path), "layout": ckpt.layout, "name": fastmetro_name,
         "backbone": ckpt.backbone, "transformer": {"widths": widths, "ffn_dims": ffn,
@@ -208,8 +215,24 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     }
 
 
-def model_params_of(ckpt: Checkpoint, sd_td: list[str], enc: int, dec: int,
-                    widths: list[int], ffn: list[int]) -> dict:
+def architecture(ckpt: Checkpoint) -> dict:
+    """The transformer's shape as the tensors tell it: widths and FFN sizes per stage, encoder
+    and decoder layers a stage, and which of SD / TD the file holds."""
+    s = ckpt.state
+    stages = sorted({int(k.split(".")[2]) for k in s if k.startswith("transformer.stages.")})
+    return {
+        "widths": [int(s[f"transformer.stages.{i}.encoder.norm.weight"].shape[0]) for i in stages],
+        "ffn_dims": [int(s[f"transformer.stages.{i}.encoder.layers.0.linear1.weight"].shape[0])
+                     for i in stages],
+        "enc_layers": len({k.split(".")[5] for k in s
+                           if k.startswith("transformer.stages.0.encoder.layers.")}),
+        "dec_layers": len({k.split(".")[5] for k in s
+                           if k.startswith("transformer.stages.0.decoder.layers.")}),
+        "sd_td": sorted({k.split(".")[1] for k in s if k.startswith("disentangle.")}),
+    }
+
+
+def model_params_of(ckpt: Checkpoint) -> dict:
     """The `model:` params whose network has exactly the checkpoint's tensors: SD/TD only where
     the file has them (a FastMETRO file: `sd: false, td: false`, so the network stays
     FastMETRO's instead of gaining fresh SD/TD blocks), FastMETRO's coordinate head
@@ -217,17 +240,59 @@ def model_params_of(ckpt: Checkpoint, sd_td: list[str], enc: int, dec: int,
     channels per group are the clip length S; where SD/TD sit (`sd_td_at`) cannot be read from
     EMA's parameters (they depend only on channels per group): the default, layer1, is kept."""
     s = ckpt.state
+    arch = architecture(ckpt)
     params = {"profile": "full" if ckpt.backbone == "hrnet" else "resnet50",
-              "sd": "sd" in sd_td, "td": "td" in sd_td,
-              "enc_layers": enc, "dec_layers": dec,
+              "sd": "sd" in arch["sd_td"], "td": "td" in arch["sd_td"],
+              "enc_layers": arch["enc_layers"], "dec_layers": arch["dec_layers"],
               "template_head": any(k.endswith("template_coarse") for k in s)}
     td_gn = s.get("disentangle.td.gn.weight")
     if td_gn is not None:
         params["clip_len"] = int(td_gn.shape[0])
-    if widths != [512, 128]:
-        params.update(widths=widths, ffn_dims=ffn)
+    if arch["widths"] != [512, 128]:
+        params.update(widths=arch["widths"], ffn_dims=arch["ffn_dims"])
     params["init_checkpoint"] = ckpt.path
     return params
+
+
+# --------------------------------------------------------------------------------------------
+# Released weights as a ready model (predict, evaluate)
+
+# The papers' input: 224 px crops, ImageNet normalisation. A bare state dict records no crop
+# scale or context: the caller's preprocess settings stand for them.
+PUBLISHED_CROP_SIZE = 224
+
+
+def published_model(path: str | os.PathLike, assets: BodyAssets, clip_len: int = 8,
+                    body_dir: str | os.PathLike = "data/body"
+                    ) -> tuple[STDFormer, InputProtocol]:
+    """A released FastMETRO / STDFormer `state_dict.bin` as a ready network (eval mode): the
+    layout detected from the keys, the network built to fit them (`model_params_of`: the file's
+    own architecture, nothing fresh), the body refused unless it is the standard SMPL hierarchy
+    the weights refer to. Returns it with its input protocol (224 px crops, ImageNet)."""
+    ckpt = read_checkpoint(path, clip_len)
+    params = {k: v for k, v in model_params_of(ckpt).items() if k != "init_checkpoint"}
+    cfg = model_config_from_section({"clip_len": clip_len, **params}, source=str(path))
+    model = STDFormer.from_hierarchy(cfg, assets.hierarchy)
+    _load_into(model, ckpt, assets.meta, assets.body_model_id, body_dir)
+    return model.eval(), InputProtocol(crop_size=PUBLISHED_CROP_SIZE, crop_scale=None,
+                                       context=None, clip_len=cfg.clip_len)
+
+
+def load_model_or_checkpoint(path: str | os.PathLike, body_dir: str | os.PathLike,
+                             map_location: str | torch.device = "cpu", clip_len: int = 8
+                             ) -> tuple[STDFormer, InputProtocol | None]:
+    """This project's model file, or a released FastMETRO / STDFormer checkpoint
+    (`published_model`, clips of `clip_len` frames unless its TD fixes them), with the input
+    protocol it records (None for an older model file)."""
+    try:
+        payload = read_model_file(path, map_location)
+    except DataError as e:
+        if e.field != "format":
+            raise
+        model, inputs = published_model(path, load_body_assets(body_dir), clip_len, body_dir)
+        return model.to(map_location), inputs
+    model = load_model(path, body_dir, map_location, payload=payload)
+    return model, input_protocol(payload, path)
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> dict:
@@ -257,5 +322,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) 
     return {"tensors": len(payload), "skipped": ckpt.notes.get("skipped", [])}
 
 
-__all__ = ["Checkpoint", "InitReport", "check_hierarchy", "convert_checkpoint",
-           "inspect_checkpoint", "load_init_checkpoint", "model_params_of", "read_checkpoint"]
+__all__ = ["Checkpoint", "InitReport", "architecture", "check_hierarchy", "convert_checkpoint",
+           "inspect_checkpoint", "load_init_checkpoint", "load_model_or_checkpoint",
+           "model_params_of", "published_model", "read_checkpoint"]
