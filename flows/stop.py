@@ -21,7 +21,6 @@ stops it when the CLI exits; the run's guard after a kill -9).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import threading

@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from conftest import project_env
+from flowkit import small_project, wait_for
 from flows.leftovers import JOURNAL_FILE
 from flows.lock import RetrainBusyError, retrain_lock
 
@@ -49,15 +50,6 @@ pathlib.Path(f"{name}.txt").write_text(str(steps))
 COMMITTED_PARAMS = "train:\n  steps: 3     # the committed value\n"
 
 
-def wait_until(condition, what: str, timeout_s: float = 120):
-    """Poll `condition` (a hang detector, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """A Prefect API server for the flow processes: its URL."""
@@ -81,7 +73,7 @@ def prefect_api(tmp_path_factory):
             return False
 
     try:
-        wait_until(healthy, "the Prefect API server", 120)
+        wait_for(healthy, "the Prefect API server", 120)
         yield url
     finally:
         server.terminate()
@@ -90,17 +82,8 @@ def prefect_api(tmp_path_factory):
 
 @pytest.fixture
 def project(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / "stage.py").write_text(STAGE_PY)
-    (root / "params.yaml").write_text(COMMITTED_PARAMS)
-    env = project_env()
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    return root
+    return small_project(tmp_path / "repo", DVC_YAML,
+                         {"stage.py": STAGE_PY, "params.yaml": COMMITTED_PARAMS}, commit=True)
 
 
 def starts(project, stage: str) -> list[int]:
@@ -108,8 +91,12 @@ def starts(project, stage: str) -> list[int]:
     return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
 
+MOMENTS = ("starting", "overrides journaled", "stage 'work' running", "DVC committing 'work'",
+           "stage 'after' running")
+
+
 def moments(project, t0: float) -> dict:
-    """Named moments of a run, each a condition that holds from that moment on."""
+    """MOMENTS of a run started at `t0`, each a condition that holds from that moment on."""
     seen = {stage: len(starts(project, stage)) for stage in ("work", "after")}
 
     def newer(name: str) -> bool:
@@ -147,9 +134,8 @@ def test_signal_at_random_moments_leaves_dvc_usable_and_params_committed(project
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     env = {**project_env(), "PREFECT_API_URL": prefect_api}
-    for round_, (moment, condition) in enumerate(moments(project, 0).items()):
-        t0 = time.time()
-        condition = moments(project, t0 - 1)[moment]
+    for round_, moment in enumerate(MOMENTS):
+        condition = moments(project, time.time())[moment]
         before = {stage: len(starts(project, stage)) for stage in ("work", "after")}
         log = tmp_path / f"flow-{how}-{round_}.log"
         with log.open("w") as out:
@@ -159,7 +145,7 @@ def test_signal_at_random_moments_leaves_dvc_usable_and_params_committed(project
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         where = f"{how} at '{moment}' (seed {seed}, round {round_}; log {log})"
         try:
-            wait_until(lambda: condition() or flow.poll() is not None, moment)
+            wait_for(lambda c=condition, f=flow: c() or f.poll() is not None, moment)
             time.sleep(rng.uniform(0, 3.0 if moment == "starting" else 0.6))
             assert flow.poll() is None, f"the run ended before {where}: {log.read_text()[-3000:]}"
             if how == "SIGKILL":
@@ -174,7 +160,7 @@ def test_signal_at_random_moments_leaves_dvc_usable_and_params_committed(project
                 flow.kill()
                 flow.wait()
         output = log.read_text()
-        wait_until(lambda: lock_free(project), f"the run's guard to finish after {where}")
+        wait_for(lambda: lock_free(project), f"the run's guard to finish after {where}")
         if how == "SIGTERM":
             # 143: stopped cleanly; -15 only while starting, before the flow handles signals
             assert rc == 143 or (moment == "starting" and rc == -signal.SIGTERM), \
@@ -207,7 +193,7 @@ def test_sigterm_to_the_process_group_with_a_temporary_server_ends_the_run(proje
              "--set", "train.steps=12"], env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
-        wait_until(lambda: starts(project, "work") or flow.poll() is not None, "the stage")
+        wait_for(lambda: starts(project, "work") or flow.poll() is not None, "the stage")
         os.killpg(flow.pid, signal.SIGTERM)
         rc = flow.wait(timeout=90)
     finally:
@@ -218,4 +204,4 @@ def test_sigterm_to_the_process_group_with_a_temporary_server_ends_the_run(proje
     assert rc == 143 and "error: retrain stopped by SIGTERM" in output, output[-3000:]
     assert "Traceback" not in output and "connection attempts failed" not in output.lower()
     assert (project / "params.yaml").read_text() == COMMITTED_PARAMS
-    wait_until(lambda: lock_free(project), "the retrain lock")
+    wait_for(lambda: lock_free(project), "the retrain lock")

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from conftest import project_env  # noqa: E402
+from flowkit import small_project, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -194,17 +195,6 @@ def test_failing_stage_fails_the_flow_with_that_stages_error(first_run):
     assert params.read_text() == before
 
 
-def small_project(root, dvc_yaml: str, files: dict[str, str]):
-    """A git + DVC project at `root` with `dvc.yaml` and `files` (name -> text)."""
-    env = project_env()
-    (root / "dvc.yaml").write_text(dvc_yaml)
-    for name, text in files.items():
-        (root / name).write_text(text)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    return root
-
-
 FLAKY_DVC_YAML = """\
 stages:
   flaky:
@@ -304,16 +294,6 @@ signal.signal(signal.SIGTERM, on_term)
 wait_for_release()
 pathlib.Path("out.txt").write_text("done")
 """
-
-
-def wait_for(condition, what: str, timeout_s: float = 180):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_killed_flow_holds_the_lock_until_its_processes_are_gone(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import project_env
+from flowkit import small_project
 from flows.leftovers import (JOURNAL_FILE, RWLOCK_FILE, repair_rwlock, restore_from_journal,
                              write_params_journal)
 from flows.overrides import apply_overrides, check_overrides, check_sections, parse_set
@@ -24,16 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 ALIAS_BOMB = "".join(
     [f"a0: &a0 [{', '.join(['lol'] * 9)}]\n"] +
     [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)])
-
-
-def git_dvc_project(root: Path, files: dict[str, str]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=project_env(), check=True, capture_output=True)
-    return root
 
 
 def retrain_cli(project: Path, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -70,8 +61,8 @@ DEMO_PARAMS = ("demo:\n  model: models:/stdformer@champion\n  split: test\n  seq
 
 
 def test_bad_demo_override_is_one_line_and_touches_no_output(tmp_path):
-    project = git_dvc_project(tmp_path / "repo", {
-        "dvc.yaml": DEMO_DVC_YAML, "params.yaml": DEMO_PARAMS,
+    project = small_project(tmp_path / "repo", DEMO_DVC_YAML, {
+        "params.yaml": DEMO_PARAMS,
         "demo.py": "import sys; sys.exit('error: the stage ran')\n",
         "plots/demo/overlay.mp4": "an earlier run's video"})
     done = retrain_cli(project, "--set", "demo.sequence=5", tmp_path=tmp_path)
@@ -83,10 +74,9 @@ def test_bad_demo_override_is_one_line_and_touches_no_output(tmp_path):
 
 
 def test_params_bombs_are_refused_before_dvc_reads_them(tmp_path):
-    project = git_dvc_project(tmp_path / "repo", {
-        "dvc.yaml": "stages:\n  work:\n    cmd: python -c \"open('out.txt', 'w')\"\n"
-                    "    params: [a0]\n    outs: [out.txt]\n",
-        "params.yaml": ALIAS_BOMB})
+    project = small_project(tmp_path / "repo", "stages:\n  work:\n    cmd: python -c "
+                            "\"open('out.txt', 'w')\"\n    params: [a0]\n    outs: [out.txt]\n",
+                            {"params.yaml": ALIAS_BOMB})
     with pytest.raises(DataError, match="aliases expand to more than 100,000 values"):
         read_params(project / "params.yaml")
     with pytest.raises(DataError, match=r"--set train.augment: YAML aliases expand"):
@@ -153,9 +143,8 @@ def test_a_dead_runs_overrides_are_undone_unless_edited_since(tmp_path):
 
 
 def test_a_broken_dvc_rwlock_is_removed_when_no_dvc_process_lives(tmp_path):
-    project = git_dvc_project(tmp_path / "repo", {
-        "dvc.yaml": "stages:\n  work:\n    cmd: echo\n    deps: [dep.txt]\n    outs: [out.txt]\n",
-        "dep.txt": ""})
+    project = small_project(tmp_path / "repo", "stages:\n  work:\n    cmd: echo\n"
+                            "    deps: [dep.txt]\n    outs: [out.txt]\n", {"dep.txt": ""})
     (project / RWLOCK_FILE).write_text("")                 # killed while DVC rewrote it
     status = subprocess.run(["dvc", "status"], cwd=project, env=project_env(),
                             capture_output=True, text=True)
