@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 from stdformer.config import load_yaml_limited, read_params, section_config
 from stdformer.io import DataError, cut_for_message, repr_for_message, write_text_atomic
 
@@ -54,7 +53,8 @@ def _check_models(params: dict, source: str) -> None:
     model_config_from_section(base, source, prefix="model")
     variants = params.get("variants") or {}
     if not isinstance(variants, dict):
-        raise DataError(source, f"expected a mapping, got {repr_for_message(variants)}", field="variants")
+        raise DataError(source, f"expected a mapping, got {repr_for_message(variants)}",
+                        field="variants")
     for name, changes in variants.items():
         if not isinstance(changes, (dict, type(None))):
             raise DataError(source, f"expected a mapping, got {repr_for_message(changes)}",
@@ -133,7 +133,8 @@ def apply_overrides(params_path: str | os.PathLike, overrides: dict[str, Any],
 def _locate(data: dict, dotted: str, source: Path) -> tuple[dict, str]:
     """(mapping holding the last key, last key) of an existing dotted key."""
     if not isinstance(dotted, str) or not dotted:
-        raise DataError(source, f"override keys are dotted names, got {repr_for_message(dotted)}")
+        raise DataError(source, "override keys are dotted names, got "
+                                f"{repr_for_message(dotted)}")
     node, keys = data, dotted.split(".")
     for depth, key in enumerate(keys):
         where = ".".join(keys[: depth + 1])

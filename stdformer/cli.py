@@ -4,8 +4,8 @@
     stdformer body info data/body                     # what body model a pipeline uses, what was checked
     stdformer checkpoint inspect state_dict.bin       # a FastMETRO / STDFormer / project checkpoint
     stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
-    stdformer checkpoint list [checkpoints] [--params params.yaml]   # one dir per config, current marked
-    stdformer checkpoint prune [checkpoints] [--keep 1] [--dry-run]   # older configs, never the current
+    stdformer checkpoint list [checkpoints]           # training checkpoints, one dir per config
+    stdformer checkpoint prune [checkpoints] [--keep 1] [--dry-run]   # remove older configs
     stdformer shards info data/shards [--verify]      # clips and frames per split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
     stdformer predict VIDEO --model models:/stdformer@champion --out DIR   # video -> meshes
@@ -258,13 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert_ckpt.add_argument("--to", choices=("project", "fastmetro"), default="project")
     convert_ckpt.set_defaults(func=_checkpoint_convert)
     clist = ckpt.add_parser("list", help="training checkpoints: one line per configuration, "
-                            "newest first, with steps, size and what the newest changed")
+                            "newest first, with steps, size, what the newest changed and which one "
+                            "the current params.yaml resumes")
     clist.add_argument("root", nargs="?", default="checkpoints")
     clist.add_argument("--params", default="params.yaml",
                        help="marks the configuration these params resume as current")
     clist.set_defaults(func=_checkpoint_list)
     prune = ckpt.add_parser("prune", help="remove all but the newest training configurations "
-                            "of each variant")
+                            "of each variant, never the one the current params.yaml resumes")
     prune.add_argument("root", nargs="?", default="checkpoints")
     prune.add_argument("--keep", type=int, default=1,
                        help="configurations to keep per variant (default 1: the newest)")

@@ -159,39 +159,44 @@ def _coerce(tp: Any, value: Any, source: str, field: str) -> Any:
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise DataError(source, f"must be one of {choices}, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, f"must be one of {choices}", value)
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, field)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise DataError(source, f"expected a list, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected a list", value)
         item = args[0] if args else Any
         items = [_coerce(item, v, source, f"{field}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise DataError(source, f"expected a mapping, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected a mapping", value)
         kt, vt = args if args else (Any, Any)
         return {_coerce(kt, k, source, field): _coerce(vt, v, source, f"{field}.{k}")
                 for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DataError(source, f"expected a number, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected a number", value)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise DataError(source, f"expected an integer, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected an integer", value)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise DataError(source, f"expected true or false, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected true or false", value)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise DataError(source, f"expected a string, got {repr_for_message(value)}", field=field)
+            raise _wrong_value(source, field, "expected a string", value)
         return value
     return value
+
+
+def _wrong_value(source: str, field: str, expected: str, value: Any) -> DataError:
+    """'<expected>, got <the value, cut>' for `field`."""
+    return DataError(source, f"{expected}, got {repr_for_message(value)}", field=field)
 
 
 def _join(prefix: str, key: str) -> str:
