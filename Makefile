@@ -33,7 +33,10 @@ constraints:
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
 	  | grep -vi '^torch=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
+# params.yaml is checked first (size, YAML aliases, every section as its stage loads it): DVC
+# reads it without limits and removes outputs before a stage finds a bad value.
 repro: setup
+	$(BIN)/python -m flows.check_params params.yaml
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(BIN)/dvc repro
 

@@ -5,6 +5,9 @@ retrain.py:   the `retrain` flow (python -m flows.retrain): lock, overrides, `dv
 deploy.py:    `python -m flows.deploy` serves it on the cron schedule in params.yaml `schedule`.
 schedule.py:  that section.  lock.py, guard.py: the retrain lock and the process that stops a
               killed run's processes.  overrides.py: params.yaml overrides, validated.
+stop.py:      SIGTERM stops the running stage and ends the run cleanly, without retries.
+leftovers.py: what a run that did not finish left (its overrides, a broken DVC rwlock), undone.
+check_params.py: `python -m flows.check_params`: params.yaml checked before `make repro`.
 tasks.py:     the Prefect tasks (stage runs and their output).  report.py: the report artifact.
 """
 

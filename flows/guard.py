@@ -1,22 +1,26 @@
 """The guard of one retrain run: a small process that outlives a killed flow just long enough
 to stop what the flow started.
 
-    python flows/guard.py PIPE_FD RUN_ID FLOW_PID      (started by flows.lock.retrain_lock)
+    python -m flows.guard PIPE_FD RUN_ID FLOW_PID PROJECT   (started by flows.lock.retrain_lock)
 
 It blocks on a pipe whose only writer is the flow. A flow that finishes writes "done" and the
 guard exits. A flow that dies (kill -9, out of memory) closes the pipe without it: the guard
 then finds every process of the run (each carries RUN_ID in its environment: stage commands,
 their children, Prefect's temporary API server), sends SIGTERM, waits GRACE_S, sends SIGKILL
-to what is left, and exits. It inherited the retrain lock's file descriptor, so the lock is
-free only once the run's processes are gone. Standard library and psutil only: it starts fast.
+to what is left, puts right what the run left half done (flows/leftovers.py: params.yaml's
+overrides undone, a broken DVC rwlock removed), and exits. It inherited the retrain lock's file
+descriptor, so the lock is free only once the run's processes are gone and that is done.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import psutil
+
+from flows.leftovers import repair_leftovers
 
 RUN_ENV = "STDFORMER_RETRAIN_RUN"   # environment variable naming the run (flows.lock sets it)
 DONE = b"done"
@@ -61,7 +65,7 @@ def stop(processes: list[psutil.Process], grace_s: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    pipe_fd, run_id, flow_pid = int(argv[1]), argv[2], argv[3]
+    pipe_fd, run_id, flow_pid, project = int(argv[1]), argv[2], argv[3], Path(argv[4])
     message = b""
     while chunk := os.read(pipe_fd, 64):
         message += chunk
@@ -75,6 +79,8 @@ def main(argv: list[str]) -> int:
               f"its processes: {', '.join(describe(p) for p in processes)}", file=sys.stderr,
               flush=True)
         stop(processes, GRACE_S)
+    repair_leftovers(project, lambda line: print(f"retrain: {line}", file=sys.stderr,
+                                                 flush=True))
     return 0
 
 

@@ -68,7 +68,7 @@ def retrain_lock(project_dir: str | os.PathLike) -> Iterator[None]:
             raise RetrainBusyError(busy_message(project, path)) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode())
-        with _run_named() as run, _guarded(fd, run), _stage_commands_inherit(fd):
+        with _run_named() as run, _guarded(fd, run, project), _stage_commands_inherit(fd):
             yield
     finally:
         os.close(fd)
@@ -109,14 +109,15 @@ def lock_holders(path: Path) -> list:
 
 
 @contextlib.contextmanager
-def _guarded(lock_fd: int, run: str) -> Iterator[None]:
+def _guarded(lock_fd: int, run: str, project: Path) -> Iterator[None]:
     """Start the run's guard (flows/guard.py) for the block; tell it "done" at the end."""
     read_fd, write_fd = os.pipe()   # both non-inheritable: no stage command gets the writer
     try:
         guard = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("guard.py")), str(read_fd), run,
-             str(os.getpid())],
+            [sys.executable, "-m", "flows.guard", str(read_fd), run, str(os.getpid()),
+             str(project)],
             pass_fds=(read_fd, lock_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": _this_code_first()},
             start_new_session=True)   # Ctrl-C in the terminal does not reach it
     finally:
         os.close(read_fd)
@@ -127,6 +128,13 @@ def _guarded(lock_fd: int, run: str) -> Iterator[None]:
             os.write(write_fd, DONE)
         os.close(write_fd)
         guard.wait()
+
+
+def _this_code_first() -> str:
+    """PYTHONPATH that makes `-m flows.guard` this checkout's guard, whatever the working
+    directory or installed copy."""
+    here = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @contextlib.contextmanager

@@ -1,23 +1,22 @@
 """Parameter overrides for one retrain: dotted keys into params.yaml, checked against the stage
-config classes before anything is written, undone when the run fails.
+config classes before anything is written (flows/leftovers.py undoes them when the run fails or
+dies).
 
+    check_overrides("params.yaml", {"train.steps": 800})   # -> the keys that would change
     apply_overrides("params.yaml", {"train.steps": 800})   # -> the keys that changed
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from stdformer.config import read_params, section_config
-from stdformer.io import DataError, write_text_atomic
+from stdformer.config import load_yaml_limited, read_params, section_config
+from stdformer.io import DataError, cut_for_message, repr_for_message, write_text_atomic
 
 
 def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
@@ -28,6 +27,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
     from stdformer.data.preprocess import PreprocessConfig
     from stdformer.data.synthetic import SynthesizeConfig
     from stdformer.evaluation import EvaluateConfig
+    from stdformer.inference import DemoConfig
     from stdformer.losses import LossConfig
     from stdformer.registry import RegisterConfig
     from stdformer.train import TrainConfig
@@ -39,7 +39,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
     checks = {name: plain(name, cls) for name, cls in (
         ("body", BodyConfig), ("synthesize", SynthesizeConfig), ("preprocess", PreprocessConfig),
         ("train", TrainConfig), ("loss", LossConfig), ("evaluate", EvaluateConfig),
-        ("register", RegisterConfig), ("schedule", ScheduleConfig))}
+        ("register", RegisterConfig), ("demo", DemoConfig), ("schedule", ScheduleConfig))}
     checks["model"] = checks["variants"] = _check_models
     return checks
 
@@ -53,10 +53,11 @@ def _check_models(params: dict, source: str) -> None:
     model_config_from_section(base, source, prefix="model")
     variants = params.get("variants") or {}
     if not isinstance(variants, dict):
-        raise DataError(source, f"expected a mapping, got {variants!r}", field="variants")
+        raise DataError(source, f"expected a mapping, got {repr_for_message(variants)}",
+                        field="variants")
     for name, changes in variants.items():
         if not isinstance(changes, (dict, type(None))):
-            raise DataError(source, f"expected a mapping, got {changes!r}",
+            raise DataError(source, f"expected a mapping, got {repr_for_message(changes)}",
                             field=f"variants.{name}")
         model_config_from_section({**base, **(changes or {})}, source, prefix=f"variants.{name}")
 
@@ -80,19 +81,20 @@ def _yaml_round_trip():
     return yaml_rt
 
 
-def apply_overrides(params_path: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (`section.key[.subkey]`) in params.yaml; returns the ones that changed.
+def overridden_params(params_path: str | os.PathLike, overrides: dict[str, Any]
+                      ) -> tuple[dict[str, Any], str]:
+    """(the keys `overrides` change, params.yaml's text with them); nothing is written.
 
     Every key must exist already (a typo is a DataError with a did-you-mean hint), and every
     section it touches must still load as its stage loads it (a wrong type or value is a
-    DataError naming the field); either way nothing is written. A mapping value replaces the
-    whole sub-tree. The file is rewritten atomically and only when a value actually changes,
-    keeping its comments, so the change shows in `git diff` and `dvc params diff`.
+    DataError naming the field). A mapping value replaces the whole sub-tree. Comments, key
+    order and flow-style lists survive, so the change shows in `git diff` and `dvc params diff`.
     """
     params_path = Path(params_path)
-    read_params(params_path)  # file present, valid YAML, a mapping
+    read_params(params_path)  # present, within the size and alias limits, a mapping
     yaml_rt = _yaml_round_trip()
-    data = yaml_rt.load(params_path.read_text())
+    text = params_path.read_text()
+    data = yaml_rt.load(text)
     changed = {}
     for dotted, value in overrides.items():
         parent, leaf = _locate(data, dotted, params_path)
@@ -100,19 +102,39 @@ def apply_overrides(params_path: str | os.PathLike, overrides: dict[str, Any]) -
             parent[leaf] = value
             changed[dotted] = value
     if not changed:
-        return changed
+        return changed, text
     buf = io.StringIO()
     yaml_rt.dump(data, buf)
-    check_sections(yaml.safe_load(buf.getvalue()), (k.split(".")[0] for k in changed),
-                   params_path)
-    write_text_atomic(params_path, buf.getvalue())
+    check_sections(load_yaml_limited(buf.getvalue(), params_path),
+                   (k.split(".")[0] for k in changed), params_path)
+    return changed, buf.getvalue()
+
+
+def check_overrides(params_path: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keys `overrides` would change (DataError as `overridden_params`); writes nothing:
+    the CLI's check before the flow, and so DVC, starts."""
+    return overridden_params(params_path, overrides)[0]
+
+
+def apply_overrides(params_path: str | os.PathLike, overrides: dict[str, Any],
+                    before_write: Callable[[str, dict[str, Any]], None] | None = None
+                    ) -> dict[str, Any]:
+    """Set dotted keys (`section.key[.subkey]`) in params.yaml as `overridden_params` describes;
+    returns the ones that changed. The file is rewritten atomically and only when a value
+    actually changes; `before_write(new text, changed)` runs just before (the run's journal)."""
+    changed, text = overridden_params(params_path, overrides)
+    if changed:
+        if before_write is not None:
+            before_write(text, changed)
+        write_text_atomic(params_path, text)
     return changed
 
 
 def _locate(data: dict, dotted: str, source: Path) -> tuple[dict, str]:
     """(mapping holding the last key, last key) of an existing dotted key."""
     if not isinstance(dotted, str) or not dotted:
-        raise DataError(source, f"override keys are dotted names, got {dotted!r}")
+        raise DataError(source, "override keys are dotted names, got "
+                                f"{repr_for_message(dotted)}")
     node, keys = data, dotted.split(".")
     for depth, key in enumerate(keys):
         where = ".".join(keys[: depth + 1])
@@ -129,30 +151,12 @@ def _locate(data: dict, dotted: str, source: Path) -> tuple[dict, str]:
     return node, keys[-1]
 
 
-@contextlib.contextmanager
-def undone_on_failure(params_path: str | os.PathLike, log: Callable[[str], None]
-                      ) -> Iterator[None]:
-    """Put params.yaml back as it was when the block fails: a failed run's overrides do not
-    linger for the next run. (Outputs DVC removed before a failed stage ran are in its cache
-    where the stage caches them: `dvc checkout` restores them.)"""
-    params_path = Path(params_path)
-    before = params_path.read_bytes() if params_path.is_file() else None
-    try:
-        yield
-    except BaseException:
-        if before is not None and params_path.read_bytes() != before:
-            write_text_atomic(params_path, before.decode())
-            log(f"the run failed: {params_path.name} restored as it was before this run's "
-                "overrides")
-        raise
-
-
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set key=value` arguments -> {key: YAML value} (`steps=800` is an int)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise DataError("--set", f"expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+            raise DataError("--set", f"expects key=value, got {repr_for_message(item)}")
+        out[key] = load_yaml_limited(value, f"--set {cut_for_message(key)}")
     return out

@@ -2,7 +2,8 @@
 DVC stage whose output goes to that task's logs and whose failure says whether a retry may help.
 
 A stage whose command exits with status 2 (bad input or params: `run_guarded`) or lacks a
-dependency is not retried; anything else (killed, out of memory, I/O error) is retried.
+dependency is not retried, nor one stopped by SIGTERM (flows/stop.py); anything else (killed,
+out of memory, I/O error) is retried.
 Stage commands run with this interpreter's directory first on PATH, so `python` in dvc.yaml
 is the environment the flow runs in. DVC needs the working directory inside the repository:
 the tasks chdir into the project while they work (a flow process runs one retrain at a time).
@@ -25,11 +26,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
+from flows.leftovers import write_params_journal
 from flows.lock import RetrainBusyError
 from flows.overrides import apply_overrides
 from flows.schedule import PARAMS_FILE
 from flows.status import dvc_busy, dvc_repo, missing_dependencies, pipeline_order, summarize_status
+from flows.stop import RetrainStopped, raise_if_stopped
 
 OUTPUT_TAIL_LINES = 200  # lines of a failed stage's output kept for its error message
 
@@ -180,8 +184,8 @@ def is_transient(_task, _task_run, state) -> bool:
         state.result()
     except StageFailed as e:
         return e.transient
-    except RetrainBusyError:
-        return False
+    except (RetrainBusyError, RetrainStopped, KeyboardInterrupt, SystemExit, TerminationSignal):
+        return False                # asked to stop, or another run's: retrying cannot help
     except BaseException:  # noqa: BLE001 - anything else (I/O, crashes) may be transient
         return True
     return False
@@ -203,7 +207,13 @@ def check_pipeline(project_dir: str) -> dict[str, Any]:
 
 @task(name="apply-params", task_run_name="apply-params", cache_policy=NO_CACHE)
 def apply_params(project_dir: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    changed = apply_overrides(Path(project_dir) / PARAMS_FILE, overrides)
+    """Apply the overrides to params.yaml, journaled first (flows/leftovers.py) so that a run
+    killed from here on has them undone."""
+    project = Path(project_dir)
+    params_path = project / PARAMS_FILE
+    original = params_path.read_bytes()
+    changed = apply_overrides(params_path, overrides, before_write=lambda text, changed:
+                              write_params_journal(project, params_path, original, text, changed))
     get_run_logger().info("params.yaml overrides: %s",
                           json.dumps(changed) if changed else "already set, nothing changed")
     return changed
@@ -218,6 +228,7 @@ def run_stage(project_dir: str, stage: str, force: bool = False) -> dict[str, An
     from dvc.lock import LockError
 
     project = Path(project_dir)
+    raise_if_stopped(f"before stage '{stage}'")     # e.g. during a retry's delay
     logger = get_run_logger()
     sink = _api_only_logger(logger)
     started = time.perf_counter()
@@ -237,6 +248,7 @@ def run_stage(project_dir: str, stage: str, force: bool = False) -> dict[str, An
                 failure = _failure(stage, e, tail)
     seconds = time.perf_counter() - started
     if failure is not None:
+        raise_if_stopped(f"during stage '{stage}' (its command was stopped)")
         logger.error("%s", failure)
         raise failure
     ran = bool(done)

@@ -17,9 +17,12 @@ from __future__ import annotations
 # Each subcommand imports its code (torch, MLflow, ...) when it runs, inside its function:
 # `stdformer --help` and the light commands stay instant (tests/test_layers.py allows it here).
 import argparse
+import functools
 import json
 import sys
+from pathlib import Path
 
+from stdformer.config import read_params
 from stdformer.io import DataError, check_output_dir
 
 
@@ -137,24 +140,41 @@ def _checkpoint_evaluate(args: argparse.Namespace) -> None:
     print(markdown_table(result.overall), end="")
 
 
+def _current_checkpoint_configs(configs, params_path: str) -> set[Path] | None:
+    """The configurations `params_path` would resume (None: no such file, so not known)."""
+    from stdformer.train.checkpoint import current_configs
+    from stdformer.train.config import params_identity
+
+    if not Path(params_path).is_file():
+        return None
+    params = read_params(params_path)
+    return current_configs(configs, functools.cache(
+        lambda variant: params_identity(params, variant, params_path)))
+
+
 def _checkpoint_list(args: argparse.Namespace) -> None:
     from stdformer.train.checkpoint import format_configs, list_configs
 
-    print(format_configs(list_configs(args.root)))
+    configs = list_configs(args.root)
+    print(format_configs(configs, _current_checkpoint_configs(configs, args.params)))
 
 
 def _checkpoint_prune(args: argparse.Namespace) -> None:
-    from stdformer.train.checkpoint import prune_configs
+    from stdformer.train.checkpoint import list_configs, prune_configs
 
     if args.keep < 0:
         raise DataError("--keep", f"must be >= 0, got {args.keep}")
-    removed = prune_configs(args.root, keep=args.keep, dry_run=args.dry_run)
+    current = _current_checkpoint_configs(list_configs(args.root), args.params)
+    removed = prune_configs(args.root, keep=args.keep, dry_run=args.dry_run,
+                            current=current or ())
     verb = "would remove" if args.dry_run else "removed"
     for c in removed:
         print(f"{verb} {c.directory} ({len(c.steps)} checkpoint(s), {c.bytes / 1e6:.1f} MB)")
+    if current is None:
+        print(f"note: no {args.params}, so no configuration is known to be current")
     if not removed:
         print(f"nothing to remove: every variant under {args.root} has at most {args.keep} "
-              "configuration(s)")
+              "configuration(s) besides the one the current params resume")
 
 
 def _shards_info(args: argparse.Namespace) -> None:
@@ -291,15 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     ceval.add_argument("--quiet", action="store_true", help="no progress bar")
     ceval.set_defaults(func=_checkpoint_evaluate)
     clist = ckpt.add_parser("list", help="training checkpoints: one line per configuration, "
-                            "newest first, with steps, size and what the newest changed")
+                            "newest first, with steps, size, what the newest changed and which one "
+                            "the current params.yaml resumes")
     clist.add_argument("root", nargs="?", default="checkpoints")
+    clist.add_argument("--params", default="params.yaml",
+                       help="marks the configuration these params resume as current")
     clist.set_defaults(func=_checkpoint_list)
     prune = ckpt.add_parser("prune", help="remove all but the newest training configurations "
-                            "of each variant")
+                            "of each variant, never the one the current params.yaml resumes")
     prune.add_argument("root", nargs="?", default="checkpoints")
     prune.add_argument("--keep", type=int, default=1,
                        help="configurations to keep per variant (default 1: the newest)")
     prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
+    prune.add_argument("--params", default="params.yaml",
+                       help="the configuration these params resume is never removed")
     prune.set_defaults(func=_checkpoint_prune)
 
     shards = groups.add_parser("shards", help="preprocessed shards").add_subparsers(

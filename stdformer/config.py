@@ -17,24 +17,79 @@ from typing import Any, TypeVar
 
 import yaml
 
-from stdformer.io import DataError
+from stdformer.io import DataError, repr_for_message
 
 T = TypeVar("T")
 
 PARAMS_FILE = "params.yaml"
+# A params file is a few KB. The limits stop a file or `--set` value built to exhaust memory
+# (a YAML alias bomb: a few hundred bytes whose aliases expand to billions of nodes, which DVC
+# flattens) before anything expands it.
+PARAMS_MAX_BYTES = 1 << 20
+PARAMS_MAX_NODES = 100_000     # scalars, lists and mappings once every alias is expanded
 
 
 def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml as a mapping, read within the limits above (DataError naming the file)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(path, f"not valid YAML: {e}") from e
+    size = path.stat().st_size
+    if size > PARAMS_MAX_BYTES:
+        raise DataError(path, f"{size:,} bytes, more than a params file may hold "
+                              f"({PARAMS_MAX_BYTES:,}); not read")
+    data = load_yaml_limited(path.read_text(), path)
     if not isinstance(data, dict):
         raise DataError(path, "expected a mapping of sections at the top level")
     return data
+
+
+def load_yaml_limited(text: str, source: str | os.PathLike,
+                      max_nodes: int = PARAMS_MAX_NODES) -> Any:
+    """yaml.safe_load of `text`, refused (DataError naming `source`) when its aliases would
+    expand to more than `max_nodes` nodes or refer to themselves: the node graph is counted
+    before any value is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_expanded(node, source, max_nodes, {}, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise DataError(source, f"not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise DataError(source, "YAML nested too deeply") from e
+    finally:
+        loader.dispose()
+
+
+def _count_expanded(node: yaml.Node, source, max_nodes: int, counted: dict[int, int],
+                    open_nodes: set[int]) -> int:
+    """Nodes under `node` with every alias expanded (an alias is the same node object again:
+    each is counted once per use, but computed once)."""
+    key = id(node)
+    if key in counted:
+        return counted[key]
+    if key in open_nodes:
+        raise DataError(source, "a YAML alias refers to itself (recursive structure); "
+                                "params must be plain values")
+    open_nodes.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        total += _count_expanded(child, source, max_nodes, counted, open_nodes)
+        if total > max_nodes:
+            raise DataError(source, f"YAML aliases expand to more than {max_nodes:,} values "
+                                    "(an alias bomb?); not read")
+    open_nodes.discard(key)
+    counted[key] = total
+    return total
 
 
 def load_section(section: str, cls: type[T], path: str | os.PathLike = PARAMS_FILE) -> T:
@@ -104,39 +159,44 @@ def _coerce(tp: Any, value: Any, source: str, field: str) -> Any:
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise DataError(source, f"must be one of {choices}, got {value!r}", field=field)
+            raise _wrong_value(source, field, f"must be one of {choices}", value)
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, field)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise DataError(source, f"expected a list, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected a list", value)
         item = args[0] if args else Any
         items = [_coerce(item, v, source, f"{field}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise DataError(source, f"expected a mapping, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected a mapping", value)
         kt, vt = args if args else (Any, Any)
         return {_coerce(kt, k, source, field): _coerce(vt, v, source, f"{field}.{k}")
                 for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DataError(source, f"expected a number, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected a number", value)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise DataError(source, f"expected an integer, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected an integer", value)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise DataError(source, f"expected true or false, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected true or false", value)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise DataError(source, f"expected a string, got {value!r}", field=field)
+            raise _wrong_value(source, field, "expected a string", value)
         return value
     return value
+
+
+def _wrong_value(source: str, field: str, expected: str, value: Any) -> DataError:
+    """'<expected>, got <the value, cut>' for `field`."""
+    return DataError(source, f"{expected}, got {repr_for_message(value)}", field=field)
 
 
 def _join(prefix: str, key: str) -> str:

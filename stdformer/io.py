@@ -32,15 +32,37 @@ from pathlib import Path
 import numpy as np
 
 
+MESSAGE_VALUE_CHARS = 160   # of a user's value shown in a message; the rest is counted
+
+
+def cut_for_message(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was: a 50 MB value in params.yaml
+    or `--set` must not become a 50 MB error line (and log)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def repr_for_message(value: object) -> str:
+    """repr(value) for an error message, cut (cut_for_message): every message that echoes a
+    user's value uses this."""
+    return cut_for_message(repr(value))
+
+
 class DataError(ValueError):
-    """Bad input: the message names the file and, where it applies, the field."""
+    """Bad input: the message names the file and, where it applies, the field. The path and
+    field (user text too: a dotted `--set` key, a dataset root) are cut like values, and the
+    problem at a few lines' worth, so no message grows with the input."""
 
     def __init__(self, path: str | os.PathLike, problem: str | None = None,
                  field: str | None = None):
         if problem is None:  # torch re-raising a loader worker's error: DataError(its traceback)
             last = str(path).rstrip().splitlines()[-1] if str(path).strip() else ""
             path, _, problem = last.split("DataError: ", 1)[-1].partition(": ")
-        self.path, self.field, self.problem = str(path), field, problem
+        path = cut_for_message(str(path), 4 * MESSAGE_VALUE_CHARS)
+        field = None if field is None else cut_for_message(field, 2 * MESSAGE_VALUE_CHARS)
+        problem = cut_for_message(problem, 12 * MESSAGE_VALUE_CHARS)
+        self.path, self.field, self.problem = path, field, problem
         where = f"{self.path}: {field}" if field else self.path
         super().__init__(f"{where}: {problem}")
 

@@ -77,3 +77,48 @@ def test_another_configuration_keeps_old_checkpoints_and_changing_back_resumes(t
     assert _resume_or_start(TrainConfig(resume="never"), root, "a" * 64, solo) is None
     assert ckpt_io.list_checkpoints(ckpt_io.config_dir(root, "a" * 64)) == []
     assert [s for s, _ in ckpt_io.list_checkpoints(new)] == [4]
+
+
+def test_prune_keeps_the_configuration_the_current_params_resume(tmp_path, capsys):
+    """Switching a param back: the configuration of the current params.yaml is older than the
+    abandoned one, and prune keeps it; list marks it and summarises shard hashes."""
+    import shutil
+
+    from stdformer.cli import main as cli
+    from stdformer.config import read_params
+    from stdformer.train.config import params_identity
+
+    repo = Path(__file__).resolve().parents[1]
+    params_path = tmp_path / "params.yaml"
+    shutil.copy(repo / "params.yaml", params_path)
+    params = read_params(params_path)
+    shards = [[f"shard-{i:06d}.tar", f"{i:064x}"] for i in range(12)]
+    current = {**params_identity(params, "stdformer", str(params_path)), "train_data": shards}
+    abandoned = {**current, "train": {**current["train"], "lr": 0.002},
+                 "train_data": [[n, "f" * 64 if i < 2 else h] for i, (n, h) in enumerate(shards)]}
+    root = tmp_path / "checkpoints" / "stdformer"
+    dirs = {}
+    for age, (name, identity) in enumerate((("current", current), ("abandoned", abandoned))):
+        digest = name[0] * 64
+        state = ckpt_io.Checkpoint(step=2, epoch=0, batches_in_epoch=2, config_hash=digest,
+                                   model={}, optimizer={}, scheduler={}, rng=[], curve=[])
+        dirs[name] = ckpt_io.config_dir(root, digest)
+        ckpt_io.save_checkpoint(dirs[name], state, keep=2, identity=identity)
+        os.utime(ckpt_io.checkpoint_path(dirs[name], 2), (1e9 + age, 1e9 + age))
+
+    assert cli(["checkpoint", "list", str(tmp_path / "checkpoints"),
+                "--params", str(params_path)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == [str(dirs["abandoned"]), str(dirs["current"])]
+    assert "current params" not in listing[0] and "(current params; newest differs: " in listing[1]
+    assert "train.lr 0.001 -> 0.002" in listing[1]
+    assert "train_data 2 of 12 shards changed" in listing[1] and "f" * 64 not in listing[1]
+
+    assert cli(["checkpoint", "prune", str(tmp_path / "checkpoints"),
+                "--params", str(params_path)]) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+    assert dirs["current"].is_dir() and dirs["abandoned"].is_dir()
+    assert cli(["checkpoint", "prune", str(tmp_path / "checkpoints"), "--keep", "0",
+                "--params", str(params_path)]) == 0
+    assert f"removed {dirs['abandoned']}" in capsys.readouterr().out
+    assert dirs["current"].is_dir() and not dirs["abandoned"].exists()

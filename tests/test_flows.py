@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             ArtifactFilterKey, FlowRunFilter, FlowRunFilterId)
 
 from conftest import project_env  # noqa: E402
+from flowkit import small_project, wait_for  # noqa: E402
 from flows.deploy import build_deployment  # noqa: E402
 from flows.lock import RetrainBusyError, retrain_lock  # noqa: E402
 from flows.report import REPORT_KEY  # noqa: E402
@@ -186,17 +187,6 @@ def test_failing_stage_fails_the_flow_with_that_stages_error(first_run):
     assert params.read_text() == before
 
 
-def small_project(root, dvc_yaml: str, files: dict[str, str]):
-    """A git + DVC project at `root` with `dvc.yaml` and `files` (name -> text)."""
-    env = project_env()
-    (root / "dvc.yaml").write_text(dvc_yaml)
-    for name, text in files.items():
-        (root / name).write_text(text)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    return root
-
-
 FLAKY_DVC_YAML = """\
 stages:
   flaky:
@@ -296,16 +286,6 @@ signal.signal(signal.SIGTERM, on_term)
 wait_for_release()
 pathlib.Path("out.txt").write_text("done")
 """
-
-
-def wait_for(condition, what: str, timeout_s: float = 180):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_killed_flow_holds_the_lock_until_its_processes_are_gone(tmp_path):

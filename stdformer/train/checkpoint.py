@@ -13,7 +13,8 @@ checkpoint root:
 
 so a run with other params starts fresh in its own directory and never touches another
 configuration's steps; changing a param back resumes the old ones. Nothing is deleted but the
-older steps of one configuration (`keep`) and what `stdformer checkpoint prune` is told to.
+older steps of one configuration (`keep`) and what `stdformer checkpoint prune` is told to,
+which never removes a configuration the current params.yaml would resume (`current_configs`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.io import DataError, load_torch_file, write_bytes_atomic, write_text_atomic
+from stdformer.io import (DataError, cut_for_message, load_torch_file, write_bytes_atomic,
+                          write_text_atomic)
 from stdformer.model.model_file import torch_save_bytes
 
 FORMAT = "stdformer-train-checkpoint/1"
@@ -213,6 +216,22 @@ def list_configs(root: str | Path) -> list[ConfigCheckpoints]:
     return sorted(configs, key=lambda c: (-c.modified, str(c.directory)))
 
 
+def current_configs(configs: list[ConfigCheckpoints],
+                    params_identity_of: Callable[[str], dict[str, Any] | None]) -> set[Path]:
+    """Directories of the configurations the current params would resume: those whose recorded
+    identity holds, for each key of `params_identity_of(variant name)` (the part params.yaml
+    decides: stdformer.train.config.params_identity), the same value. The shards' and body's
+    identity is not compared: every data version trained with the current params counts."""
+    found = set()
+    for c in configs:
+        if not c.identity:
+            continue
+        expected = params_identity_of(c.variant.name)
+        if expected and all(c.identity.get(key) == value for key, value in expected.items()):
+            found.add(c.directory)
+    return found
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -222,21 +241,44 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _shard_changes(old: Any, new: Any) -> str | None:
+    """'3 of 12 shards changed, 1 added' for two `train_data` fingerprints ([name, sha256]
+    pairs); None when they are not both such lists."""
+    try:
+        a, b = dict(old), dict(new)
+    except (TypeError, ValueError):
+        return None
+    changed = sum(1 for name in a.keys() & b.keys() if a[name] != b[name])
+    parts = [f"{changed} of {len(b)} shards changed"] if changed else []
+    parts += [f"{n} {what}" for n, what in ((len(b.keys() - a.keys()), "added"),
+                                             (len(a.keys() - b.keys()), "removed")) if n]
+    return ", ".join(parts) or "same shards"
+
+
 def identity_changes(old: dict[str, Any] | None, new: dict[str, Any] | None,
                      limit: int = 4) -> str:
-    """'train.lr 0.001 -> 0.002, ...': what differs from `old` to `new` run identity."""
+    """'train.lr 0.001 -> 0.002, train_data 2 of 12 shards changed, ...': what differs from
+    `old` to `new` run identity (shard hashes summarised, long values cut)."""
     if not old or not new:
         return "configuration not recorded"
     a, b = _flatten(old), _flatten(new)
-    diffs = [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
-             for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    diffs = []
+    for k in sorted(a.keys() | b.keys()):
+        if a.get(k) == b.get(k):
+            continue
+        shards = _shard_changes(a.get(k), b.get(k)) if k == "train_data" else None
+        diffs.append(f"{k} {shards}" if shards else
+                     f"{k} {cut_for_message(json.dumps(a.get(k)), 40)} -> "
+                     f"{cut_for_message(json.dumps(b.get(k)), 40)}")
     more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more if diffs else "same configuration"
 
 
-def format_configs(configs: list[ConfigCheckpoints]) -> str:
-    """One line per configuration, newest first, each compared with the newest of its variant
-    (what `stdformer checkpoint list` prints)."""
+def format_configs(configs: list[ConfigCheckpoints], current: Collection[Path] | None = None
+                   ) -> str:
+    """One line per configuration, newest first, each compared with the newest of its variant,
+    and marked `current` when the current params would resume it (`current_configs`; None:
+    not known). What `stdformer checkpoint list` prints."""
     if not configs:
         return "no checkpoints"
     newest: dict[Path, ConfigCheckpoints] = {}
@@ -247,21 +289,25 @@ def format_configs(configs: list[ConfigCheckpoints]) -> str:
             else "-"
         steps = (f"steps {c.steps[0]}..{c.steps[-1]}" if len(c.steps) > 1
                  else f"step {c.steps[0]}" if c.steps else "no steps")
-        note = "newest" if ref is c else \
-            f"newest differs: {identity_changes(c.identity, ref.identity)}"
-        lines.append(f"{c.directory}  {steps}  {c.bytes / 1e6:.1f} MB  {when}  ({note})")
+        notes = ["current params" if current is not None and c.directory in current else ""]
+        notes.append("newest" if ref is c else
+                     f"newest differs: {identity_changes(c.identity, ref.identity)}")
+        lines.append(f"{c.directory}  {steps}  {c.bytes / 1e6:.1f} MB  {when}  "
+                     f"({'; '.join(filter(None, notes))})")
     return "\n".join(lines)
 
 
-def prune_configs(root: str | Path, keep: int = 1, dry_run: bool = False
-                  ) -> list[ConfigCheckpoints]:
+def prune_configs(root: str | Path, keep: int = 1, dry_run: bool = False,
+                  current: Collection[Path] = ()) -> list[ConfigCheckpoints]:
     """Remove all but the `keep` most recently written configurations of every variant under
-    `root` (a configuration's whole directory; flat-layout step files). Returns what was (with
-    dry_run: would be) removed."""
+    `root` (a configuration's whole directory; flat-layout step files), never one in `current`
+    (`current_configs`: what the current params would resume, however old). Returns what was
+    (with dry_run: would be) removed."""
     by_variant: dict[Path, list[ConfigCheckpoints]] = {}
     for c in list_configs(root):                       # newest first
         by_variant.setdefault(c.variant, []).append(c)
-    removed = [c for configs in by_variant.values() for c in configs[keep:]]
+    removed = [c for configs in by_variant.values() for c in configs[keep:]
+               if c.directory not in current]
     if not dry_run:
         for c in removed:
             if c.identity is None:

@@ -11,6 +11,10 @@ from typing import Any, Literal
 
 import torch
 
+from stdformer.config import section_config
+from stdformer.losses import LossConfig
+from stdformer.model.stdformer import model_config_from_section
+
 
 @dataclass
 class AugmentConfig:
@@ -124,6 +128,26 @@ def run_identity(train: TrainConfig, model: Any, loss: Any, *, world_size: int,
                 "world_size": world_size, "body_model_id": body_model_id,
                 "train_data": train_data, "init_checkpoint": init_checkpoint}
     return json.loads(json.dumps(identity, default=str))        # tuples -> lists, paths -> str
+
+
+PARAMS_IDENTITY_KEYS = ("train", "model", "loss")   # the parts of a run identity params decide
+
+
+def params_identity(params: dict[str, Any], variant: str, source: str
+                    ) -> dict[str, Any] | None:
+    """The part of `run_identity` that params.yaml decides for one `variants` entry (train,
+    model + the variant's overrides, loss: as the train stage reads them), to tell which
+    checkpoint configuration the current params would resume; None when there is no such
+    variant."""
+    variants = params.get("variants") or {}
+    if not isinstance(variants, dict) or variant not in variants:
+        return None
+    train = section_config(params, "train", TrainConfig, source)
+    model = model_config_from_section({**(params.get("model") or {}), **(variants[variant] or {})},
+                                      source=source, prefix=f"variants.{variant}")
+    loss = section_config(params, "loss", LossConfig, source, required=False)
+    identity = run_identity(train, model, loss, world_size=1, body_model_id="", train_data=None)
+    return {key: identity[key] for key in PARAMS_IDENTITY_KEYS}
 
 
 def config_hash(identity: dict[str, Any]) -> str:
