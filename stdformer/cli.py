@@ -141,7 +141,7 @@ def _predict(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from stdformer.config import read_params, section_config
-    from stdformer.data.preprocess import PreprocessConfig
+    from stdformer.data.preprocess_config import PreprocessConfig
     from stdformer.inference import PredictConfig, load_inference_model, predict_video
 
     # The crop protocol is the project's preprocess section (what the model was trained on).
