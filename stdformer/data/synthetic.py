@@ -40,7 +40,7 @@ import numpy as np
 
 from stdformer.data.render import Mesh, project_points, rasterize, shade_faces
 from stdformer.data.synthetic_appearance import camera_rays, render_background, texture_map
-from stdformer.data.synthetic_assets import COCO_FACE_SLOTS, BodyAssets, coco18_points
+from stdformer.data.synthetic_assets import COCO_FACE_SLOTS, SynthBodyAssets, coco18_points
 from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.data.synthetic_scene import Person, Scene, build_scene, total_frames
 from stdformer.data.threedpw import IMAGE_DIR, IMAGE_PATTERN, SEQUENCE_DIR, SPLITS
@@ -101,7 +101,7 @@ def _keypoints_2d(assets, rng, person_index, verts_cam, joints_cam, raster, K, w
     return out
 
 
-def render_frame(assets: BodyAssets, scene: Scene, frame: int, width: int,
+def render_frame(assets: SynthBodyAssets, scene: Scene, frame: int, width: int,
                  height: int) -> Frame:
     rng = np.random.default_rng([*scene.key, 1000 + frame])
     cam = scene.render_cam_poses[frame]
@@ -131,7 +131,8 @@ def render_frame(assets: BodyAssets, scene: Scene, frame: int, width: int,
 # Writing
 
 
-def clothed_template(assets: BodyAssets, person: Person, rng: np.random.Generator) -> np.ndarray:
+def clothed_template(assets: SynthBodyAssets, person: Person, rng: np.random.Generator
+                     ) -> np.ndarray:
     """(V,3) rest-pose template of this person's shape plus a few cm of 'clothing' along the
     normals (3DPW's v_template_clothed)."""
     verts, _ = assets.evaluate(np.zeros((1, 72)), person.betas)
@@ -139,7 +140,7 @@ def clothed_template(assets: BodyAssets, person: Person, rng: np.random.Generato
     return verts[0] + assets.vertex_normals_rest * thickness[assets.part_labels][:, None]
 
 
-def sequence_record(assets: BodyAssets, scene: Scene, poses2d: np.ndarray,
+def sequence_record(assets: SynthBodyAssets, scene: Scene, poses2d: np.ndarray,
                     cfg: SynthesizeConfig) -> dict:
     """The 3DPW pickle dict (plain numpy / python objects only)."""
     rng = np.random.default_rng([*scene.key, 999])
@@ -165,7 +166,7 @@ def sequence_record(assets: BodyAssets, scene: Scene, poses2d: np.ndarray,
     }
 
 
-def write_sequence(assets: BodyAssets, scene: Scene, root: Path, cfg: SynthesizeConfig,
+def write_sequence(assets: SynthBodyAssets, scene: Scene, root: Path, cfg: SynthesizeConfig,
                    on_frame=None) -> int:
     """Render all frames of `scene` to <root>/imageFiles/<name>/ and write its pickle."""
     image_dir = root / IMAGE_DIR / scene.name
@@ -203,7 +204,7 @@ def synthesize(out_root: str | Path, body, cfg: SynthesizeConfig, progress: bool
     """Write a synthetic 3DPW to out_root (replaced atomically as a whole). `body` is a
     stdformer.body.BodyModel. Returns a report: sequences per split, frames, tracks, seconds."""
     cfg.validate()
-    assets = BodyAssets(body)
+    assets = SynthBodyAssets(body)
     start = time.perf_counter()
     report = {"sequences": {}, "frames": 0, "tracks": 0, "two_actor_sequences": 0,
               "invalid_campose_frames": 0}

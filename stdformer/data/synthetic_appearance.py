@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from stdformer.body.constants import SMPL_JOINT_NAMES
-from stdformer.data.synthetic_assets import BodyAssets
+from stdformer.data.synthetic_assets import SynthBodyAssets
 
 # Part groups by SMPL joint name (part label = joint with the largest skinning weight).
 _PART_GROUP = {
@@ -56,7 +56,7 @@ _SIDE_LIMBS = ("Shoulder", "Elbow", "Hip", "Knee")
 _SIDE_COLORS = {"L_": np.array([40.0, 110.0, 240.0]), "R_": np.array([230.0, 150.0, 40.0])}
 
 
-def face_colors_for(assets: BodyAssets, palette: np.ndarray, rng: np.random.Generator,
+def face_colors_for(assets: SynthBodyAssets, palette: np.ndarray, rng: np.random.Generator,
                     side_cues: bool = False) -> np.ndarray:
     """(F,3) per-face colours: part colour with a little per-face texture noise, plus the cues
     that tell a person's front from their back, as faces, hair and shirt prints do: hair on the

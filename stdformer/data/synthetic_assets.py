@@ -20,8 +20,9 @@ COCO_FACE_POINTS = ("nose", "r_eye", "l_eye", "r_ear", "l_ear")  # from head sur
 HEAD_PART = SMPL_JOINT_NAMES.index("Head")
 
 
-class BodyAssets:
-    """Numpy views of a BodyModel plus derived lookups (face keypoint vertices, part groups)."""
+class SynthBodyAssets:
+    """Numpy views of a BodyModel plus derived lookups (face keypoint vertices, part groups): the
+    body as the synthesizer uses it."""
 
     def __init__(self, body):
         self.body = body
@@ -84,7 +85,7 @@ _JOINT_FOR_COCO = np.array([SMPL_JOINT_NAMES.index(_COCO_FROM_SMPL_NAME[n])
 COCO_FACE_SLOTS = np.array([COCO18_NAMES.index(n) for n in COCO_FACE_POINTS])
 
 
-def coco18_points(assets: BodyAssets, vertices: np.ndarray, joints: np.ndarray) -> np.ndarray:
+def coco18_points(assets: SynthBodyAssets, vertices: np.ndarray, joints: np.ndarray) -> np.ndarray:
     """(18,3) COCO-18 points of one body: joints for the body, head vertices for the face."""
     pts = joints[np.maximum(_JOINT_FOR_COCO, 0)]
     pts[COCO_FACE_SLOTS] = vertices[assets.face_vertex_ids]

@@ -15,7 +15,7 @@ from stdformer.data.render import Mesh, box_mesh
 from stdformer.data.synthetic_appearance import (
     Backdrop, face_colors_for, hsv_color, make_backdrop, person_palette,
 )
-from stdformer.data.synthetic_assets import BodyAssets
+from stdformer.data.synthetic_assets import SynthBodyAssets
 from stdformer.data.synthetic_config import FPS, SynthesizeConfig
 from stdformer.data.threedpw import SPLITS
 
@@ -99,7 +99,7 @@ class Scene:
     rays_cam: np.ndarray | None = None  # cache of camera_rays(K, H, W)
 
 
-def make_person(assets: BodyAssets, rng: np.random.Generator, num_frames: int,
+def make_person(assets: SynthBodyAssets, rng: np.random.Generator, num_frames: int,
                 motion_kwargs: dict | None = None,
                 motion: motion_lib.Motion | None = None, side_cues: bool = False) -> Person:
     """Sample shape and appearance (and motion of 2*num_frames at 60 Hz unless given), and put
@@ -221,7 +221,7 @@ def total_frames(cfg: SynthesizeConfig) -> int:
                for split in SPLITS for index in range(cfg.sequences_per_split[split]))
 
 
-def build_scene(assets: BodyAssets, cfg: SynthesizeConfig, split: str, index: int,
+def build_scene(assets: SynthBodyAssets, cfg: SynthesizeConfig, split: str, index: int,
                 two_actors: bool) -> Scene:
     """Draw every random choice of one sequence from its own seeded generator."""
     key = _scene_key(cfg, split, index)
