@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import cKDTree
 
-from stdformer.body.mesh_geometry import drop_unused_vertices
+from stdformer.body.mesh_geometry import drop_unused_vertices, mesh_edges
 from stdformer.body.smpl_files import _rebuild_sparse, pickle_stubs
 from stdformer.io import (
     NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, DataError, load_npz, load_npz_restricted,
@@ -137,8 +137,7 @@ def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> scipy.sparse.c
 
 
 def _is_closed_manifold(faces: np.ndarray, num_vertices: int) -> bool:
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    _, counts = mesh_edges(faces)
     return bool(np.all(counts == 2)) and len(np.unique(faces)) == num_vertices
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stdformer.body.mesh_geometry import drop_unused_vertices
+from stdformer.body.mesh_geometry import drop_unused_vertices, mesh_edges
 from stdformer.body.procedural_primitives import Primitive
 
 # --------------------------------------------------------------------------------------------
@@ -86,8 +86,7 @@ def _half_body_field(prims, joints, scales, voxel: float):
 
 
 def _boundary_vertices(faces: np.ndarray) -> np.ndarray:
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    uniq, counts = np.unique(edges, axis=0, return_counts=True)
+    uniq, counts = mesh_edges(faces)
     return np.unique(uniq[counts == 1])
 
 
@@ -142,8 +141,7 @@ def _decimate_and_mirror(verts, faces, resolution: int, agg: float, keep_seam: b
 
 def _is_closed_manifold(faces: np.ndarray) -> bool:
     """Every edge in exactly two faces, and genus 0 (Euler characteristic 2)."""
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    uniq, counts = np.unique(edges, axis=0, return_counts=True)
+    uniq, counts = mesh_edges(faces)
     euler = len(np.unique(faces)) - len(uniq) + len(faces)
     return bool(np.all(counts == 2)) and euler == 2
 
