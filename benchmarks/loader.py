@@ -49,7 +49,8 @@ CROP = 224
 
 def cached_shards() -> tuple[Path, Path]:
     """The `default` benchmark set preprocessed at 224 px crops (once), and its body."""
-    from stdformer.data.preprocess import PreprocessConfig, preprocess
+    from stdformer.data.preprocess import preprocess
+    from stdformer.data.preprocess_config import PreprocessConfig
 
     root, body_dir = cached_dataset(cases()["default"][0])
     out = CACHE / f"shards-{CROP}-{root.name}-{body_dir.name}-{code_digest('data')}"

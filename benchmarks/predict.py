@@ -34,11 +34,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stdformer.body import BodyModel  # noqa: E402
+from stdformer.body import BodyModel, PosingArrays  # noqa: E402
 from stdformer.data import crops  # noqa: E402
-from stdformer.data.preprocess import PreprocessConfig  # noqa: E402
+from stdformer.data.preprocess_config import PreprocessConfig  # noqa: E402
 from stdformer.data.render import project_points  # noqa: E402
-from stdformer.data.targets import PosingArrays, body_targets, camera_mesh, project  # noqa: E402
+from stdformer.data.targets import body_targets, camera_mesh, project  # noqa: E402
 from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402

@@ -40,10 +40,11 @@ import cv2
 import numpy as np
 import torch
 
-from stdformer.data import preprocess as preprocess_module
+from stdformer.data import sequence_clips
 from stdformer.data.crops import decode_jpeg
-from stdformer.data.preprocess import PreprocessConfig, preprocess
-from stdformer.data.synthetic import SynthesizeConfig
+from stdformer.data.preprocess import preprocess
+from stdformer.data.preprocess_config import PreprocessConfig
+from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.data.threedpw import iter_tracks
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -115,9 +116,9 @@ def run_case(name: str, root: Path, body_dir: Path, crop_size: int, bound: str, 
     for i in range(rounds):
         # The body model is loaded first, on its own clock, then preprocess finds it loaded:
         # the sum is a whole run, the remainder what a long run (real 3DPW) is made of.
-        preprocess_module._BODIES.clear()
+        sequence_clips._BODIES.clear()
         wall, cpu = time.perf_counter(), time.process_time()
-        preprocess_module._body(str(body_dir.resolve()))
+        sequence_clips._body(str(body_dir.resolve()))
         load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
         wall, cpu = time.perf_counter(), time.process_time()
         report = preprocess(root, body_dir, workdir / f"{name}-{i}", cfg, progress=False)

@@ -24,8 +24,8 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
     (imported here: the configs pull in torch and the data stack)."""
     from flows.schedule import ScheduleConfig
     from stdformer.body.files import BodyConfig
-    from stdformer.data.preprocess import PreprocessConfig
-    from stdformer.data.synthetic import SynthesizeConfig
+    from stdformer.data.preprocess_config import PreprocessConfig
+    from stdformer.data.synthetic_config import SynthesizeConfig
     from stdformer.evaluation import EvaluateConfig
     from stdformer.inference import DemoConfig
     from stdformer.losses import LossConfig

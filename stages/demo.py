@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from stdformer.config import read_params, section_config
-from stdformer.data.preprocess import PreprocessConfig
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.inference import DemoConfig
 from stdformer.inference.demo import run_demo
 from stdformer.io import run_guarded

@@ -8,7 +8,8 @@ import argparse
 import logging
 
 from stdformer.config import load_section
-from stdformer.data.preprocess import PreprocessConfig, preprocess
+from stdformer.data.preprocess import preprocess
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.io import run_guarded
 
 

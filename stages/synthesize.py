@@ -8,7 +8,8 @@ import logging
 
 from stdformer.body import BodyModel
 from stdformer.config import load_section
-from stdformer.data.synthetic import SynthesizeConfig, synthesize
+from stdformer.data.synthetic import synthesize
+from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.io import run_guarded
 
 

@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from stdformer.config import read_params, section_config
-    from stdformer.data.preprocess import PreprocessConfig
+    from stdformer.data.preprocess_config import PreprocessConfig
     from stdformer.inference import PredictConfig, load_inference_model, predict_video
 
     # The crop protocol is the model file's; a project's preprocess section may only confirm it

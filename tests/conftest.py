@@ -55,7 +55,7 @@ def train_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synth_cfg():
     """A small synthetic-3DPW config: every feature present, a few seconds to build."""
-    from stdformer.data.synthetic import SynthesizeConfig
+    from stdformer.data.synthetic_config import SynthesizeConfig
 
     return SynthesizeConfig(seed=3, train_sequences=2, validation_sequences=1, test_sequences=2,
                             min_frames=10, max_frames=14, two_actor_fraction=0.5,

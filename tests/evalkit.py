@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stdformer.data.manifest import write_manifest
-from stdformer.data.preprocess import clip_starts
+from stdformer.data.preprocess_config import clip_starts
 from stdformer.data.shards import clip_key, encode_clip, write_shards
 from stdformer.evaluation.overlays import OverlayCollector
 from stdformer.scoring.run import evaluate_predictors

@@ -7,8 +7,8 @@ import pytest
 
 from stdformer.body.files import BodyConfig
 from stdformer.config import from_dict, read_params
-from stdformer.data.preprocess import PreprocessConfig
-from stdformer.data.synthetic import SynthesizeConfig
+from stdformer.data.preprocess_config import PreprocessConfig
+from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.evaluation import EvaluateConfig
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import STDFormer

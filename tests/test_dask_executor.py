@@ -10,7 +10,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from stdformer.data.executors import DaskExecutor  # noqa: E402
-from stdformer.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from stdformer.data.preprocess import preprocess  # noqa: E402
+from stdformer.data.preprocess_config import PreprocessConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import torch
 import webdataset as wds
 
 from stdformer.data import shards
-from stdformer.data.preprocess import PreprocessConfig, preprocess
+from stdformer.data.preprocess import preprocess
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.io import DataError
 from stdformer.model.assets import load_body_assets
 from stdformer.train.augment import ClipAugmenter

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from stdformer.body import PosingArrays
 from stdformer.data import crops
 from stdformer.data.manifest import read_manifest
-from stdformer.data.preprocess import PreprocessConfig, preprocess
+from stdformer.data.preprocess import preprocess
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.shards import list_shards, make_clip_loader
-from stdformer.data.targets import PosingArrays, body_targets, camera_mesh, project
+from stdformer.data.targets import body_targets, camera_mesh, project
 from stdformer.data.threedpw import iter_tracks
 from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normalized
 from stdformer.scoring.predict import model_predictor, predict_tracks, track_layout, with_mesh

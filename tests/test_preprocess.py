@@ -16,9 +16,9 @@ from stdformer.body import BodyModel
 from stdformer.config import from_dict
 from stdformer.data import crops, executors, shards
 from stdformer.data import manifest as mf
-from stdformer.data.preprocess import (
-    PreprocessConfig, SequenceTask, clip_starts, preprocess, process_sequence,
-)
+from stdformer.data.preprocess import preprocess
+from stdformer.data.preprocess_config import PreprocessConfig, clip_starts
+from stdformer.data.sequence_clips import SequenceTask, process_sequence
 from stdformer.data.threedpw import iter_tracks
 from stdformer.io import DataError, load_npz, safe_load_pickle
 

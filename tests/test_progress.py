@@ -60,7 +60,8 @@ def test_iterating_reports_batches_and_ends_with_a_summary():
 
 
 def test_synthesize_under_a_pipeline_prints_lines_not_a_bar(synth_body, synth_cfg, tmp_path):
-    from stdformer.data.synthetic import synthesize, total_frames
+    from stdformer.data.synthetic import synthesize
+    from stdformer.data.synthetic_scene import total_frames
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

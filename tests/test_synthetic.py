@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from stdformer.config import from_dict
-from stdformer.data import motion, synthetic
+from stdformer.data import (
+    motion, synthetic, synthetic_appearance, synthetic_assets, synthetic_scene,
+)
 from stdformer.data.render import Mesh, project_points, rasterize
-from stdformer.data.synthetic import SynthesizeConfig, synthesize
+from stdformer.data.synthetic import synthesize
+from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.data.threedpw import SPLITS, iter_tracks, read_sequence, world_to_camera
 from stdformer.io import NUMPY_GLOBALS, DataError, safe_load_pickle
 
@@ -154,15 +157,16 @@ def test_keypoints_match_the_annotated_body_where_the_camera_is_valid(synth_root
 
 def test_visible_keypoints_land_on_the_rendered_person(synth_root, synth_body, synth_cfg):
     """At confidently visible keypoints the JPEG differs from the empty background."""
-    assets = synthetic.BodyAssets(synth_body)
+    assets = synthetic_assets.SynthBodyAssets(synth_body)
     diffs, confident = [], 0
     for split in SPLITS:
         doubles = synthetic.two_actor_indices(synth_cfg, split)
         for index in range(synth_cfg.sequences_per_split[split]):
-            scene = synthetic.build_scene(assets, synth_cfg, split, index, index in doubles)
+            scene = synthetic_scene.build_scene(assets, synth_cfg, split, index, index in doubles)
             for frame in range(0, scene.num_frames, 3):
-                bg = synthetic.render_background(scene.backdrop, scene.render_cam_poses[frame],
-                                                 scene.K, synth_cfg.height, synth_cfg.width)
+                bg = synthetic_appearance.render_background(
+                    scene.backdrop, scene.render_cam_poses[frame], scene.K, synth_cfg.height,
+                    synth_cfg.width)
                 path = synth_root / "imageFiles" / scene.name / f"image_{frame:05d}.jpg"
                 img = cv2.imread(str(path)).astype(np.float64)
                 for kp in synthetic.render_frame(assets, scene, frame, synth_cfg.width,
@@ -199,8 +203,8 @@ def test_campose_valid_two_actors_distractors_occluders_present(synth_root, synt
     assert 0 < (~valid).sum() < 0.3 * len(valid)
     actors = [len(_load_plain(p)["poses"]) for p in _pickles(synth_root)]
     assert 2 in actors and 1 in actors
-    assets = synthetic.BodyAssets(synth_body)
-    scene = synthetic.build_scene(assets, synth_cfg, "train", 0, True)
+    assets = synthetic_assets.SynthBodyAssets(synth_body)
+    scene = synthetic_scene.build_scene(assets, synth_cfg, "train", 0, True)
     assert len(scene.distractors) == synth_cfg.distractors
     assert len(scene.occluders) == synth_cfg.occluders
     # Two annotated people never walk through each other.
@@ -279,8 +283,8 @@ def test_motion_is_smooth_and_within_joint_ranges(style):
 
 
 def test_squat_lowers_the_pelvis(synth_body):
-    assets = synthetic.BodyAssets(synth_body)
-    person = synthetic.make_person(assets, np.random.default_rng(0), 60, {"style": "squat"})
+    assets = synthetic_assets.SynthBodyAssets(synth_body)
+    person = synthetic_scene.make_person(assets, np.random.default_rng(0), 60, {"style": "squat"})
     pelvis_height = person.joints[:, 0, 1]
     assert pelvis_height.max() - pelvis_height.min() > 0.15
     assert np.abs(person.vertices[..., 1].min(axis=1)).max() < 0.03
@@ -292,18 +296,18 @@ def test_side_cues_colour_left_limbs_warm_and_right_limbs_cool(synth_body):
     clothing colour of their side's partner part."""
     from stdformer.body.constants import SMPL_JOINT_NAMES
 
-    assets = synthetic.BodyAssets(synth_body)
+    assets = synthetic_assets.SynthBodyAssets(synth_body)
     limbs = ("Shoulder", "Elbow", "Hip", "Knee")
     for seed in range(4):
         rng = np.random.default_rng(seed)
-        palette = synthetic.person_palette(rng)
-        colors = synthetic.face_colors_for(assets, palette, rng, side_cues=True)
+        palette = synthetic_appearance.person_palette(rng)
+        colors = synthetic_appearance.face_colors_for(assets, palette, rng, side_cues=True)
         for part in limbs:
             left = colors[assets.face_part == SMPL_JOINT_NAMES.index("L_" + part)].mean(0)
             right = colors[assets.face_part == SMPL_JOINT_NAMES.index("R_" + part)].mean(0)
             assert left[2] > left[0] + 80, (seed, part, left)       # BGR: red over blue
             assert right[0] > right[2] + 80, (seed, part, right)    # blue over red
-        plain = synthetic.face_colors_for(assets, palette, np.random.default_rng(seed))
+        plain = synthetic_appearance.face_colors_for(assets, palette, np.random.default_rng(seed))
         hip_l = plain[assets.face_part == SMPL_JOINT_NAMES.index("L_Hip")].mean(0)
         hip_r = plain[assets.face_part == SMPL_JOINT_NAMES.index("R_Hip")].mean(0)
         assert np.abs(hip_l - hip_r).max() < 0.3 * 255              # same trousers

@@ -1,5 +1,6 @@
-"""Body-model targets of a track (`pose_track`): the fast track path gives what the body model
-module gives, mapped through the camera, whichever matrix layout (sparse or dense) it uses."""
+"""Body-model targets of a track (`pose_track`, stdformer.body.track_posing): the fast track
+path gives what the body model module gives, mapped through the camera, whichever matrix layout
+(sparse or dense) it uses."""
 
 import dataclasses
 
@@ -9,7 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from realfiles import smpl_body_dir
-from stdformer.body import BodyModel
+from stdformer.body import BodyModel, track_posing
 from stdformer.data import targets
 
 
@@ -38,7 +39,7 @@ def test_posing_arrays_are_bit_for_bit_the_body_models_own(kind, synth_body_dir,
     vertices the H36M regressor reads, and its rest joints the SMPL regressor's."""
     body_dir = synth_body_dir if kind == "procedural" else \
         official_format_body_dir(small_arrays, tmp_path)
-    arrays, body = targets.PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
+    arrays, body = track_posing.PosingArrays.load(body_dir), BodyModel.from_dir(body_dir)
     smpl = body.smpl
     assert isinstance(arrays.pose_basis, torch.Tensor) == (kind != "procedural")  # dense: BLAS
     assert arrays.body_model_id == body.body_model_id
@@ -55,7 +56,7 @@ def test_posing_arrays_are_bit_for_bit_the_body_models_own(kind, synth_body_dir,
     assert expected["shapedirs"].shape[2] == 10
     for name, want in expected.items():
         if name in ("pose_basis", "weights", "h36m"):                     # laid out by _matrix
-            want = _dense(targets._matrix(want))                         # (sparse: no -0.0)
+            want = _dense(track_posing._matrix(want))                    # (sparse: no -0.0)
         got = _dense(getattr(arrays, name))
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert got.tobytes() == want.tobytes(), name
@@ -95,13 +96,13 @@ def track():
             cam_poses)
 
 
-@pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
+@pytest.mark.parametrize("sparse_below", [track_posing.SPARSE_BELOW, 0.0])
 def test_pose_track_matches_the_body_model_through_the_camera(synth_body, synth_body_dir, track,
                                                               monkeypatch, sparse_below):
-    monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
-    arrays = targets.PosingArrays.load(synth_body_dir)
+    monkeypatch.setattr(track_posing, "SPARSE_BELOW", sparse_below)
+    arrays = track_posing.PosingArrays.load(synth_body_dir)
     assert isinstance(arrays.pose_basis, torch.Tensor) == (sparse_below == 0.0)
-    out = targets.pose_track(arrays, *track, chunk=8)
+    out = track_posing.pose_track(arrays, *track, chunk=8)
     vertices, joints, h36m = _reference(synth_body, *track)
     assert out["vertices"].dtype == np.float32
     np.testing.assert_allclose(out["vertices"], vertices[:, arrays.vertex_ids], atol=2e-5)
@@ -113,27 +114,27 @@ def test_h36m_regressor_rows_not_summing_to_one_are_regressed_before_the_camera(
         synth_body, synth_body_dir, track):
     """A regressor row's weights need not sum to 1: the joint is regressed from the world
     mesh (as the body model does), then moved into the camera."""
-    arrays = targets.PosingArrays.load(synth_body_dir)
+    arrays = track_posing.PosingArrays.load(synth_body_dir)
     h36m = synth_body.J_regressor_h36m.double().numpy() * np.linspace(0.9, 1.1, 17)[:, None]
-    arrays = dataclasses.replace(arrays, h36m=targets._matrix(h36m[:, arrays.vertex_ids]),
+    arrays = dataclasses.replace(arrays, h36m=track_posing._matrix(h36m[:, arrays.vertex_ids]),
                                  h36m_rowsum=h36m.sum(axis=1))
     _, _, expected = _reference(synth_body, *track, h36m=h36m)
-    np.testing.assert_allclose(targets.pose_track(arrays, *track)["joints_h36m"], expected,
+    np.testing.assert_allclose(track_posing.pose_track(arrays, *track)["joints_h36m"], expected,
                                atol=2e-5)
 
 
-@pytest.mark.parametrize("sparse_below", [targets.SPARSE_BELOW, 0.0])
+@pytest.mark.parametrize("sparse_below", [track_posing.SPARSE_BELOW, 0.0])
 def test_pose_track_chunk_size_is_only_a_speed_setting(synth_body_dir, track, monkeypatch,
                                                        sparse_below):
     """The chunk sets how many frames a skinning pass takes. With sparse posing matrices (a
     procedural body: scipy sums each output in a fixed order) every output is bit for bit the
     same whatever the chunk; dense ones (real SMPL's pose correctives) go through BLAS, whose
     kernels differ with the product's width, so there it is the same to float32 rounding."""
-    monkeypatch.setattr(targets, "SPARSE_BELOW", sparse_below)
-    arrays = targets.PosingArrays.load(synth_body_dir)
-    whole = targets.pose_track(arrays, *track, chunk=len(track[0]))
-    for chunk in (1, 5, 8, targets.CHUNK):
-        out = targets.pose_track(arrays, *track, chunk=chunk)
+    monkeypatch.setattr(track_posing, "SPARSE_BELOW", sparse_below)
+    arrays = track_posing.PosingArrays.load(synth_body_dir)
+    whole = track_posing.pose_track(arrays, *track, chunk=len(track[0]))
+    for chunk in (1, 5, 8, track_posing.CHUNK):
+        out = track_posing.pose_track(arrays, *track, chunk=chunk)
         for name, array in whole.items():
             if sparse_below > 0:
                 assert out[name].tobytes() == array.tobytes(), (chunk, name)

@@ -38,8 +38,10 @@ def make_train_data(root: Path) -> tuple[Path, Path]:
     sequences preprocessed into 64 px clips of 8 frames, 4 clips per shard."""
     from stdformer.body.files import write_body_dir
     from stdformer.body.model import BodyModel
-    from stdformer.data.preprocess import PreprocessConfig, preprocess
-    from stdformer.data.synthetic import SynthesizeConfig, synthesize
+    from stdformer.data.preprocess import preprocess
+    from stdformer.data.preprocess_config import PreprocessConfig
+    from stdformer.data.synthetic import synthesize
+    from stdformer.data.synthetic_config import SynthesizeConfig
 
     body_dir, raw, shards = root / "body", root / "raw", root / "shards"
     write_body_dir(body_dir, resolution=500, factors=(4, 4))

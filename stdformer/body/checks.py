@@ -29,6 +29,7 @@ import os
 import numpy as np
 import scipy.sparse
 
+from stdformer.body.mesh_geometry import mesh_edges
 from stdformer.io import DataError
 
 # A level's median edge may be this many times the expected one (a fitting hierarchy: 0.95-1.0
@@ -49,14 +50,9 @@ STANDARD_SMPL_LEVELS = [6890, 1723, 431]
 STANDARD_SMPL_FACES = [13776, 3442, 858]
 
 
-def _unique_edges(faces: np.ndarray) -> np.ndarray:
-    e = np.sort(np.asarray(faces, np.int64)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    return np.unique(e, axis=0)
-
-
 def median_edge(points: np.ndarray, faces: np.ndarray) -> float:
     """Median length of the unique edges of `faces` (F, 3) over `points` (n, 3)."""
-    e = _unique_edges(faces)
+    e, _ = mesh_edges(faces)
     return float(np.median(np.linalg.norm(points[e[:, 0]] - points[e[:, 1]], axis=1)))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import cKDTree
 
+from stdformer.body.mesh_geometry import drop_unused_vertices, mesh_edges
 from stdformer.body.smpl_files import _rebuild_sparse, pickle_stubs
 from stdformer.io import (
     NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, DataError, load_npz, load_npz_restricted,
@@ -136,8 +137,7 @@ def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> scipy.sparse.c
 
 
 def _is_closed_manifold(faces: np.ndarray, num_vertices: int) -> bool:
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    _, counts = mesh_edges(faces)
     return bool(np.all(counts == 2)) and len(np.unique(faces)) == num_vertices
 
 
@@ -148,6 +148,8 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, target_vertices: int):
     aggressiveness settings are tried. Preference: closed manifold and near the target, else
     near the target, else the first result.
     """
+    # Imported here, not at the top: a served model's environment (stdformer.serving
+    # REQUIREMENTS) loads hierarchies but never builds one, and has no fast-simplification.
     import fast_simplification
 
     # Keep the input's faces-per-vertex ratio (a closed genus-0 mesh has F = 2V - 4).
@@ -159,12 +161,7 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, target_vertices: int):
         v, f = fast_simplification.simplify(np.asarray(vertices, np.float64),
                                             np.asarray(faces, np.int32),
                                             target_count=target_faces, agg=agg)
-        v, f = np.asarray(v, np.float64), np.asarray(f, np.int64)
-        used = np.unique(f)
-        if len(used) != len(v):  # drop vertices no face uses
-            remap = np.full(len(v), -1, np.int64)
-            remap[used] = np.arange(len(used))
-            v, f = v[used], remap[f]
+        v, f = drop_unused_vertices(np.asarray(v, np.float64), np.asarray(f, np.int64))
         near = abs(len(v) - target_vertices) <= max(2, 0.05 * target_vertices)
         clean = not want_clean or _is_closed_manifold(f, len(v))
         if near and clean:

@@ -30,6 +30,7 @@ import scipy.sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from stdformer.body.mesh_geometry import mesh_edges
 from stdformer.io import DataError
 
 MAX_RESIDUAL = 2.0        # median edges: |mirror(v[perm[i]]) - v[i]|
@@ -141,8 +142,7 @@ def vertex_mirror(vertices: np.ndarray, faces: np.ndarray, source: str | os.Path
     """(perm (V,) int64 involution, report) for a template (V, 3) with faces (F, 3); DataError
     (on `source`) when the mesh is not mirror-symmetric enough to flip."""
     v = np.asarray(vertices, np.float64)
-    e = np.unique(np.sort(np.asarray(faces, np.int64)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2),
-                          axis=1), axis=0)
+    e, _ = mesh_edges(faces)
     edge = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1)
     unit = float(np.median(edge))
     plane_x = _plane(v, None)

@@ -4,7 +4,12 @@ Modules (imported explicitly; this package imports nothing so light users stay l
     threedpw   read_sequence / iter_tracks / list_sequences -> Track; camera-frame helpers
     render     OpenCV mesh renderer: rasterize, render_meshes, overlay_mesh, project_points
     motion     procedural SMPL motion (walk, wave, squat)
-    synthetic  SynthesizeConfig, synthesize(out_root, body, cfg): a synthetic 3DPW
-    crops, shards, manifest, targets, preprocess: crop protocol, shard contract, the manifest
-               (and its verified reading), body-model targets, preprocessing stage
+    synthetic  synthesize(out_root, body, cfg): a synthetic 3DPW; its settings in
+               synthetic_config (SynthesizeConfig), its parts in synthetic_assets,
+               synthetic_appearance, synthetic_scene
+    crops, shards, manifest, targets: crop protocol, shard contract, the manifest (and its
+               verified reading), body-model targets
+    preprocess preprocess(dataset_root, body_dir, out_dir, cfg): the preprocessing stage; its
+               settings and clip windows in preprocess_config (PreprocessConfig), its parts in
+               stored_crops and sequence_clips
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 
 from stdformer.data.crops import keypoint_boxes
-from stdformer.data.preprocess import PreprocessConfig
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.threedpw import IMAGE_DIR, image_path, list_sequences, read_sequence
 from stdformer.inference.config import DemoConfig
 from stdformer.inference.model import load_inference_model

@@ -4,7 +4,7 @@
       -> square: centre = box centre, side = box_scale x the longer box side
          (box_scale 0.95 makes it preprocess's keypoint box: measured, see PredictConfig)
       -> crops.smooth_boxes: undetected frames interpolated, median then Gaussian over time
-      -> preprocess.stored_crop: the crop with context as the shards store it (JPEG)
+      -> stored_crops.stored_crop: the crop with context as the shards store it (JPEG)
       -> decoded, its centre crop_size square, as shards.decode_clip gives it to the model
 
 so a box that equals preprocess's raw keypoint box gives the very crop `evaluate` feeds the model.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from stdformer.data import crops
-from stdformer.data.preprocess import PreprocessConfig, stored_crop
+from stdformer.data.preprocess_config import PreprocessConfig
+from stdformer.data.stored_crops import stored_crop
 from stdformer.data.shards import context_margin, decode_jpeg_rgb
 from stdformer.inference.track import PersonTrack
 from stdformer.io import DataError

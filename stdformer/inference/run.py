@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stdformer.data.preprocess import PreprocessConfig
+from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.devices import resolve_device
 from stdformer.evaluation.overlays import png_bytes
 from stdformer.scoring.predict import model_predictor

@@ -1,6 +1,6 @@
 """The model over a track's crops: windows of the model's clip length at a stride, plus the last
-window (`preprocess.clip_starts`), merged per frame by `evaluate`'s `WindowMerger`, optionally
-smoothed by `evaluate`'s `gaussian_smooth`.
+window (`preprocess_config.clip_starts`), merged per frame by `evaluate`'s `WindowMerger`,
+optionally smoothed by `evaluate`'s `gaussian_smooth`.
 
 A track shorter than one clip is padded by repeating its last crop (the padded frames' outputs
 are dropped), so short tracks get a prediction too.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stdformer.data.preprocess import clip_starts
+from stdformer.data.preprocess_config import clip_starts
 from stdformer.scoring.predict import Predictor, WindowMerger
 from stdformer.scoring.smoothing import gaussian_smooth
 
