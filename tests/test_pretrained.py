@@ -301,3 +301,91 @@ def test_hrnet_w64_layout_maps_both_ways(smpl_sized_mesh):
     assert not any(notes.values())
     assert set(own) - set(back) == {k for k in own if k.startswith("disentangle.")}
     assert all(back[k].shape == own[k].shape for k in back)
+
+
+# --------------------------------------------------------------------------------------------
+# Released weights straight to predict and evaluate
+
+
+@pytest.fixture(scope="module")
+def standard_body_dir(arrays, tmp_path_factory):
+    """A body on the standard SMPL hierarchy as users build it from their official files
+    (SMPL pickle, J_regressor_h36m_correct.npy, mesh_downsampling.npz)."""
+    from realfiles import official_like_hierarchy, official_smpl_pickle, write_mesh_downsampling
+
+    from stdformer.body import build_hierarchy, derive_h36m_regressor, write_body_dir
+
+    files = tmp_path_factory.mktemp("user_files")
+    (files / "SMPL_NEUTRAL.pkl").write_bytes(official_smpl_pickle(arrays, protocol=2))
+    np.save(files / "J_regressor_h36m_correct.npy", derive_h36m_regressor(arrays).toarray())
+    template = arrays["v_template"]
+    write_mesh_downsampling(files / "mesh_downsampling.npz", official_like_hierarchy(
+        build_hierarchy(template, arrays["f"].astype(np.int64)), template), template)
+    meta = write_body_dir(files / "body", source=str(files / "SMPL_NEUTRAL.pkl"),
+                          h36m_regressor=files / "J_regressor_h36m_correct.npy",
+                          mesh_downsampling=files / "mesh_downsampling.npz")
+    assert meta["standard_smpl_hierarchy"]["ok"], meta["standard_smpl_hierarchy"]
+    return files / "body"
+
+
+def test_released_checkpoint_is_a_ready_model_on_the_standard_hierarchy_only(
+        standard_body_dir, synth_body_dir, tmp_path):
+    from stdformer.model.assets import load_body_assets
+    from stdformer.model.pretrained import published_model
+
+    path = tmp_path / "FastMETRO-S-R50_3dpw_state_dict.bin"
+    state = fastmetro_state_dict("S", smpl_regressor=True)
+    torch.save(state, path)
+    model, inputs = published_model(path, load_body_assets(standard_body_dir), clip_len=4)
+    assert (inputs.crop_size, inputs.clip_len) == (224, 4) and not model.training
+    assert not model.cfg.sd and not model.cfg.td            # FastMETRO's network, nothing fresh
+    own = model.state_dict()
+    assert torch.equal(own["upsample_mid.weight"], state["coarse2intermediate_upsample.weight"])
+    with pytest.raises(DataError, match="standard SMPL mesh hierarchy"):
+        published_model(path, load_body_assets(synth_body_dir))
+
+
+@pytest.mark.slow
+def test_released_checkpoint_predicts_and_evaluates_without_training(
+        standard_body_dir, synth_root, tmp_path):
+    """`stdformer predict VIDEO --model state_dict.bin` writes meshes, and `stdformer checkpoint
+    evaluate state_dict.bin` scores the weights on preprocessed shards with no training step,
+    its lineage naming the file's sha256 (FastMETRO-S-R50 names and shapes, random weights)."""
+    from test_predict import annotation_boxes, annotation_tracks, boxes_json
+
+    from stdformer.cli import main
+    from stdformer.data.preprocess import PreprocessConfig, preprocess
+    from stdformer.data.threedpw import iter_tracks
+    from stdformer.io import file_digest
+
+    ckpt = tmp_path / "FastMETRO-S-R50_3dpw_state_dict.bin"
+    torch.save(fastmetro_state_dict("S"), ckpt)
+    sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test")})[0]
+    rows = []
+    for track in annotation_tracks(synth_root, sequence):
+        centers, sides, detected = annotation_boxes(track)
+        rows += [{"frame": int(i) + 1, "id": track.actor, "x": centers[i, 0] - sides[i] / 2,
+                  "y": centers[i, 1] - sides[i] / 2, "w": sides[i], "h": sides[i]}
+                 for i in np.flatnonzero(detected)]
+    boxes = boxes_json(tmp_path / "boxes.json", rows)
+    assert main(["predict", str(synth_root / "imageFiles" / sequence), "--model", str(ckpt),
+                 "--body", str(standard_body_dir), "--out", str(tmp_path / "pred"),
+                 "--boxes", str(boxes), "--no-glb", "--no-overlay", "--quiet"]) == 0
+    with np.load(tmp_path / "pred" / f"{sequence}.npz") as z:
+        assert z["vertices"].shape[1:] == (6890, 3) and len(z["vertices"])
+        assert np.isfinite(z["vertices"]).all()
+        assert json.loads(str(z["meta"]))["crop_size"] == 224
+
+    shards = tmp_path / "shards"
+    preprocess(synth_root, standard_body_dir, shards,
+               PreprocessConfig(splits=["test"], crop_size=224, clip_len=4, executor="serial",
+                                workers=0), progress=False)
+    out = tmp_path / "published"
+    assert main(["checkpoint", "evaluate", str(ckpt), "--body", str(standard_body_dir),
+                 "--shards", str(shards), "--out", str(out), "--overlays", "0", "--quiet"]) == 0
+    overall = json.loads((out / "eval.json").read_text())["overall"]
+    name = ckpt.stem
+    assert overall[name]["frames"] > 0 and np.isfinite(overall[name]["mpjpe"])
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["sha256"] == file_digest(ckpt) and lineage["checkpoint"] == ckpt.name
+    assert lineage["metrics"]["mpjpe"] == pytest.approx(overall[name]["mpjpe"], abs=0.01)

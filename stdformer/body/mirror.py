@@ -30,6 +30,12 @@ import scipy.sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from stdformer.body.constants import (
+    H36M_FLIP_PERM,
+    H36M_JOINT_NAMES,
+    SMPL_FLIP_PERM,
+    SMPL_JOINT_NAMES,
+)
 from stdformer.body.mesh_geometry import mesh_edges
 from stdformer.io import DataError
 
@@ -218,8 +224,6 @@ def body_flip_perms(template: np.ndarray, faces: np.ndarray, smpl_joints: np.nda
     report for meta.json. A template that is not mirror-symmetric enough gives None (the body
     still works; flip augmentation refuses it with the report's reason). Joint sets whose
     geometry contradicts their left/right names raise DataError: that is a wrong file."""
-    from stdformer.body.constants import (H36M_FLIP_PERM, H36M_JOINT_NAMES, SMPL_FLIP_PERM,
-                                          SMPL_JOINT_NAMES)
 
     try:
         vertices, report = vertex_mirror(template, faces, body_file)
