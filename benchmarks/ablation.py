@@ -44,7 +44,7 @@ import yaml  # noqa: E402
 from stdformer.config import from_dict, read_params, section_config  # noqa: E402
 from stdformer.evaluation import EvaluateConfig  # noqa: E402
 from stdformer.losses import LossConfig  # noqa: E402
-from stdformer.model.stdformer import model_config_from_section  # noqa: E402
+from stdformer.model.stdformer import variant_model_config  # noqa: E402
 from stdformer.scoring.predict import constant_predictor, model_predictor  # noqa: E402
 from stdformer.scoring.run import evaluate_predictors, mean_pose_vertices  # noqa: E402
 from stdformer.train import TrainConfig, TrainPaths, Tracking, train
@@ -86,8 +86,7 @@ def train_variant(params: dict, variant: str, seed: int, shards: Path, body: Pat
     overrides = variant_overrides(params)
     if variant not in overrides:
         raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(overrides)}")
-    model_section = {**(params.get("model") or {}), **(overrides[variant] or {})}
-    model_cfg = model_config_from_section(model_section, source="params")
+    model_cfg = variant_model_config({**params, "variants": overrides}, variant, "params")
     loss_cfg = section_config(params, "loss", LossConfig, "params", required=False)
     out = work / f"{variant}_seed{seed}"
     paths = TrainPaths(shards=shards, body=body, model=out / "model.pt",

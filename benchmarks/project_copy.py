@@ -42,6 +42,21 @@ def dvc(project: str | Path, *args: str, timeout: float | None = None) -> str:
     return done.stdout
 
 
+def stage_command(name: str, project: str | Path = REPO) -> list[str]:
+    """The argv of a stage as `dvc.yaml` runs it (the first foreach item for a foreach stage),
+    with this interpreter for `python`."""
+    import shlex
+
+    stage = yaml.safe_load((Path(project) / "dvc.yaml").read_text())["stages"][name]
+    if "foreach" in stage:
+        key = next(iter(yaml.safe_load((Path(project) / "params.yaml").read_text())["variants"]))
+        cmd = stage["do"]["cmd"].replace("${key}", key)
+    else:
+        cmd = stage["cmd"]
+    argv = shlex.split(cmd)
+    return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+
+
 def copy_project(dest: str | Path, overrides: dict | None = None, with_lock: bool = False
                  ) -> Path:
     """Copy the pipeline (dvc.yaml, stages/, stdformer/, flows/) into a fresh git + DVC repo at

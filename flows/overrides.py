@@ -46,20 +46,12 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
 
 def _check_models(params: dict, source: str) -> None:
     """The `model` section, and the model of every `variants` entry (model + its overrides),
-    as the train stage builds them."""
-    from stdformer.model.stdformer import model_config_from_section
+    as the train stage builds them (imported here, as in `_stage_configs`: torch)."""
+    from stdformer.model.stdformer import variant_model_config, variant_names
 
-    base = dict(params.get("model") or {})
-    model_config_from_section(base, source, prefix="model")
-    variants = params.get("variants") or {}
-    if not isinstance(variants, dict):
-        raise DataError(source, f"expected a mapping, got {repr_for_message(variants)}",
-                        field="variants")
-    for name, changes in variants.items():
-        if not isinstance(changes, (dict, type(None))):
-            raise DataError(source, f"expected a mapping, got {repr_for_message(changes)}",
-                            field=f"variants.{name}")
-        model_config_from_section({**base, **(changes or {})}, source, prefix=f"variants.{name}")
+    variant_model_config(params, None, source)
+    for name in variant_names(params, source):
+        variant_model_config(params, name, source)
 
 
 def check_sections(params: dict, sections, source: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", default="plots/demo")
+    parser.add_argument("--out", required=True)  # named on dvc.yaml's command line
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 

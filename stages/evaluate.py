@@ -1,14 +1,14 @@
 """DVC stage `evaluate`: score the trained model(s), the mean-pose baseline and smoothed variants
 on the test split (section `evaluate`; reference section 4 protocol).
 
-    python -m stages.evaluate [--params params.yaml] [--shards data/shards] [--body data/body]
-                              [--metrics metrics/eval.json] [--plots plots/eval] ...
+    python -m stages.evaluate [--params params.yaml] --shards DIR --body DIR --metrics FILE
+                              --model-metrics DIR --diagnostics FILE --per-frame FILE
+                              --per-sequence-csv FILE --over-time-csv FILE --plots DIR
 
-Writes metrics/eval.json (overall results per model), metrics/eval/<model>.json (its headline
-numbers, for `dvc metrics show`), metrics/eval_diagnostics.json
-(yaw error, body proportions, error by body part), metrics/per_frame.parquet,
-metrics/eval_per_sequence.csv, metrics/eval_error_over_time.csv and plots/eval/ (charts, the
-yaw-error histogram and mesh overlays); prints the overall table (markdown).
+Writes the overall results per model (--metrics), one headline-numbers json per model for
+`dvc metrics show` (--model-metrics), diagnostics (yaw error, body proportions, error by body
+part), per-frame parquet, per-sequence and over-time csv, and charts, the yaw-error histogram
+and mesh overlays (--plots); prints the overall table (markdown). dvc.yaml names the paths.
 """
 
 import argparse
@@ -23,18 +23,13 @@ from stdformer.io import run_guarded
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = EvaluatePaths(shards=Path("data/shards"), body=Path("data/body"))
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", default=str(defaults.shards))
-    parser.add_argument("--body", default=str(defaults.body))
-    parser.add_argument("--metrics", default=str(defaults.metrics))
-    parser.add_argument("--model-metrics", default=str(defaults.model_metrics),
+    # Every path is named on dvc.yaml's command line, nowhere else.
+    for name in ("--shards", "--body", "--metrics", "--diagnostics", "--per-frame",
+                 "--per-sequence-csv", "--over-time-csv", "--plots"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--model-metrics", required=True,
                         help="directory for one headline-metrics json per model")
-    parser.add_argument("--diagnostics", default=str(defaults.diagnostics))
-    parser.add_argument("--per-frame", default=str(defaults.per_frame))
-    parser.add_argument("--per-sequence-csv", default=str(defaults.per_sequence_csv))
-    parser.add_argument("--over-time-csv", default=str(defaults.over_time_csv))
-    parser.add_argument("--plots", default=str(defaults.plots))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 

@@ -26,12 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", default="models/stdformer.pt")
-    parser.add_argument("--body", default="data/body")
-    parser.add_argument("--eval", default="metrics/eval.json")
-    parser.add_argument("--lock", default="dvc.lock")
-    parser.add_argument("--data", default="data/shards")
-    parser.add_argument("--out", default="metrics/registry.json")
+    # Every path is named on dvc.yaml's command line, nowhere else.
+    for name in ("--model", "--body", "--eval", "--lock", "--data", "--out"):
+        parser.add_argument(name, required=True)
     args = parser.parse_args()
     mlflow_bars_on_terminal_only()
 

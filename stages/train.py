@@ -1,11 +1,12 @@
 """DVC stage `train`: train STDFormer on the shards (sections `train`, `model`, `loss`).
 
-    python -m stages.train [--params params.yaml] [--shards data/shards] [--body data/body]
-                           [--out models/stdformer.pt]
+    python -m stages.train [--params params.yaml] [--variant NAME] --shards DIR --body DIR
+                           --out MODEL.pt --checkpoints DIR --metrics FILE --curve FILE
     torchrun --nproc_per_node 2 -m stages.train ...      # DDP (NCCL on GPU, gloo on CPU)
 
-Also writes checkpoints/<hash of the config>/ (resumed automatically when the config matches;
-`stdformer checkpoint list | prune`), metrics/train.json and metrics/train_curve.csv.
+Writes the model file (--out), checkpoints under --checkpoints/<hash of the config>/ (resumed
+automatically when the config matches; `stdformer checkpoint list | prune`), the validation
+metrics and the training curve. dvc.yaml names every path.
 MLflow: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from stdformer.config import read_params, section_config
 from stdformer.io import DataError, run_guarded
 from stdformer.losses import LossConfig
-from stdformer.model.stdformer import model_config_from_section
+from stdformer.model.stdformer import variant_model_config
 from stdformer.tracking import default_tracking_uri
 from stdformer.train import TrainConfig, TrainPaths, Tracking, train
 
@@ -25,12 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--body", default="data/body")
-    parser.add_argument("--out", default="models/stdformer.pt")
-    parser.add_argument("--checkpoints", default="checkpoints")
-    parser.add_argument("--metrics", default="metrics/train.json")
-    parser.add_argument("--curve", default="metrics/train_curve.csv")
+    # Every path is named on dvc.yaml's command line, nowhere else.
+    for name in ("--shards", "--body", "--out", "--checkpoints", "--metrics", "--curve"):
+        parser.add_argument(name, required=True)
     parser.add_argument("--variant", help="apply the model overrides of params `variants.NAME`")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -38,14 +36,7 @@ def main() -> None:
     params = read_params(args.params)
     source = str(args.params)
     cfg = section_config(params, "train", TrainConfig, source)
-    model_section = dict(params.get("model") or {})
-    if args.variant is not None:
-        variants = params.get("variants") or {}
-        if args.variant not in variants:
-            raise DataError(source, f"no such variant (known: {', '.join(variants) or 'none'})",
-                            field=f"variants.{args.variant}")
-        model_section.update(variants[args.variant] or {})
-    model_cfg = model_config_from_section(model_section, source=source, prefix="model")
+    model_cfg = variant_model_config(params, args.variant, source)
     loss_cfg = section_config(params, "loss", LossConfig, source, required=False)
 
     project = Path.cwd()

@@ -78,7 +78,8 @@ def synth_root(tmp_path_factory, synth_body, synth_cfg):
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 __import__("sys").path.insert(0, str(REPO / "benchmarks"))
 
-from project_copy import copy_project, deep_merge, dvc, project_env  # noqa: E402,F401 (shared)
+from project_copy import (copy_project, deep_merge, dvc, project_env,  # noqa: E402,F401 (shared)
+                          stage_command)
 
 # Deep-merged over the project's params.yaml: the same pipeline, small enough for seconds.
 TINY_PARAMS = {

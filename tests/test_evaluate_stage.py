@@ -170,8 +170,8 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(eval_da
 @pytest.mark.slow
 def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
     """The stage as the pipeline will run it: real preprocess shards (8-frame clips with the
-    camera extras), a model file in models/, outputs at their default paths."""
-    from conftest import project_env
+    camera extras), a model file in models/, outputs at dvc.yaml's paths."""
+    from conftest import project_env, stage_command
 
     project = tiny_project_factory({"evaluate": {
         "models": ["models/stdformer.pt"], "smoothing": {"enabled": True},
@@ -181,7 +181,7 @@ def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     write_random_model(project / "models/stdformer.pt", project / "data/body", 8)
-    done = subprocess.run([sys.executable, "-m", "stages.evaluate", "--no-progress"],
+    done = subprocess.run([*stage_command("evaluate", project), "--no-progress"],
                           cwd=project, env={**env, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -465,7 +465,7 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
     import mlflow
     import yaml
 
-    from conftest import project_env
+    from conftest import project_env, stage_command
     from stdformer.registry.store import ModelRegistry, fluent_tracking_uri
     from stdformer.serving import log_pyfunc_model
 
@@ -484,7 +484,7 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
     params = {"preprocess": {"dataset_root": str(synth_root), "crop_size": 32, "clip_len": CLIP},
               "demo": {"predict": {"glb": False, "min_track_frames": 4}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run([sys.executable, "-m", "stages.demo", "--no-progress"], cwd=tmp_path,
+    done = subprocess.run([*stage_command("demo"), "--no-progress"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test") if t.num_actors == 2})[0]
@@ -495,7 +495,7 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
     with np.load(demo / f"{sequence}.npz") as z:
         assert json.loads(str(z["meta"]))["model"] == "models:/stdformer@champion"
     first = {p.name: p.read_bytes() for p in demo.iterdir()}
-    done = subprocess.run([sys.executable, "-m", "stages.demo", "--no-progress"], cwd=tmp_path,
+    done = subprocess.run([*stage_command("demo"), "--no-progress"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert {p.name: p.read_bytes() for p in demo.iterdir()} == first     # stable DVC hashes

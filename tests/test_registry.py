@@ -448,12 +448,12 @@ def test_a_moved_project_is_told_where_its_artifacts_went(project, tmp_path, mon
 
 
 def test_unsupported_tracking_uri_is_one_line_and_exit_2(tmp_path):
-    from conftest import project_env
+    from conftest import project_env, stage_command
 
     status, error = registry_cli(["list", "--tracking-uri", "garbage://nowhere"])
     assert status == 2 and "MLFLOW_TRACKING_URI=garbage://nowhere: MLflow cannot use" in error
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    done = subprocess.run([sys.executable, "-m", "stages.register"], cwd=tmp_path,
+    done = subprocess.run(stage_command("register"), cwd=tmp_path,
                           env={**project_env(), "MLFLOW_TRACKING_URI": "garbage://nowhere",
                                "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                           capture_output=True, text=True, timeout=300)

@@ -45,7 +45,9 @@ def _run_stage(cwd: Path, train_data, env: dict) -> subprocess.CompletedProcess:
     body, shards = train_data
     return subprocess.run(
         [PYTHON, "-m", "stages.train", "--params", "params.yaml", "--shards", str(shards),
-         "--body", str(body), "--out", "models/stdformer.pt", "--no-progress"],
+         "--body", str(body), "--out", "models/stdformer.pt", "--checkpoints", "checkpoints",
+         "--metrics", "metrics/train.json", "--curve", "metrics/train_curve.csv",
+         "--no-progress"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,7 +1,7 @@
 """The evaluation run: every model (plus the mean-pose baseline and smoothed variants) on the same
 frames of one split, then the metrics files, csvs, charts and overlays.
 
-    result = evaluate(cfg, EvaluatePaths(shards=..., body=...))
+    result = evaluate(cfg, EvaluatePaths(shards=..., body=..., metrics=..., ...))
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from stdformer.scoring.run import (
 class EvaluatePaths:
     shards: Path                                       # preprocess output (<split>/shard-*.tar)
     body: Path                                         # body model directory
-    metrics: Path = Path("metrics/eval.json")
-    model_metrics: Path = Path("metrics/eval")         # directory: <model>.json each
-    diagnostics: Path = Path("metrics/eval_diagnostics.json")
-    per_frame: Path = Path("metrics/per_frame.parquet")
-    per_sequence_csv: Path = Path("metrics/eval_per_sequence.csv")
-    over_time_csv: Path = Path("metrics/eval_error_over_time.csv")
-    plots: Path = Path("plots/eval")                   # directory, replaced as a whole
+    metrics: Path                                      # overall results (eval.json)
+    model_metrics: Path                                # directory: <model>.json each
+    diagnostics: Path
+    per_frame: Path                                    # parquet
+    per_sequence_csv: Path
+    over_time_csv: Path
+    plots: Path                                        # directory, replaced as a whole
 
 
 # --------------------------------------------------------------------------------------------

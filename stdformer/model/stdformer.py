@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from stdformer.config import from_dict
-from stdformer.io import DataError
+from stdformer.io import DataError, repr_for_message
 from stdformer.model.backbone import LoadReport, build_backbone, load_backbone_weights
 from stdformer.model.ema import SpatioTemporalDisentangle
 from stdformer.model.transformer import MeshTransformer, decoder_attention_mask
@@ -154,6 +155,35 @@ def model_config_from_section(section: dict[str, Any] | None, source: str = "<di
         except ValueError as e:
             raise DataError(source, str(e), field=f"{prefix}.profile") from e
     return from_dict(ModelConfig, {**base, **section}, source=source, prefix=prefix)
+
+
+def variant_names(params: Mapping[str, Any], source: str = "<params>") -> list[str]:
+    """The names of params' `variants` (the models the train stage trains, one each)."""
+    variants = params.get("variants") or {}
+    if not isinstance(variants, Mapping):
+        raise DataError(source, f"expected a mapping, got {repr_for_message(variants)}",
+                        field="variants")
+    return list(variants)
+
+
+def variant_model_config(params: Mapping[str, Any], variant: str | None,
+                         source: str = "<params>") -> ModelConfig:
+    """The model one variant trains: params' `model` section with `variants.<variant>`'s
+    overrides on top (variant None: the section alone). The one place that resolves variants:
+    the train stage, the retrain flow's override checks and the ablation benchmark use it."""
+    base = dict(params.get("model") or {})
+    if variant is None:
+        return model_config_from_section(base, source, prefix="model")
+    names = variant_names(params, source)
+    if variant not in names:
+        raise DataError(source, f"no such variant (known: {', '.join(names) or 'none'})",
+                        field=f"variants.{variant}")
+    changes = params["variants"][variant]
+    if not isinstance(changes, (Mapping, type(None))):
+        raise DataError(source, f"expected a mapping, got {repr_for_message(changes)}",
+                        field=f"variants.{variant}")
+    return model_config_from_section({**base, **(changes or {})}, source,
+                                     prefix=f"variants.{variant}")
 
 
 def sparse_rows_padded(matrix: sp.spmatrix | sp.sparray | np.ndarray
