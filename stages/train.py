@@ -15,7 +15,7 @@ from pathlib import Path
 
 # The numeric environment is pinned by `stages/__init__.py`, before torch runs anything.
 from stdformer.config import read_params, section_config
-from stdformer.io import DataError, run_guarded
+from stdformer.io import run_guarded
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import variant_model_config
 from stdformer.tracking import default_tracking_uri
