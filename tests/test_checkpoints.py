@@ -13,7 +13,7 @@ from stdformer.train import checkpoint as ckpt_io
 
 
 def test_checkpoints_resume_only_with_a_matching_hash(tmp_path):
-    state = ckpt_io.Checkpoint(step=4, epoch=1, batches_in_epoch=2, config_hash="a" * 64,
+    state = ckpt_io.TrainingCheckpoint(step=4, epoch=1, batches_in_epoch=2, config_hash="a" * 64,
                                model={"w": torch.ones(2)}, optimizer={}, scheduler={},
                                rng=[ckpt_io.capture_rng()], curve=[{"step": 4, "loss": 1.0}])
     ckpt_io.save_checkpoint(tmp_path, state, keep=2)
@@ -36,7 +36,7 @@ def test_checkpoints_resume_only_with_a_matching_hash(tmp_path):
 
 
 def _fake_checkpoint(root: Path, config_hash: str, step: int, lr: float) -> Path:
-    state = ckpt_io.Checkpoint(step=step, epoch=0, batches_in_epoch=step,
+    state = ckpt_io.TrainingCheckpoint(step=step, epoch=0, batches_in_epoch=step,
                                config_hash=config_hash, model={}, optimizer={}, scheduler={},
                                rng=[], curve=[])
     directory = ckpt_io.config_dir(root, config_hash)
@@ -100,7 +100,7 @@ def test_prune_keeps_the_configuration_the_current_params_resume(tmp_path, capsy
     dirs = {}
     for age, (name, identity) in enumerate((("current", current), ("abandoned", abandoned))):
         digest = name[0] * 64
-        state = ckpt_io.Checkpoint(step=2, epoch=0, batches_in_epoch=2, config_hash=digest,
+        state = ckpt_io.TrainingCheckpoint(step=2, epoch=0, batches_in_epoch=2, config_hash=digest,
                                    model={}, optimizer={}, scheduler={}, rng=[], curve=[])
         dirs[name] = ckpt_io.config_dir(root, digest)
         ckpt_io.save_checkpoint(dirs[name], state, keep=2, identity=identity)

@@ -1,7 +1,7 @@
 """STDFormer network: backbones (ResNet, HRNet), EMA-based SD/TD, FastMETRO-style transformer."""
 
 from stdformer.model.backbone import LoadReport, build_backbone, load_backbone_weights
-from stdformer.model.ema import (
+from stdformer.model.multiscale_attention import (
                                  EMA,
                                  SpatioTemporalDisentangle,
                                  temporal_shuffle,

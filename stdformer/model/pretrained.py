@@ -47,7 +47,7 @@ from stdformer.model.stdformer import STDFormer, model_config_from_section
 
 
 @dataclasses.dataclass
-class Checkpoint:
+class PretrainedCheckpoint:
     """A checkpoint in this project's names. layout: what the file was ("fastmetro" or
     "project"); backbone: "resnet" / "hrnet" / None; body_model_id: set for a models/*.pt
     file; notes: keys that were skipped / unknown (see fastmetro.from_fastmetro)."""
@@ -65,7 +65,7 @@ class Checkpoint:
         return None if w is None else int(w.shape[0])
 
 
-def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> PretrainedCheckpoint:
     """Read and rename a checkpoint (see module docstring); DataError for a missing,
     truncated or unsafe file, or one of another model."""
     path = Path(path)
@@ -85,7 +85,7 @@ def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> Che
     notes: dict[str, list[str]] = {}
     if layout == "fastmetro":
         state, notes = from_fastmetro(state, backbone or "hrnet", clip_len)
-    return Checkpoint(str(path), dict(state), layout, backbone, body_model_id, notes)
+    return PretrainedCheckpoint(str(path), dict(state), layout, backbone, body_model_id, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def _summary(keys: list[str]) -> str:
     return ", ".join(f"{g}: {counts[g]} keys" for g in GROUPS if counts[g])
 
 
-def check_hierarchy(ckpt: Checkpoint, body_meta: dict, body_model_id: str,
+def check_hierarchy(ckpt: PretrainedCheckpoint, body_meta: dict, body_model_id: str,
                     body_dir: str | os.PathLike = "data/body") -> None:
     """Refuse weights made for the standard SMPL hierarchy when the body is not on it."""
     own_model = ckpt.body_model_id is not None and ckpt.body_model_id == body_model_id
@@ -147,7 +147,7 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike, body_meta: d
     return _load_into(model, read_checkpoint(path, clip_len), body_meta, body_model_id, body_dir)
 
 
-def _load_into(model: nn.Module, ckpt: Checkpoint, body_meta: dict, body_model_id: str,
+def _load_into(model: nn.Module, ckpt: PretrainedCheckpoint, body_meta: dict, body_model_id: str,
                body_dir: str | os.PathLike) -> InitReport:
     path = ckpt.path
     check_hierarchy(ckpt, body_meta, body_model_id, body_dir)
@@ -215,7 +215,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
     }
 
 
-def architecture(ckpt: Checkpoint) -> dict:
+def architecture(ckpt: PretrainedCheckpoint) -> dict:
     """The transformer's shape as the tensors tell it: widths and FFN sizes per stage, encoder
     and decoder layers a stage, and which of SD / TD the file holds."""
     s = ckpt.state
@@ -232,7 +232,7 @@ def architecture(ckpt: Checkpoint) -> dict:
     }
 
 
-def model_params_of(ckpt: Checkpoint) -> dict:
+def model_params_of(ckpt: PretrainedCheckpoint) -> dict:
     """The `model:` params whose network has exactly the checkpoint's tensors: SD/TD only where
     the file has them (a FastMETRO file: `sd: false, td: false`, so the network stays
     FastMETRO's instead of gaining fresh SD/TD blocks), FastMETRO's coordinate head
@@ -322,6 +322,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) 
     return {"tensors": len(payload), "skipped": ckpt.notes.get("skipped", [])}
 
 
-__all__ = ["Checkpoint", "InitReport", "architecture", "check_hierarchy", "convert_checkpoint",
+__all__ = ["PretrainedCheckpoint", "InitReport", "architecture", "check_hierarchy", "convert_checkpoint",
            "inspect_checkpoint", "load_init_checkpoint", "load_model_or_checkpoint",
            "model_params_of", "published_model", "read_checkpoint"]

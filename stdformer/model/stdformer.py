@@ -31,7 +31,7 @@ from torch import nn
 from stdformer.config import from_dict
 from stdformer.io import DataError, repr_for_message
 from stdformer.model.backbone import LoadReport, build_backbone, load_backbone_weights
-from stdformer.model.ema import SpatioTemporalDisentangle
+from stdformer.model.multiscale_attention import SpatioTemporalDisentangle
 from stdformer.model.transformer import MeshTransformer, decoder_attention_mask
 
 SD_CHANNELS_PER_GROUP = 16   # the paper's SD: EMA(256, 16)

@@ -93,7 +93,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 @dataclass
-class Checkpoint:
+class TrainingCheckpoint:
     step: int
     epoch: int
     batches_in_epoch: int
@@ -107,7 +107,7 @@ class Checkpoint:
     path: Path | None = None
 
 
-def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int,
+def save_checkpoint(directory: str | Path, ckpt: TrainingCheckpoint, keep: int,
                     identity: dict[str, Any] | None = None) -> Path:
     """Write atomically (and the run identity as config.json, once), then delete all but the
     newest `keep` checkpoints of this directory."""
@@ -128,12 +128,12 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int,
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> TrainingCheckpoint:
     path = Path(path)
     payload = load_torch_file(path, "training checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(path, f"not a {FORMAT} file", field="format")
-    return Checkpoint(
+    return TrainingCheckpoint(
         step=payload["step"], epoch=payload["epoch"],
         batches_in_epoch=payload["batches_in_epoch"], config_hash=payload["config_hash"],
         model=payload["model"], optimizer=payload["optimizer"], scheduler=payload["scheduler"],
@@ -141,7 +141,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def find_resumable(directory: str | Path, config_hash: str
-                   ) -> tuple[Checkpoint | None, list[str]]:
+                   ) -> tuple[TrainingCheckpoint | None, list[str]]:
     """The newest loadable checkpoint with a matching hash, and notes on what was skipped
     (unreadable files, other configurations) for the log."""
     notes = []

@@ -248,7 +248,7 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
 
 
 def _resume_or_start(cfg: TrainConfig, root: Path, run_hash: str, d: Dist
-                     ) -> ckpt_io.Checkpoint | None:
+                     ) -> ckpt_io.TrainingCheckpoint | None:
     """The newest checkpoint of this configuration's directory under `root` (resume: auto),
     else None. Other configurations' directories are never touched: the log says they are
     there and how to remove them. `resume: never` restarts this configuration (its old steps
@@ -387,7 +387,7 @@ def _save_checkpoint(s: Session) -> None:
     rng = gather_objects(ckpt_io.capture_rng(), s.d)     # every rank's streams
     if s.d.main:
         st = s.state
-        ckpt_io.save_checkpoint(s.run_dir, ckpt_io.Checkpoint(
+        ckpt_io.save_checkpoint(s.run_dir, ckpt_io.TrainingCheckpoint(
             step=st.step, epoch=st.epoch, batches_in_epoch=st.batch_in_epoch,
             config_hash=s.run_hash, model=s.raw_model.state_dict(),
             optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(), rng=rng,
