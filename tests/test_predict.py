@@ -98,6 +98,17 @@ def boxes_json(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def annotation_boxes_file(root: Path, sequence: str, path: Path, id_offset: int = 0) -> Path:
+    """A `--boxes` JSON of `sequence`'s annotation boxes (preprocess's), one id per actor."""
+    rows = []
+    for track in annotation_tracks(root, sequence):
+        centers, sides, detected = annotation_boxes(track)
+        rows += [{"frame": int(i) + 1, "id": track.actor + id_offset,
+                  "x": centers[i, 0] - sides[i] / 2, "y": centers[i, 1] - sides[i] / 2,
+                  "w": sides[i], "h": sides[i]} for i in np.flatnonzero(detected)]
+    return boxes_json(path, rows)
+
+
 def test_predict_with_annotation_boxes_equals_evaluate(synth_root, shards, model, tmp_path,
                                                       synth_body):
     """The consistency invariant: with preprocess's boxes, predict cuts the crops preprocess
@@ -277,13 +288,7 @@ def test_outputs_load_back(synth_root, model, tmp_path):
     import trimesh
 
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test")})[0]
-    rows = []
-    for track in annotation_tracks(synth_root, sequence):
-        centers, sides, detected = annotation_boxes(track)
-        rows += [{"frame": int(i) + 1, "id": track.actor + 7, "x": centers[i, 0] - sides[i] / 2,
-                  "y": centers[i, 1] - sides[i] / 2, "w": sides[i], "h": sides[i]}
-                 for i in np.flatnonzero(detected)]
-    boxes = boxes_json(tmp_path / "boxes.json", rows)
+    boxes = annotation_boxes_file(synth_root, sequence, tmp_path / "boxes.json", id_offset=7)
     cfg = PredictConfig(min_track_frames=1, obj_every=5, sheet_frames=4)
     result = predict_video(synth_root / "imageFiles" / sequence, model, tmp_path / "a", cfg,
                            CROP_CFG, boxes=boxes, show_progress=False)
@@ -517,13 +522,7 @@ def test_the_model_file_brings_its_crop_protocol(synth_root, synth_body_dir, tmp
     model48 = load_inference_model(model_file, synth_body_dir)
     assert model48.inputs.crop_size == 48 and model48.inputs.crop_scale == 1.3
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test")})[0]
-    rows = []
-    for track in annotation_tracks(synth_root, sequence):
-        centers, sides, detected = annotation_boxes(track)
-        rows += [{"frame": int(i) + 1, "id": track.actor, "x": centers[i, 0] - sides[i] / 2,
-                  "y": centers[i, 1] - sides[i] / 2, "w": sides[i], "h": sides[i]}
-                 for i in np.flatnonzero(detected)]
-    boxes = boxes_json(tmp_path / "boxes.json", rows)
+    boxes = annotation_boxes_file(synth_root, sequence, tmp_path / "boxes.json")
     video = synth_root / "imageFiles" / sequence
     told = predict_video(video, model48, tmp_path / "told", PredictConfig(**QUIET), crop48,
                          boxes=boxes, show_progress=False)

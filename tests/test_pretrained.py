@@ -351,7 +351,7 @@ def test_released_checkpoint_predicts_and_evaluates_without_training(
     """`stdformer predict VIDEO --model state_dict.bin` writes meshes, and `stdformer checkpoint
     evaluate state_dict.bin` scores the weights on preprocessed shards with no training step,
     its lineage naming the file's sha256 (FastMETRO-S-R50 names and shapes, random weights)."""
-    from test_predict import annotation_boxes, annotation_tracks, boxes_json
+    from test_predict import annotation_boxes_file
 
     from stdformer.cli import main
     from stdformer.data.preprocess import PreprocessConfig, preprocess
@@ -361,13 +361,7 @@ def test_released_checkpoint_predicts_and_evaluates_without_training(
     ckpt = tmp_path / "FastMETRO-S-R50_3dpw_state_dict.bin"
     torch.save(fastmetro_state_dict("S"), ckpt)
     sequence = sorted({t.sequence for t in iter_tracks(synth_root, "test")})[0]
-    rows = []
-    for track in annotation_tracks(synth_root, sequence):
-        centers, sides, detected = annotation_boxes(track)
-        rows += [{"frame": int(i) + 1, "id": track.actor, "x": centers[i, 0] - sides[i] / 2,
-                  "y": centers[i, 1] - sides[i] / 2, "w": sides[i], "h": sides[i]}
-                 for i in np.flatnonzero(detected)]
-    boxes = boxes_json(tmp_path / "boxes.json", rows)
+    boxes = annotation_boxes_file(synth_root, sequence, tmp_path / "boxes.json")
     assert main(["predict", str(synth_root / "imageFiles" / sequence), "--model", str(ckpt),
                  "--body", str(standard_body_dir), "--out", str(tmp_path / "pred"),
                  "--boxes", str(boxes), "--no-glb", "--no-overlay", "--quiet"]) == 0
