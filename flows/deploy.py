@@ -27,6 +27,7 @@ from typing import Any
 
 from flows.retrain import retrain
 from flows.schedule import PARAMS_FILE, ScheduleConfig, load_schedule
+from stdformer.io import DataError
 
 DEFAULT_NAME = "scheduled"
 PROBE_TIMEOUT_S = 5.0
@@ -34,8 +35,6 @@ PROBE_TIMEOUT_S = 5.0
 
 def check_server(api_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """DataError unless a Prefect server answers at `api_url` (its /health endpoint)."""
-    from stdformer.io import DataError
-
     try:
         with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout_s):
             pass
@@ -95,8 +94,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
-
-    from stdformer.io import DataError
 
     if not args.dry_run and not PREFECT_API_URL.value():
         print("error: PREFECT_API_URL is not set. Scheduled runs need a Prefect server:\n"
