@@ -110,6 +110,7 @@ def _stale_after_editing(project, pattern_groups) -> dict:
     return stale_entries(json.loads(dvc(project, "status", "--json") or "{}"), produced)
 
 
+@pytest.mark.slow
 def test_editing_reports_inference_registry_or_flows_never_retrains(tmp_path):
     """The cache's promise: a whitespace edit of code a stage does not run leaves the stage
     cached. Inference, registry and flow edits leave training and evaluation cached (register

@@ -57,8 +57,9 @@ def truncated(video, dst):
 
 
 def predict_cli(capsys, *args) -> tuple[int, list[str], str]:
-    """(exit status, stderr lines, stdout) of `stdformer predict ...` run in this process."""
-    status = main(["predict", *map(str, args), "--quiet"])
+    """(exit status, stderr lines, stdout) of `stdformer predict ...` run in this process, as
+    outside a project (no params file: the model file's crop protocol alone)."""
+    status = main(["predict", *map(str, args), "--quiet", "--params", "no-such-params.yaml"])
     captured = capsys.readouterr()
     return status, captured.err.strip().splitlines(), captured.out
 
