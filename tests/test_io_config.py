@@ -12,16 +12,8 @@ import numpy as np
 import pytest
 
 from stdformer.config import from_dict, load_section
-from stdformer.io import (
-    NUMPY_GLOBALS,
-    DataError,
-    UnsafePickleError,
-    atomic_output,
-    load_npz,
-    npz_bytes,
-    safe_load_pickle,
-    write_text_atomic,
-)
+from stdformer.io import DataError, atomic_output, load_npz, npz_bytes, write_text_atomic
+from stdformer.safe_loading import NUMPY_GLOBALS, UnsafePickleError, safe_load_pickle
 
 
 class _RunsCode:

@@ -20,7 +20,8 @@ from stdformer.data.preprocess import preprocess
 from stdformer.data.preprocess_config import PreprocessConfig, clip_starts
 from stdformer.data.sequence_clips import SequenceTask, process_sequence
 from stdformer.data.threedpw import iter_tracks
-from stdformer.io import DataError, load_npz, safe_load_pickle
+from stdformer.io import DataError, load_npz
+from stdformer.safe_loading import safe_load_pickle
 
 CROP = 48
 CONTEXT = 60  # 48 px crops with the default 1.25 context: 6 px more on each side

@@ -20,7 +20,8 @@ from stdformer.body import (H36M_FLIP_PERM, SMPL_FLIP_PERM, BodyModel, build_hie
                             load_mesh_downsampling, load_smpl_file, make_procedural_body,
                             write_body_dir, write_smpl_pkl)
 from stdformer.body.smpl_files import SMPL_KEYS
-from stdformer.io import DataError, UnsafePickleError
+from stdformer.io import DataError
+from stdformer.safe_loading import UnsafePickleError
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from stdformer.data.render import Mesh, project_points, rasterize
 from stdformer.data.synthetic import synthesize
 from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.data.threedpw import SPLITS, iter_tracks, read_sequence, world_to_camera
-from stdformer.io import NUMPY_GLOBALS, DataError, safe_load_pickle
+from stdformer.io import DataError
+from stdformer.safe_loading import NUMPY_GLOBALS, safe_load_pickle
 
 PER_ACTOR_KEYS = ("poses", "trans", "betas", "poses2d", "jointPositions", "campose_valid",
                   "genders", "v_template_clothed", "betas_clothed", "poses_60Hz", "trans_60Hz",

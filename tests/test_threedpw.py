@@ -12,7 +12,8 @@ from stdformer.data import threedpw
 from stdformer.data.threedpw import (
     SPLITS, camera_frame_smpl, iter_tracks, list_sequences, read_sequence, world_to_camera,
 )
-from stdformer.io import DataError, UnsafePickleError
+from stdformer.io import DataError
+from stdformer.safe_loading import UnsafePickleError
 
 N = 5
 FRAME_IDS = np.array([3, 4, 5, 7, 9])

@@ -28,10 +28,8 @@ from scipy.spatial import cKDTree
 
 from stdformer.body.mesh_geometry import drop_unused_vertices, mesh_edges
 from stdformer.body.smpl_files import _rebuild_sparse, pickle_stubs
-from stdformer.io import (
-    NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, DataError, load_npz, load_npz_restricted,
-    save_npz_atomic,
-)
+from stdformer.io import DataError, load_npz, save_npz_atomic
+from stdformer.safe_loading import NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, load_npz_restricted
 
 
 @dataclasses.dataclass

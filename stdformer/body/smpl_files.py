@@ -2,7 +2,7 @@
 
 * `load_smpl_file(path)`: the official `.pkl` (a Python-2 pickle whose arrays are partly chumpy
   objects) or a plain `.npz`; returns plain numpy arrays (J_regressor as scipy csc). Pickles go
-  through `stdformer.io.safe_load_pickle`: numpy and scipy.sparse globals are allowed, chumpy
+  through `stdformer.safe_loading.safe_load_pickle`: numpy and scipy.sparse globals are allowed, chumpy
   classes become `ChumpyStub` (its state holds the array under 'x'), everything else is refused.
 * `convert_smpl(src, dst)`: write the arrays as a pickle-free `.npz`.
 * `write_smpl_pkl(arrays, path)`: write a pickle in SMPL file layout that `smplx.SMPL` loads.
@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from stdformer.io import (
-    NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, DataError, UnsafePickleError, load_npz,
-    safe_load_pickle, save_npz_atomic, write_bytes_atomic,
-)
+from stdformer.io import DataError, load_npz, save_npz_atomic, write_bytes_atomic
+from stdformer.safe_loading import NUMPY_GLOBALS, SCIPY_SPARSE_GLOBALS, UnsafePickleError, safe_load_pickle
 
 SMPL_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights",
              "kintree_table")

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from stdformer.io import NUMPY_GLOBALS, DataError, safe_load_pickle
+from stdformer.io import DataError
+from stdformer.safe_loading import NUMPY_GLOBALS, safe_load_pickle
 
 SPLITS = ("train", "validation", "test")
 IMAGE_DIR, SEQUENCE_DIR = "imageFiles", "sequenceFiles"

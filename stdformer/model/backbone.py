@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from stdformer.io import DataError, load_torch_file
+from stdformer.io import DataError
+from stdformer.safe_loading import load_torch_file
 from stdformer.model.hrnet import HRNet
 from stdformer.model.resnet import ResNet
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from stdformer.config import from_dict
-from stdformer.io import DataError, load_torch_file, write_bytes_atomic
+from stdformer.io import DataError, write_bytes_atomic
+from stdformer.safe_loading import load_torch_file
 from stdformer.model.assets import load_body_assets
 from stdformer.model.inputs import InputProtocol
 from stdformer.model.stdformer import ModelConfig, STDFormer

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from stdformer.body.checks import STANDARD_SMPL_LEVELS, standard_smpl_hierarchy
-from stdformer.io import DataError, load_torch_file, write_bytes_atomic
+from stdformer.io import DataError, write_bytes_atomic
+from stdformer.safe_loading import load_torch_file
 from stdformer.model.backbone import _unwrap_state_dict
 from stdformer.model.fastmetro import (
     GROUPS,

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stdformer.io import (DataError, cut_for_message, load_torch_file, write_bytes_atomic,
-                          write_text_atomic)
+from stdformer.io import DataError, cut_for_message, write_bytes_atomic, write_text_atomic
+from stdformer.safe_loading import load_torch_file
 from stdformer.model.model_file import torch_save_bytes
 
 FORMAT = "stdformer-train-checkpoint/1"
