@@ -128,7 +128,9 @@ class PredictConfig:
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    min_track_frames: int = 8          # tracks with fewer detected frames are dropped
+    # Tracks detected on fewer frames are dropped (with detector.every = k: on fewer than
+    # min_track_frames / k of the frames the detector ran on).
+    min_track_frames: int = 8
     max_people: int = 0                # keep the N longest tracks (0 = every track)
     # Square crop side = box_scale x the longer side of a full-body person box: preprocess's
     # keypoint box is 0.95 x the full-body box (median over the synthetic test split).

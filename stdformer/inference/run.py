@@ -34,8 +34,8 @@ from stdformer.inference.config import PredictConfig
 from stdformer.inference.blazepose import person_detector
 from stdformer.inference.detect import Detector, read_boxes
 from stdformer.inference.model import InferenceModel
-from stdformer.inference.track import (PersonTrack, select_tracks, track_detections,
-                                       tracks_from_ids)
+from stdformer.inference.track import (PersonTrack, min_detections, select_tracks,
+                                       track_detections, tracks_from_ids)
 from stdformer.inference.video import FrameSource, write_h264
 from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_output,
                                          window_starts)
@@ -194,7 +194,8 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
     else:
         found, num_frames = find_people(source, detector or person_detector(cfg.detector),
                                         cfg, show_progress)
-    tracks = select_tracks(found, cfg.min_track_frames, cfg.max_people)
+    every = 1 if boxes is not None else cfg.detector.every
+    tracks = select_tracks(found, min_detections(cfg.min_track_frames, every), cfg.max_people)
 
     # 2. crops
     smoothed, affines = {}, {}

@@ -5,6 +5,7 @@ over them and they stay undetected in the track (people.track_boxes interpolates
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +119,12 @@ def order_tracks(tracks) -> list[PersonTrack]:
     for new_id, track in enumerate(ordered):
         track.track_id = new_id
     return ordered
+
+
+def min_detections(min_frames: int, every: int) -> int:
+    """Detections a track needs to cover `min_frames` frames when the detector ran on every
+    `every`-th frame (min_track_frames counts video frames, whatever the detection rate)."""
+    return max(1, math.ceil(min_frames / every))
 
 
 def select_tracks(tracks: Sequence[PersonTrack], min_frames: int, max_people: int = 0
