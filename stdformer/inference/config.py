@@ -15,9 +15,9 @@ from stdformer.evaluation.config import MERGE_MODES, SmoothingConfig
 
 @dataclass
 class HOGConfig:
-    """OpenCV's built-in HOG people detector (no model files; the fallback: slower, weaker). Its 64x128 window needs people about
-    100 px tall, so frames are upscaled first; numbers measured on the synthetic test split
-    (README, "Predict on a video")."""
+    """OpenCV's built-in HOG people detector (no model files; the fallback: slower, weaker).
+    Its 64x128 window needs people about 100 px tall, so frames are upscaled first; numbers
+    measured on the synthetic test split (README, "Predict on a video")."""
 
     upscale: float = 2.0               # frame zoom before detection (1 = none)
     win_stride: int = 4                # pixels between windows (smaller: more recall, slower)
@@ -81,7 +81,7 @@ class DetectorConfig:
     the tracker bridges the frames between (their boxes are interpolated like missed ones)."""
 
     kind: str = "blazepose"            # blazepose | hog (OpenCV's, the fallback: no model files)
-    every: int = 2                     # detect on frames 0, every, 2 x every, ...
+    every: int = 3                     # detect on frames 0, every, 2 x every, ...
     blazepose: BlazePoseConfig = field(default_factory=BlazePoseConfig)
     hog: HOGConfig = field(default_factory=HOGConfig)
 
