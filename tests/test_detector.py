@@ -275,6 +275,9 @@ def test_one_identity_through_a_short_miss_and_skipped_frames():
     looked = [f for f in range(88) if f % 3 == 0 and not 40 <= f < 52]
     assert np.flatnonzero(t.detected).tolist() == looked
     np.testing.assert_allclose(t.xyxy[t.detected], boxes[looked], atol=1e-3)
+    # lost_frames (30) counts video frames at any detection rate: a 45-frame miss ends the track
+    long_miss = [None if f % 3 else dets(None if 30 <= f < 75 else boxes[f]) for f in range(90)]
+    assert len(track_detections(long_miss, 30.0, TrackerConfig())) == 2
 
 
 def test_two_people_crossing_keep_their_identities():
