@@ -290,7 +290,7 @@ def test_two_people_crossing_keep_their_identities():
 
 
 def test_small_and_static_tracks_are_dropped():
-    cfg = TrackerConfig(min_height=24, static_motion=0.02, static_frames=30)
+    cfg = TrackerConfig(min_height=24, static_motion=0.01, static_frames=30)
     person = walker(60)
     tiny = walker(60, height=15.0)
     still = np.tile([300.0, 50.0, 340.0, 170.0], (60, 1))
@@ -302,8 +302,8 @@ def test_small_and_static_tracks_are_dropped():
     def track(boxes):
         return PersonTrack(0, 0, boxes, np.ones(len(boxes)))
 
-    swaying = still + np.sin(np.arange(60) / 5)[:, None] * [4, 0, 4, 0]   # a person standing
-    assert not is_false_track(track(swaying), cfg)
+    standing = still + np.sin(np.arange(60) / 5)[:, None] * [0, 0, 2, 0]  # an arm moves a bit
+    assert not is_false_track(track(standing), cfg)
     assert is_false_track(track(still), cfg)
     assert not is_false_track(track(still[:20]), cfg)        # too short to call static
     assert not is_false_track(track(still), TrackerConfig(static_motion=0))

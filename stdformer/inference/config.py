@@ -103,11 +103,11 @@ class TrackerConfig:
     lost_frames: int = 30              # frames a lost track waits to be found again (at 30 fps)
     match_threshold: float = 0.8       # IoU-based matching cost threshold
     # False tracks: dropped when their median box is shorter than min_height pixels (too small
-    # for a crop), or when they are static: the box centre stays within static_motion x the
-    # median box height over at least static_frames detected frames (a person's box moves more;
-    # a box on the background does not). 0 turns a check off.
+    # for a crop), or when they are static: no box edge moves by more than static_motion x the
+    # median box height over at least static_frames detected frames (a person's box moves with
+    # the limbs even standing still; a box on a background pattern repeats). 0 turns one off.
     min_height: float = 24.0
-    static_motion: float = 0.02
+    static_motion: float = 0.01
     static_frames: int = 30
 
     def validate(self) -> None:

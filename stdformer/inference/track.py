@@ -91,15 +91,15 @@ def track_detections(detections: Sequence[Detections | None], fps: float, cfg: T
 
 def is_false_track(track: PersonTrack, cfg: TrackerConfig) -> bool:
     """Small (median box shorter than cfg.min_height px) or static (over at least
-    cfg.static_frames detected frames, the box centre stays within cfg.static_motion x the
-    median box height)."""
+    cfg.static_frames detected frames, no edge of the box moves by more than cfg.static_motion
+    x the median box height: a person's box breathes with the limbs even when they stand still;
+    a detector's box on a fixed background pattern repeats itself)."""
     boxes = track.xyxy[track.detected]                                       # (D, 4)
     height = float(np.median(boxes[:, 3] - boxes[:, 1]))
     if height < cfg.min_height:
         return True
     if cfg.static_motion > 0 and len(boxes) >= cfg.static_frames:
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        return float(np.ptp(centres, axis=0).max()) < cfg.static_motion * height
+        return float(np.ptp(boxes, axis=0).max()) < cfg.static_motion * height
     return False
 
 
