@@ -438,6 +438,29 @@ def test_cli_reports_a_missing_video_in_one_line(tmp_path, model_file, synth_bod
         f"error: {tmp_path / 'missing.mp4'}: video file or frame folder not found"]
 
 
+def test_cli_without_the_detector_files_says_how_to_get_them(tmp_path, model_file,
+                                                            synth_body_dir):
+    """BlazePose's files missing: one line naming the folder, the make target and the HOG
+    alternative, exit status 2; `--detector hog` runs without them."""
+    import os
+
+    write_h264(tmp_path / "v.mp4", [np.full((96, 128, 3), 100, np.uint8)] * 4, 30.0)
+    command = [sys.executable, "-m", "stdformer.cli", "predict", str(tmp_path / "v.mp4"),
+               "--model", str(model_file), "--body", str(synth_body_dir), "--out",
+               str(tmp_path / "o"), "--no-glb", "--no-overlay", "--quiet"]
+    env = {**os.environ, "STDFORMER_DETECTORS": str(tmp_path / "none")}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none'}: BlazePose model file pose_detection.tflite not found: run "
+        "`make setup (or: python -m stdformer.inference.detector_files)`, or use the HOG "
+        "detector (--detector hog, detector.kind: hog)"]
+    done = subprocess.run([*command, "--detector", "hog"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "no person found" in done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # A registered model
 

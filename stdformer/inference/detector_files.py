@@ -53,7 +53,8 @@ def model_paths(model_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     missing = [name for name, p in paths.items() if not p.is_file()]
     if missing:
         raise DataError(folder, f"BlazePose model file {missing[0]} not found: run "
-                        f"`{INSTALL_HINT}`, or set predict.detector.kind: hog")
+                        f"`{INSTALL_HINT}`, or use the HOG detector (--detector hog, "
+                        "detector.kind: hog)")
     return paths
 
 
