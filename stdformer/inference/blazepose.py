@@ -211,13 +211,13 @@ def _interpreter(path, threads: int):
     return interpreter
 
 
-def _output(interpreter, shape_tail: tuple) -> np.ndarray:
-    """The output tensor whose shape ends in shape_tail (outputs are identified by shape: their
-    names are generic)."""
+def _output(interpreter, shape: tuple) -> np.ndarray:
+    """The output tensor of this shape (outputs are told apart by shape: their names are
+    generic)."""
     for d in interpreter.get_output_details():
-        if tuple(d["shape"][-len(shape_tail):]) == shape_tail:
+        if tuple(d["shape"]) == shape:
             return interpreter.get_tensor(d["index"])
-    raise KeyError(shape_tail)
+    raise KeyError(f"the model has no output of shape {shape}")
 
 
 class BlazePoseDetector:
@@ -232,9 +232,9 @@ class BlazePoseDetector:
         self.anchors = ssd_anchors()
 
     def candidates(self, rgb: np.ndarray) -> RawDetections:
-        """Person detections of an RGB frame in image pixels (boxes: the face; keypoints
-        (M, 4, 2)): each window's weighted-NMS detections, then the best of those overlapping
-        across windows."""
+        """Person detections of an RGB frame in image pixels (the detector's boxes, keypoints
+        (M, 4, 2)): each window's weighted-NMS detections, then the best of those whose body
+        regions overlap across windows."""
         boxes, points, scores = [], [], []
         for window in detection_windows(*rgb.shape[:2], self.cfg.tiles):
             found = self.detect_window(rgb, window)
@@ -262,8 +262,8 @@ class BlazePoseDetector:
         tensor = square.astype(np.float32)[None] / 127.5 - 1.0              # (1, 224, 224, 3)
         self.detector.set_tensor(self.detector.get_input_details()[0]["index"], tensor)
         self.detector.invoke()
-        raw_boxes = _output(self.detector, (len(self.anchors), 4 + 2 * NUM_KEYPOINTS))[0]
-        raw_scores = _output(self.detector, (len(self.anchors), 1))[0]
+        raw_boxes = _output(self.detector, (1, len(self.anchors), 4 + 2 * NUM_KEYPOINTS))[0]
+        raw_scores = _output(self.detector, (1, len(self.anchors), 1))[0]
         found = weighted_nms(decode_detections(raw_boxes, raw_scores, self.anchors,
                                                self.cfg.min_score), self.cfg.nms_iou)
         to_image = lambda q: (q * DETECTOR_SIZE - offset) / scale  # noqa: E731
@@ -281,8 +281,8 @@ class BlazePoseDetector:
         tensor = crop.astype(np.float32)[None] / 255.0                      # (1, 256, 256, 3)
         self.landmarks.set_tensor(self.landmarks.get_input_details()[0]["index"], tensor)
         self.landmarks.invoke()
-        raw = _output(self.landmarks, (39 * LANDMARK_VALUES,))[0].reshape(-1, LANDMARK_VALUES)
-        presence = float(_output(self.landmarks, (1,)).reshape(-1)[0])
+        raw = _output(self.landmarks, (1, 39 * LANDMARK_VALUES))[0].reshape(-1, LANDMARK_VALUES)
+        presence = float(_output(self.landmarks, (1, 1))[0, 0])        # a probability already
         crop_points = raw[:BODY_LANDMARKS, :2].astype(np.float64)              # (33, 2)
         return crop_points @ A[:, :2].T + A[:, 2], presence
 
