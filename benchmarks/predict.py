@@ -3,9 +3,16 @@
     python benchmarks/predict.py                       # after `dvc repro` (data/, models/)
     python benchmarks/predict.py --model models:/stdformer@champion --device cuda
     python benchmarks/predict.py --detector-sweep      # recall and speed of HOG settings
+    python benchmarks/predict.py --speed               # frames/s per phase, 640x480 + 1920x1080
+
+`--speed` needs no data: it renders a synthetic two-person video, writes it at each size, and
+times predict's phases one by one (decode, detect, track, crop, model, draw, encode: each phase
+alone, its frames/s over all the video's frames) beside decode alone (the bound of every pass that
+reads the video), then the whole `predict_video` run. Without --model's file a randomly
+initialised model of params.yaml's `model` section runs (speed does not depend on the weights).
 
 Each test sequence of the synthetic set is written as an H.264 video and run through predict with
-the HOG detector (not the annotations). Printed per sequence and overall:
+the default detector (not the annotations). Printed per sequence and overall:
 
 * recall: annotated people (visible: more than `min_keypoints` confident keypoints, as preprocess
   counts them) whose full-body box (the projected body) has a detection with IoU >= 0.5;
@@ -43,8 +50,10 @@ from stdformer.data.threedpw import iter_tracks  # noqa: E402
 from stdformer.inference import HOGConfig, PredictConfig, load_inference_model  # noqa: E402
 from stdformer.inference import predict_video  # noqa: E402
 from stdformer.inference.demo import pick_sequence, sequence_frames  # noqa: E402
+from stdformer.inference.blazepose import person_detector  # noqa: E402
 from stdformer.inference.detect import HOGPeopleDetector  # noqa: E402
 from stdformer.inference.video import FrameSource, write_h264  # noqa: E402
+from predict_speed import speed_main  # noqa: E402
 
 IOU = 0.5
 
@@ -174,7 +183,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detector-sweep", action="store_true")
+    parser.add_argument("--speed", action="store_true", help="frames/s per phase (no data needed)")
+    parser.add_argument("--frames", type=int, default=90, help="--speed: frames of the video")
+    parser.add_argument("--threads", type=int, default=2, help="--speed: CPU threads")
     args = parser.parse_args(argv)
+    if args.speed:
+        return speed_main(args)
 
     from stdformer.config import load_section
 
@@ -198,7 +212,7 @@ def main(argv=None) -> dict:
     evaluated = evaluate_tracks(Path(args.shards), model, args.split, body)
     regressor = model.regressor.double()
     cfg = PredictConfig(device=args.device, glb=False)
-    detector = HOGPeopleDetector(cfg.detector)
+    detector = person_detector(cfg.detector)
     per_sequence, seconds, cpu_seconds, frames = {}, 0.0, 0.0, 0
     found = total = 0
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:

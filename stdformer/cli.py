@@ -203,6 +203,7 @@ def _predict(args: argparse.Namespace) -> None:
                         box_scale=args.box_scale, focal=args.focal, device=args.device,
                         glb=not args.no_glb, overlay=not args.no_overlay,
                         obj_every=args.obj_every)
+    cfg.detector.kind = args.detector
     cfg.smoothing.enabled, cfg.smoothing.sigma = args.smooth is not None, args.smooth or 1.5
     try:
         cfg.validate()
@@ -224,11 +225,11 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _add_predict(groups) -> None:
-    from stdformer.inference.config import PredictConfig
+    from stdformer.inference.config import DETECTOR_KINDS, PredictConfig
 
     predict = groups.add_parser(
         "predict", help="meshes of every person in a video (or a folder of frames)",
-        description="Find and track people (OpenCV HOG, or --boxes), crop them as preprocess "
+        description="Find and track people (BlazePose, or --boxes), crop them as preprocess "
         "does, run the model over windows merged as evaluate merges them, and write "
         "DIR/<video>.npz, an H.264 overlay video, a contact sheet and a .glb per person.")
     predict.add_argument("video", help="video file (anything OpenCV reads) or folder of frames")
@@ -244,6 +245,9 @@ def _add_predict(groups) -> None:
     predict.add_argument("--fps", type=float, help="frame rate of a frame folder (default 30) or "
                          "override of the video's")
     defaults = PredictConfig()
+    predict.add_argument("--detector", default=defaults.detector.kind, choices=DETECTOR_KINDS,
+                         help="person detector: blazepose (default; docs/detector.md) or hog "
+                         "(OpenCV's, needs no model files; slower, weaker)")
     predict.add_argument("--max-people", type=int, default=defaults.max_people,
                          help="keep the N longest tracks (default 0: all)")
     predict.add_argument("--min-track-frames", type=int, default=defaults.min_track_frames,

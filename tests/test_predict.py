@@ -28,7 +28,8 @@ from stdformer.evaluation.overlays import fit_weak_perspective, pixels_to_normal
 from stdformer.scoring.predict import model_predictor, predict_tracks, track_layout, with_mesh
 from stdformer.inference import PredictConfig, load_inference_model, predict_video
 from stdformer.inference import camera, export
-from stdformer.inference.detect import HOGPeopleDetector, read_boxes
+from stdformer.inference.config import DetectorConfig
+from stdformer.inference.detect import Detections, HOGPeopleDetector, read_boxes
 from stdformer.inference.track import select_tracks, track_detections
 from stdformer.inference.video import FrameSource, write_h264
 from stdformer.io import DataError
@@ -376,6 +377,29 @@ def test_video_errors_name_the_file(tmp_path, model):
         FrameSource(tmp_path / "empty")
 
 
+def test_the_detector_runs_on_every_kth_frame_and_the_track_bridges_the_rest(tmp_path, model):
+    """detector.every = 3: the detector sees frames 0, 3, ..., 18 of 20; one track from frame 0
+    to 18 with boxes where it ran (NaN between), kept although it has fewer than
+    min_track_frames detections (8 frames / 3 -> 3 needed, 7 there)."""
+    write_h264(tmp_path / "v.mp4", [np.full((96, 128, 3), 100, np.uint8)] * 20, 30.0)
+    seen = []
+
+    def detector(image):
+        f = 3 * len(seen)
+        seen.append(f)
+        return Detections(np.array([[20.0 + f, 10.0, 50.0 + f, 90.0]]), np.array([0.9]))
+
+    cfg = PredictConfig(detector=DetectorConfig(every=3), min_track_frames=8, **QUIET)
+    result = predict_video(tmp_path / "v.mp4", model, tmp_path / "out", cfg, CROP_CFG,
+                           detector=detector, show_progress=False)
+    assert seen == list(range(0, 20, 3)) and result.track_ids == [0]
+    with np.load(result.files["npz"]) as z:
+        assert z["frame"].tolist() == list(range(19))
+        assert np.flatnonzero(z["detected"]).tolist() == seen
+        np.testing.assert_allclose(z["box"][seen][:, 0], 20.0 + np.array(seen))
+        assert np.isnan(z["box"][1]).all() and np.isfinite(z["bbox_center"]).all()
+
+
 def test_a_video_without_people_gives_an_empty_result(tmp_path, model):
     rng = np.random.default_rng(0)
     frames = [np.clip(120 + rng.normal(0, 3, (96, 128, 3)), 0, 255).astype(np.uint8)
@@ -428,6 +452,29 @@ def test_cli_reports_a_missing_video_in_one_line(tmp_path, model_file, synth_bod
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'missing.mp4'}: video file or frame folder not found"]
+
+
+def test_cli_without_the_detector_files_says_how_to_get_them(tmp_path, model_file,
+                                                            synth_body_dir):
+    """BlazePose's files missing: one line naming the folder, the make target and the HOG
+    alternative, exit status 2; `--detector hog` runs without them."""
+    import os
+
+    write_h264(tmp_path / "v.mp4", [np.full((96, 128, 3), 100, np.uint8)] * 4, 30.0)
+    command = [sys.executable, "-m", "stdformer.cli", "predict", str(tmp_path / "v.mp4"),
+               "--model", str(model_file), "--body", str(synth_body_dir), "--out",
+               str(tmp_path / "o"), "--no-glb", "--no-overlay", "--quiet"]
+    env = {**os.environ, "STDFORMER_DETECTORS": str(tmp_path / "none")}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none'}: BlazePose model file pose_detection.tflite not found: run "
+        "`make setup (or: python -m stdformer.inference.detector_files)`, or use the HOG "
+        "detector (--detector hog, detector.kind: hog)"]
+    done = subprocess.run([*command, "--detector", "hog"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "no person found" in done.stderr
 
 
 # --------------------------------------------------------------------------------------------

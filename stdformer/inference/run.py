@@ -1,7 +1,7 @@
 """`predict_video`: a video (or a folder of frames) -> per-person meshes, an overlay video and
 mesh files.
 
-    1. people: detector on every frame + ByteTrack, or a boxes file (ids: tracking skipped);
+    1. people: detector on every k-th frame + ByteTrack, or a boxes file (ids: tracking skipped);
        short tracks dropped, the longest `max_people` kept              (detect.py, track.py)
     2. crops: boxes squared, smoothed and cut by preprocess's code     (people.py)
     3. model: windows of the clip length, merged per frame as evaluate
@@ -35,11 +35,12 @@ from stdformer.scoring.predict import model_predictor
 from stdformer.inference import camera, export, people
 from stdformer.inference import overlay as ov
 from stdformer.inference.config import PredictConfig
-from stdformer.inference.detect import Detector, HOGPeopleDetector, read_boxes
+from stdformer.inference.blazepose import person_detector
+from stdformer.inference.detect import Detector, read_boxes
 from stdformer.inference.model import InferenceModel
+from stdformer.inference.track import (PersonTrack, min_detections, select_tracks,
+                                       track_detections, tracks_from_ids)
 from stdformer.model.inputs import InputProtocol
-from stdformer.inference.track import (PersonTrack, select_tracks, track_detections,
-                                       tracks_from_ids)
 from stdformer.inference.video import FrameSource, write_h264
 from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_output,
                                          window_starts)
@@ -80,12 +81,14 @@ def progress(total: int | None, desc: str, unit: str = "frame", enabled: bool = 
 
 def find_people(source: FrameSource, detector: Detector, cfg: PredictConfig, show: bool
                 ) -> tuple[list[PersonTrack], int]:
-    """Detect in every frame and track. Returns (tracks, number of frames read)."""
+    """Detect in every `cfg.detector.every`-th frame and track (the tracker bridges the frames
+    between). Returns (tracks, number of frames read)."""
     bar = progress(source.frame_count, "detect", enabled=show)
     detections = []
     try:
         for frame in source:
-            detections.append(detector(frame.image))
+            looked = frame.index % cfg.detector.every == 0
+            detections.append(detector(frame.image) if looked else None)
             bar.update()
     finally:
         bar.close()
@@ -214,9 +217,10 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
             found = track_detections(table.per_frame(int(table.frame.max()) + 1), source.fps,
                                      cfg.tracker)
     else:
-        found, num_frames = find_people(source, detector or HOGPeopleDetector(cfg.detector),
+        found, num_frames = find_people(source, detector or person_detector(cfg.detector),
                                         cfg, show_progress)
-    tracks = select_tracks(found, cfg.min_track_frames, cfg.max_people)
+    every = 1 if boxes is not None else cfg.detector.every
+    tracks = select_tracks(found, min_detections(cfg.min_track_frames, every), cfg.max_people)
 
     # 2. crops
     smoothed, affines = {}, {}

@@ -1,8 +1,11 @@
 """Person tracks from per-frame detections (ByteTrack from `supervision`), or from the ids of a
-boxes file; short tracks dropped, the longest `max_people` kept."""
+boxes file; small and static (false) tracks dropped, then short ones, the longest `max_people`
+kept. Frames the detector skipped (it runs on every k-th frame) are bridged: the tracker steps
+over them and they stay undetected in the track (people.track_boxes interpolates them)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,18 +56,24 @@ def _assemble(frame: np.ndarray, ids: np.ndarray, xyxy: np.ndarray, score: np.nd
     return tracks
 
 
-def track_detections(detections: Sequence[Detections], fps: float, cfg: TrackerConfig
+def track_detections(detections: Sequence[Detections | None], fps: float, cfg: TrackerConfig
                      ) -> list[PersonTrack]:
-    """ByteTrack over the frames' detections -> tracks (ids renumbered by `order_tracks`)."""
+    """ByteTrack over the frames' detections (None: a frame the detector did not run on) ->
+    tracks without the false ones (`drop_false_tracks`), ids renumbered by `order_tracks`."""
     import supervision as sv
 
+    looked = [i for i, found in enumerate(detections) if found is not None]
+    # The tracker counts its updates: at the rate it is updated, lost_frames keeps its meaning
+    # in video frames.
+    rate = fps * len(looked) / max(len(detections), 1)
     with warnings.catch_warnings():     # ByteTrack moved to another package after 0.30
         warnings.simplefilter("ignore", FutureWarning)
         tracker = sv.ByteTrack(track_activation_threshold=cfg.track_threshold,
                                lost_track_buffer=cfg.lost_frames,
-                               minimum_matching_threshold=cfg.match_threshold, frame_rate=fps)
+                               minimum_matching_threshold=cfg.match_threshold, frame_rate=rate)
     rows = []
-    for index, found in enumerate(detections):
+    for index in looked:
+        found = detections[index]
         result = tracker.update_with_detections(sv.Detections(
             xyxy=np.asarray(found.xyxy, np.float32).reshape(-1, 4),
             confidence=np.asarray(found.score, np.float32).reshape(-1),
@@ -77,7 +86,25 @@ def track_detections(detections: Sequence[Detections], fps: float, cfg: TrackerC
     table = np.array(rows, np.float64)
     tracks = _assemble(table[:, 0].astype(int), table[:, 1].astype(int), table[:, 2:6],
                        table[:, 6])
-    return order_tracks(tracks.values())
+    return order_tracks(drop_false_tracks(tracks.values(), cfg))
+
+
+def is_false_track(track: PersonTrack, cfg: TrackerConfig) -> bool:
+    """Small (median box shorter than cfg.min_height px) or static (over at least
+    cfg.static_frames detected frames, no edge of the box moves by more than cfg.static_motion
+    x the median box height: a person's box breathes with the limbs even when they stand still;
+    a detector's box on a fixed background pattern repeats itself)."""
+    boxes = track.xyxy[track.detected]                                       # (D, 4)
+    height = float(np.median(boxes[:, 3] - boxes[:, 1]))
+    if height < cfg.min_height:
+        return True
+    if cfg.static_motion > 0 and len(boxes) >= cfg.static_frames:
+        return float(np.ptp(boxes, axis=0).max()) < cfg.static_motion * height
+    return False
+
+
+def drop_false_tracks(tracks, cfg: TrackerConfig) -> list[PersonTrack]:
+    return [t for t in tracks if not is_false_track(t, cfg)]
 
 
 def tracks_from_ids(table: BoxTable) -> list[PersonTrack]:
@@ -92,6 +119,12 @@ def order_tracks(tracks) -> list[PersonTrack]:
     for new_id, track in enumerate(ordered):
         track.track_id = new_id
     return ordered
+
+
+def min_detections(min_frames: int, every: int) -> int:
+    """Detections a track needs to cover `min_frames` frames when the detector ran on every
+    `every`-th frame (min_track_frames counts video frames, whatever the detection rate)."""
+    return max(1, math.ceil(min_frames / every))
 
 
 def select_tracks(tracks: Sequence[PersonTrack], min_frames: int, max_people: int = 0
