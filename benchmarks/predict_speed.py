@@ -38,7 +38,7 @@ from stdformer.inference import people
 from stdformer.inference.blazepose import person_detector
 from stdformer.inference.track import min_detections, select_tracks, track_detections
 from stdformer.inference.video import FrameSource, write_h264
-from stdformer.inference.windows import predict_tracks
+from stdformer.inference.windows import predict_crop_windows
 
 SIZES = ((640, 480), (1920, 1080))
 PHASES = ("decode", "detect", "track", "crop", "model", "draw", "encode")
@@ -109,7 +109,7 @@ def phase_speeds(video: Path, model, cfg: PredictConfig, crop: PreprocessConfig,
                                min_detections(cfg.min_track_frames, cfg.detector.every),
                                cfg.max_people)
 
-    boxes = {t.track_id: people.track_boxes(t, cfg.box_scale, crop)[0] for t in tracks}
+    boxes = {t.track_id: people.person_track_boxes(t, cfg.box_scale, crop)[0] for t in tracks}
     crops = {t.track_id: np.zeros((len(t), crop.crop_size, crop.crop_size, 3), np.uint8)
              for t in tracks}
     for frame in source:
@@ -124,7 +124,7 @@ def phase_speeds(video: Path, model, cfg: PredictConfig, crop: PreprocessConfig,
 
     with clocks["model"]:
         if crops:
-            predict_tracks(crops, model_predictor(model.model, torch.device("cpu")),
+            predict_crop_windows(crops, model_predictor(model.model, torch.device("cpu")),
                            model.clip_len, cfg.stride or max(model.clip_len // 2, 1), cfg.merge,
                            cfg.batch_size)
 

@@ -30,7 +30,7 @@ def square_boxes(xyxy: np.ndarray, box_scale: float) -> tuple[np.ndarray, np.nda
     return centers, sides
 
 
-def track_boxes(track: PersonTrack, box_scale: float, crop: PreprocessConfig
+def person_track_boxes(track: PersonTrack, box_scale: float, crop: PreprocessConfig
                 ) -> tuple[crops.BoxTrack, np.ndarray]:
     """Smoothed square boxes of a track and the affines (T, 2, 3) from image pixels to the
     model's crop (as preprocess's `affine` target)."""

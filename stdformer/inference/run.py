@@ -42,7 +42,7 @@ from stdformer.inference.track import (PersonTrack, min_detections, select_track
                                        track_detections, tracks_from_ids)
 from stdformer.model.inputs import InputProtocol
 from stdformer.inference.video import FrameSource, write_h264
-from stdformer.inference.windows import (TrackOutput, predict_tracks, smooth_output,
+from stdformer.inference.windows import (TrackOutput, predict_crop_windows, smooth_output,
                                          window_starts)
 from stdformer.io import (DataError, atomic_output, check_output_dir, staged_outputs,
                           write_bytes_atomic)
@@ -193,8 +193,8 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
                   strict_frames: bool = False) -> PredictResult:
     """Run the whole pipeline on `video` and write every output to `out_dir` (see the module
     docstring). The crop protocol is the model file's (`crop_for_model`); `crop`, a project's
-    preprocess section, may only confirm it (where it differs, a warning says so). A video without people gives an
-    empty result (zero rows) and a message, not an error. A video that decodes to fewer frames
+    preprocess section, may only confirm it (where it differs, a warning says so). A video
+    without people gives an empty result (zero rows) and a message, not an error. A video that decodes to fewer frames
     than its container declares (truncated) gives a warning, or with `strict_frames` a
     DataError before the model runs."""
     cfg = cfg or PredictConfig()
@@ -225,7 +225,8 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
     # 2. crops
     smoothed, affines = {}, {}
     for t in tracks:
-        smoothed[t.track_id], affines[t.track_id] = people.track_boxes(t, cfg.box_scale, crop)
+        smoothed[t.track_id], affines[t.track_id] = people.person_track_boxes(
+            t, cfg.box_scale, crop)
     crops_rgb, read = cut_crops(source, tracks, smoothed, crop, show_progress)
     num_frames = read if num_frames is None else num_frames
     warnings = [] if crop_given is None or not overridden else [
@@ -248,9 +249,9 @@ def predict_video(video: str | Path, model: InferenceModel, out_dir: str | Path,
         windows = sum(len(window_starts(len(t), model.clip_len, stride)) for t in tracks)
         bar = progress(windows, "model", unit="window", enabled=show_progress)
         try:
-            outputs = predict_tracks(crops_rgb, model_predictor(model.model, device, model.inputs),
-                                     model.clip_len, stride, cfg.merge, cfg.batch_size,
-                                     bar.update)
+            predictor = model_predictor(model.model, device, model.inputs)
+            outputs = predict_crop_windows(crops_rgb, predictor, model.clip_len, stride,
+                                           cfg.merge, cfg.batch_size, bar.update)
         finally:
             bar.close()
         if cfg.smoothing.enabled:

@@ -1,7 +1,7 @@
 """Person tracks from per-frame detections (ByteTrack from `supervision`), or from the ids of a
 boxes file; small and static (false) tracks dropped, then short ones, the longest `max_people`
 kept. Frames the detector skipped (it runs on every k-th frame) are bridged: the tracker steps
-over them and they stay undetected in the track (people.track_boxes interpolates them)."""
+over them and they stay undetected in the track (people.person_track_boxes interpolates them)."""
 
 from __future__ import annotations
 

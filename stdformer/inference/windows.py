@@ -42,7 +42,7 @@ def _windows(frames: np.ndarray, starts: Sequence[int], clip_len: int) -> Iterat
         yield window.transpose(0, 3, 1, 2)
 
 
-def predict_tracks(crops: Mapping[int, np.ndarray], predictor: Predictor, clip_len: int,
+def predict_crop_windows(crops: Mapping[int, np.ndarray], predictor: Predictor, clip_len: int,
                    stride: int, merge: str = "mean", batch_size: int = 8,
                    on_window: Callable[[int], None] | None = None) -> dict[int, TrackOutput]:
     """{track id: RGB uint8 crops (T, H, W, 3)} -> {track id: TrackOutput}.
