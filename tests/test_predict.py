@@ -265,12 +265,12 @@ def test_translation_from_weak_perspective_recovers_the_camera_position(synth_ro
 def test_crops_follow_the_boxes():
     """Geometry of the crop path: a full-body box of known size gives crops whose image-space
     square is box_scale x the box, centred on it, smoothed over time."""
-    from stdformer.inference.people import track_boxes
+    from stdformer.inference.people import person_track_boxes
     from stdformer.inference.track import PersonTrack
 
     xyxy = np.tile([100.0, 40.0, 140.0, 200.0], (12, 1))
     xyxy[5] = np.nan                                         # a missed frame is interpolated
-    boxes, affines = track_boxes(PersonTrack(0, 3, xyxy, np.ones(12)), 0.95, CROP_CFG)
+    boxes, affines = person_track_boxes(PersonTrack(0, 3, xyxy, np.ones(12)), 0.95, CROP_CFG)
     assert np.allclose(boxes.centers, [120.0, 120.0]) and np.allclose(boxes.sides, 152.0)
     centers, sides = camera.crop_in_image(affines, CROP_CFG.crop_size)
     assert np.allclose(centers, [120.0, 120.0]) and np.allclose(sides, 152.0 * 1.2)
