@@ -120,6 +120,8 @@ def temporary_server_in_own_session() -> None:
     # imported only here: 3 s of imports, paid anyway when the temporary server starts
     from prefect.server.api import server
 
-    server.subprocess = types.SimpleNamespace(   # the names that module uses
-        Popen=lambda *args, **kwargs: subprocess.Popen(*args, **kwargs, start_new_session=True),
-        TimeoutExpired=subprocess.TimeoutExpired)
+    # That module's view of `subprocess`: everything as it is, but Popen in a new session.
+    server.subprocess = types.SimpleNamespace(**{
+        **vars(subprocess),
+        "Popen": lambda *args, **kwargs: subprocess.Popen(*args, **kwargs,
+                                                          start_new_session=True)})
