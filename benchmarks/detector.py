@@ -42,8 +42,10 @@ sys.path.insert(0, str(REPO))
 
 from stdformer.body import BodyModel, write_body_dir  # noqa: E402
 from stdformer.data.render import Mesh, project_points, rasterize  # noqa: E402
-from stdformer.data.synthetic import (BodyAssets, SynthesizeConfig, build_scene,  # noqa: E402
-                                      render_frame)
+from stdformer.data.synthetic import render_frame  # noqa: E402
+from stdformer.data.synthetic_assets import SynthBodyAssets  # noqa: E402
+from stdformer.data.synthetic_config import SynthesizeConfig  # noqa: E402
+from stdformer.data.synthetic_scene import build_scene  # noqa: E402
 from stdformer.inference.blazepose import box_iou, person_detector  # noqa: E402
 from stdformer.inference.config import PredictConfig  # noqa: E402
 from stdformer.inference.track import (min_detections, select_tracks,  # noqa: E402
@@ -197,7 +199,7 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             write_body_dir(Path(tmp) / "body", source="procedural", seed=0)
             body = BodyModel.from_dir(Path(tmp) / "body")
-    assets = BodyAssets(body)
+    assets = SynthBodyAssets(body)
     result = {"kind": args.kind, "every": args.every, "tiles": args.tiles, "cases": {}}
     for case in args.cases.split(","):
         rows, people = [], 0

@@ -17,6 +17,7 @@ then the whole `predict_video` run (three passes over the video, files written).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,9 +30,11 @@ import torch
 
 from stdformer.body import BodyModel, write_body_dir
 from stdformer.config import read_params, section_config
-from stdformer.data.preprocess import PreprocessConfig
-from stdformer.data.synthetic import BodyAssets, SynthesizeConfig, build_scene, render_frame
-from stdformer.evaluation.predict import model_predictor
+from stdformer.data.preprocess_config import PreprocessConfig
+from stdformer.data.synthetic import render_frame
+from stdformer.data.synthetic_assets import SynthBodyAssets
+from stdformer.data.synthetic_config import SynthesizeConfig
+from stdformer.data.synthetic_scene import build_scene
 from stdformer.inference import PredictConfig, load_inference_model, predict_video
 from stdformer.inference import overlay as ov
 from stdformer.inference import people
@@ -39,22 +42,28 @@ from stdformer.inference.blazepose import person_detector
 from stdformer.inference.track import min_detections, select_tracks, track_detections
 from stdformer.inference.video import FrameSource, write_h264
 from stdformer.inference.windows import predict_crop_windows
+from stdformer.losses import LossConfig
+from stdformer.model.assets import load_body_assets
+from stdformer.model.inputs import InputProtocol
+from stdformer.model.model_file import write_model_file
+from stdformer.model.stdformer import model_config_from_section
+from stdformer.scoring.predict import model_predictor
+from stdformer.train import TrainConfig
+from stdformer.train.loop import build_model
 
 SIZES = ((640, 480), (1920, 1080))
 PHASES = ("decode", "detect", "track", "crop", "model", "draw", "encode")
 
 
-def random_model(params: dict, body_dir: Path, path: Path) -> Path:
-    """A model file of params' `model` section with random weights (speed only)."""
-    from stdformer.losses import LossConfig
-    from stdformer.train import TrainConfig, model_config_from_section
-    from stdformer.train.assets import load_body_assets
-    from stdformer.train.loop import build_model, write_model
-
+def random_model(params: dict, body_dir: Path, path: Path, crop: PreprocessConfig) -> Path:
+    """A model file of params' `model` section with random weights (speed only), cropping as
+    `crop` says."""
     assets = load_body_assets(body_dir)
     cfg = model_config_from_section(dict(params.get("model") or {}))
     torch.manual_seed(0)
-    write_model(path, build_model(cfg, assets), cfg, TrainConfig(), LossConfig(), assets, {})
+    write_model_file(path, build_model(cfg, assets), cfg, assets.body_model_id,
+                     dataclasses.asdict(TrainConfig()), dataclasses.asdict(LossConfig()), {},
+                     InputProtocol(crop.crop_size, crop.crop_scale, crop.context, cfg.clip_len))
     return path
 
 
@@ -62,7 +71,7 @@ def render_video(body: BodyModel, frames: int) -> list[np.ndarray]:
     """BGR 640x480 frames of a synthetic scene: two people walking, a distractor, an occluder."""
     cfg = SynthesizeConfig(seed=5, test_sequences=1, min_frames=frames, max_frames=frames,
                            width=640, height=480)
-    assets = BodyAssets(body)
+    assets = SynthBodyAssets(body)
     scene = build_scene(assets, cfg, "test", 0, two_actors=True)
     return [render_frame(assets, scene, f, 640, 480).image for f in range(scene.num_frames)]
 
@@ -183,7 +192,7 @@ def speed_main(args) -> dict:
             write_body_dir(body_dir, source="procedural", seed=0)
         model_file = Path(args.model)
         if not model_file.is_file():
-            model_file = random_model(params, body_dir, tmp / "random.pt")
+            model_file = random_model(params, body_dir, tmp / "random.pt", crop)
             report["model"] = "random weights, params.yaml model section"
         else:
             report["model"] = str(model_file)
