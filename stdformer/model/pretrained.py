@@ -42,7 +42,7 @@ from stdformer.model.fastmetro import (
 )
 from stdformer.model.assets import BodyAssets, load_body_assets
 from stdformer.model.inputs import InputProtocol
-from stdformer.model.model_file import (MODEL_FORMAT, input_protocol, load_model, read_model_file,
+from stdformer.model.model_file import (MODEL_FORMAT, input_protocol, load_model,
                                         torch_save_bytes)
 from stdformer.model.stdformer import STDFormer, model_config_from_section
 
@@ -66,13 +66,16 @@ class PretrainedCheckpoint:
         return None if w is None else int(w.shape[0])
 
 
-def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None) -> PretrainedCheckpoint:
+def read_checkpoint(path: str | os.PathLike, clip_len: int | None = None,
+                    raw: object | None = None) -> PretrainedCheckpoint:
     """Read and rename a checkpoint (see module docstring); DataError for a missing,
-    truncated or unsafe file, or one of another model."""
+    truncated or unsafe file, or one of another model. `raw`: the file as `load_torch_file`
+    gave it, when the caller has read it already (a released file can be 600 MB)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    raw = load_torch_file(path, "checkpoint")
+    if raw is None:
+        if not path.is_file():
+            raise DataError(path, "checkpoint file not found")
+        raw = load_torch_file(path, "checkpoint")
     body_model_id = None
     if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
         body_model_id, raw = raw.get("body_model_id"), raw.get("weights")
@@ -264,13 +267,14 @@ PUBLISHED_CROP_SIZE = 224
 
 
 def published_model(path: str | os.PathLike, assets: BodyAssets, clip_len: int = 8,
-                    body_dir: str | os.PathLike = "data/body"
+                    body_dir: str | os.PathLike = "data/body", raw: object | None = None
                     ) -> tuple[STDFormer, InputProtocol]:
     """A released FastMETRO / STDFormer `state_dict.bin` as a ready network (eval mode): the
     layout detected from the keys, the network built to fit them (`model_params_of`: the file's
     own architecture, nothing fresh), the body refused unless it is the standard SMPL hierarchy
-    the weights refer to. Returns it with its input protocol (224 px crops, ImageNet)."""
-    ckpt = read_checkpoint(path, clip_len)
+    the weights refer to. Returns it with its input protocol (224 px crops, ImageNet). `raw`:
+    as for `read_checkpoint`."""
+    ckpt = read_checkpoint(path, clip_len, raw)
     params = {k: v for k, v in model_params_of(ckpt).items() if k != "init_checkpoint"}
     cfg = model_config_from_section({"clip_len": clip_len, **params}, source=str(path))
     model = STDFormer.from_hierarchy(cfg, assets.hierarchy)
@@ -284,16 +288,16 @@ def load_model_or_checkpoint(path: str | os.PathLike, body_dir: str | os.PathLik
                              ) -> tuple[STDFormer, InputProtocol | None]:
     """This project's model file, or a released FastMETRO / STDFormer checkpoint
     (`published_model`, clips of `clip_len` frames unless its TD fixes them), with the input
-    protocol it records (None for an older model file)."""
-    try:
-        payload = read_model_file(path, map_location)
-    except DataError as e:
-        if e.field != "format":
-            raise
-        model, inputs = published_model(path, load_body_assets(body_dir), clip_len, body_dir)
+    protocol it records (None for an older model file). The file is read once."""
+    if not Path(path).is_file():
+        raise DataError(path, "file not found")
+    raw = load_torch_file(path, "model file or checkpoint", map_location)
+    if not (isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT):
+        model, inputs = published_model(path, load_body_assets(body_dir), clip_len, body_dir,
+                                        raw=raw)
         return model.to(map_location), inputs
-    model = load_model(path, body_dir, map_location, payload=payload)
-    return model, input_protocol(payload, path)
+    model = load_model(path, body_dir, map_location, payload=raw)
+    return model, input_protocol(raw, path)
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> dict:
