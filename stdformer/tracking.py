@@ -40,6 +40,12 @@ def default_tracking_uri(project_dir: str | Path) -> str:
     return f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
 
 
+def is_server_uri(uri: str) -> bool:
+    """A tracking server (http/https): it decides where artifacts go and serves them, so no
+    path of this checkout is recorded."""
+    return uri.startswith(("http://", "https://"))
+
+
 def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Fail fast, with a message that says what to do, when `uri` cannot be used.
 
@@ -50,7 +56,7 @@ def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """
     hint = ("start a server (`mlflow server --host 127.0.0.1 --port 5000`), point "
             "MLFLOW_TRACKING_URI at a running one, or unset it to use the local sqlite store")
-    if uri.startswith(("http://", "https://")):
+    if is_server_uri(uri):
         url = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout_s):
@@ -62,6 +68,7 @@ def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             raise TrackingUnavailableError(
                 f"MLFLOW_TRACKING_URI={uri}",
                 f"MLflow tracking server not reachable ({reason}); {hint}") from e
+        _check_backend_store(uri, timeout_s)
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         try:
@@ -84,6 +91,30 @@ def check_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             raise TrackingUnavailableError(
                 f"MLFLOW_TRACKING_URI={uri}",
                 f"MLflow cannot use this URI ({_short(e)}); {hint}") from e
+
+
+def _check_backend_store(uri: str, timeout_s: float) -> None:
+    """A server that answers /health may still have lost its database: one cheap API call
+    (MLflow's client would retry a 503 for minutes)."""
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise TrackingUnavailableError(
+                f"MLFLOW_TRACKING_URI={uri}",
+                f"the MLflow server answers but cannot use its backend store (HTTP {e.code} "
+                "from experiments/search): is its database running?") from e
+    except (urllib.error.URLError, OSError):
+        pass   # /health answered: a slow API is MLflow's client's to retry
+
+
+def server_failure(uri: str, error: Exception, what: str) -> TrackingUnavailableError:
+    """The clear error for an MLflow call that failed on the server's side mid-way."""
+    return TrackingUnavailableError(
+        f"MLFLOW_TRACKING_URI={uri}", f"the tracking server failed while {what} "
+        f"({_short(error)}); is its database running?")
 
 
 def _short(error: Exception, limit: int = 300) -> str:
@@ -147,7 +178,9 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
         expected = Path(artifact_root).resolve() / experiment
         found = self.client.get_experiment_by_name(experiment)
-        if found is None:
+        if found is None and is_server_uri(uri):    # the server's artifact store (served)
+            experiment_id = self.client.create_experiment(experiment)
+        elif found is None:
             expected.mkdir(parents=True, exist_ok=True)   # present from the start: see below
             experiment_id = self.client.create_experiment(experiment,
                                                           artifact_location=expected.as_uri())

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from stdformer.io import DataError, file_digest, write_text_atomic
 from stdformer.registry.config import GATE_METRICS, RegisterConfig
 from stdformer.registry.describe import model_description, version_description
@@ -37,7 +39,7 @@ from stdformer.registry.store import (
     fluent_tracking_uri,
 )
 from stdformer.serving import check_servable, log_pyfunc_model
-from stdformer.tracking import MlflowTracker, check_tracking
+from stdformer.tracking import MlflowTracker, check_tracking, server_failure
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +72,31 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     for run_id in registry.fail_interrupted_runs(cfg.experiment):
         log.warning("marked registration run %s FAILED: its register process was killed", run_id)
 
-    run_id, model_uri, model_id = _log_run(paths, cfg, params, table, lineage, tracking_uri,
-                                           artifact_root, crop_size)
+    try:
+        run_id, model_uri, model_id = _log_run(paths, cfg, params, table, lineage,
+                                               tracking_uri, artifact_root, crop_size)
+    except MlflowException as e:
+        raise server_failure(tracking_uri, e, "logging the registration run; no version was "
+                             "registered") from e
     headline = {k: v for k, v in finite(candidate).items() if k in GATE_METRICS}
     tags = {**{f"{METRIC_PREFIX}{k}": repr(v) for k, v in headline.items()},   # exact values
             TAG_MODEL_MD5: model_md5, **_version_lineage(lineage)}
-    version = str(registry.create_version(model_uri, run_id=run_id, model_id=model_id,
-                                          tags=tags).version)
-
-    champion = registry.by_alias(CHAMPION)          # read just before moving aliases
-    champion_metrics = None if champion is None else registry.metrics_of(champion)
-    same_model = champion is not None and registry.model_md5_of(champion) == model_md5
-    decision = decide(candidate, champion_metrics, cfg, same_model=same_model)
-    if decision.promote:
-        registry.make_champion(version)
-    else:
-        registry.set_alias(CHALLENGER, version)
-    registry.client.set_model_version_tag(cfg.model_name, version, TAG_DECISION, decision.alias)
-    registry.describe(model_description(cfg.model_name, payload["model_config"], crop_size))
-    registry.describe(version_description(candidate, decision, payload["model_config"],
-                                          crop_size, model_md5, lineage), version)
-
+    try:
+        version = str(registry.create_version(model_uri, run_id=run_id, model_id=model_id,
+                                              tags=tags).version)
+    except MlflowException as e:
+        raise server_failure(tracking_uri, e, "creating the model version; no version was "
+                             f"registered (run {run_id} logged)") from e
+    try:
+        decision, champion, champion_metrics = _gate(registry, version, candidate, cfg,
+                                                     model_md5)
+        registry.describe(model_description(cfg.model_name, payload["model_config"], crop_size))
+        registry.describe(version_description(candidate, decision, payload["model_config"],
+                                              crop_size, model_md5, lineage), version)
+    except MlflowException as e:
+        raise server_failure(tracking_uri, e, _undo_version(registry, version)) from e
     aliases = registry.aliases()
+
     # No run id or time: the record is a DVC output, and a fresh clone must write the bytes the
     # committed dvc.lock holds. The run is the version's (`MlflowClient.get_model_version`).
     record = {
@@ -116,6 +121,35 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     }
     write_text_atomic(paths.out, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+def _gate(registry: ModelRegistry, version: str, candidate: Mapping[str, float | None],
+          cfg: RegisterConfig, model_md5: str):
+    """Apply the gate to the new `version`: (decision, champion compared against, its
+    metrics)."""
+    champion = registry.by_alias(CHAMPION)          # read just before moving aliases
+    champion_metrics = None if champion is None else registry.metrics_of(champion)
+    same_model = champion is not None and registry.model_md5_of(champion) == model_md5
+    decision = decide(candidate, champion_metrics, cfg, same_model=same_model)
+    if decision.promote:
+        registry.make_champion(version)
+    else:
+        registry.set_alias(CHALLENGER, version)
+    registry.client.set_model_version_tag(cfg.model_name, version, TAG_DECISION, decision.alias)
+    return decision, champion, champion_metrics
+
+
+def _undo_version(registry: ModelRegistry, version: str) -> str:
+    """Delete a version whose gate did not finish (no half-registered version stays); what
+    happened, for the error message."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registry.client.delete_model_version(registry.name, version)
+    except MlflowException:
+        return (f"gating version {version}; it could not be deleted either: delete it with "
+                "the MLflow UI or client before trusting its aliases")
+    return f"gating version {version}, which was deleted again: nothing was registered"
 
 
 VERSION_LINEAGE = ("dvc.data_md5", "dvc.params_md5")   # the rest: on the run, in the description
