@@ -3,8 +3,9 @@
     prefect server start --host 127.0.0.1                        # terminal 1 (UI on :4200)
     export PREFECT_API_URL=http://127.0.0.1:4200/api             # terminal 2
     python -m flows.deploy [--project-dir .] [--name scheduled]  # runs until Ctrl-C
+    python -m flows.deploy --work-pool team   # or: register it for a worker pool, and exit
 
-This process is the worker: it registers the deployment `retrain/<name>` with the server,
+Without --work-pool this process is the worker: it registers the deployment `retrain/<name>` with the server,
 then polls for its scheduled runs and executes each one in a subprocess. Scheduling needs a
 real server: Prefect's temporary (ephemeral) API, used when PREFECT_API_URL is unset, never
 creates scheduled runs, so this command refuses to start without PREFECT_API_URL.
@@ -53,22 +54,12 @@ def deployment_parameters(project_dir: str | Path, schedule: ScheduleConfig) -> 
             "retry_delay_seconds": schedule.retry_delay_seconds}
 
 
-def build_deployment(project_dir: str | Path = ".", name: str = DEFAULT_NAME,
-                     schedule: ScheduleConfig | None = None):
-    """A `RunnerDeployment` of `retrain` on the cron schedule of `schedule` (default: the
-    `schedule` section of `<project_dir>/params.yaml`). `.apply()` registers it with the API;
-    `prefect.serve(d)` or `Runner().add_deployment(d)` runs it."""
+def _deployment_options(project: Path, schedule: ScheduleConfig) -> dict[str, Any]:
+    """What a retrain deployment is, wherever it runs: schedule, parameters, limits, text."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    project = Path(project_dir).resolve()
-    if schedule is None:
-        schedule = load_schedule(project / PARAMS_FILE)
-    else:
-        schedule.validate()
-    return retrain.to_deployment(
-        name=name,
+    return dict(
         schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
         parameters=deployment_parameters(project, schedule),
         # One run at a time; a run due while another is running waits for it.
@@ -76,11 +67,48 @@ def build_deployment(project_dir: str | Path = ".", name: str = DEFAULT_NAME,
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         description=f"Scheduled retrain of {project}: `dvc status`, then the changed DVC "
                     "stages, one task each.",
-        tags=["stdformer", "retrain"],
+        tags=["stdformer", "retrain"])
+
+
+def _project_and_schedule(project_dir: str | Path, schedule: ScheduleConfig | None
+                          ) -> tuple[Path, ScheduleConfig]:
+    project = Path(project_dir).resolve()
+    if schedule is None:
+        return project, load_schedule(project / PARAMS_FILE)
+    schedule.validate()
+    return project, schedule
+
+
+def build_deployment(project_dir: str | Path = ".", name: str = DEFAULT_NAME,
+                     schedule: ScheduleConfig | None = None):
+    """A `RunnerDeployment` of `retrain` on the cron schedule of `schedule` (default: the
+    `schedule` section of `<project_dir>/params.yaml`). `.apply()` registers it with the API;
+    `prefect.serve(d)` or `Runner().add_deployment(d)` runs it."""
+    from prefect.deployments.runner import EntrypointType
+
+    project, schedule = _project_and_schedule(project_dir, schedule)
+    return retrain.to_deployment(
+        name=name, **_deployment_options(project, schedule),
         # Import the flow as `flows.retrain` (installed package), whatever the working
         # directory of the process that runs it.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+
+
+def deploy_to_work_pool(project_dir: str | Path, work_pool: str, name: str = DEFAULT_NAME,
+                        schedule: ScheduleConfig | None = None) -> str:
+    """Register `retrain/<name>` for the workers of `work_pool` (a process pool); returns the
+    deployment id. The code location is this clone's directory: a worker on the same machine
+    (or one that sees the clone at the same path) runs `flows/retrain.py` from it, with the
+    clone as working directory and first on PYTHONPATH; the run gets `project_dir` there."""
+    from prefect import flow as prefect_flow
+
+    project, schedule = _project_and_schedule(project_dir, schedule)
+    remote = prefect_flow.from_source(source=str(project), entrypoint="flows/retrain.py:retrain")
+    return str(remote.deploy(
+        name=name, work_pool_name=work_pool, **_deployment_options(project, schedule),
+        build=False, push=False, print_next_steps=False,
+        job_variables={"working_dir": str(project), "env": {"PYTHONPATH": str(project)}}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project-dir", default=".")
     parser.add_argument("--name", default=DEFAULT_NAME, help="deployment name")
+    parser.add_argument("--work-pool", default=None, metavar="POOL",
+                        help="register the deployment for the workers of POOL and exit "
+                             "(`prefect worker start --pool POOL` runs it) instead of serving "
+                             "it from this process")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the schedule and parameters, do not contact the server")
     args = parser.parse_args(argv)
@@ -113,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
                           "timezone": schedule.timezone,
                           "parameters": deployment_parameters(args.project_dir, schedule)},
                          indent=2))
+        return
+    if args.work_pool:
+        deployment_id = deploy_to_work_pool(args.project_dir, args.work_pool, args.name, schedule)
+        print(f"deployed retrain/{args.name} ({deployment_id}) to work pool {args.work_pool!r}: "
+              f"cron {schedule.cron!r} ({schedule.timezone}); its workers run it", file=sys.stderr)
         return
     deployment = build_deployment(args.project_dir, args.name, schedule)
     print(f"serving retrain/{args.name}: cron {schedule.cron!r} ({schedule.timezone}) on "
