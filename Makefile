@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast bench lock-check constraints clean-venv
+.PHONY: setup repro test test-fast bench lock-check constraints clean-venv team-up team-down
 
 setup: $(VENV)/.installed
 
@@ -24,14 +24,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,dask]" -c constraints.txt
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask,team]" -c constraints.txt
 	$(BIN)/python -m stdformer.inference.detector_files
 	touch $@
 
 # After changing pyproject.toml's dependencies: install without the old constraints, then
 # record what was installed.
 constraints:
-	$(BIN)/python -m pip install --quiet -e ".[dev,dask]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask,team]"
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
 	  | grep -vi '^torch=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
@@ -60,6 +60,14 @@ lock-check: setup
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
+
+# Team mode on one machine (docs/team-mode.md): PostgreSQL + MLflow server, Prefect server and a
+# worker on pool `team`, a DVC remote directory; then `source .team/env`. team-down stops them all.
+team-up: setup
+	$(BIN)/python -m flows.team up
+
+team-down:
+	$(BIN)/python -m flows.team down
 
 clean-venv:
 	rm -rf $(VENV)
