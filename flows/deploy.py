@@ -107,7 +107,7 @@ def deploy_to_work_pool(project_dir: str | Path, work_pool: str, name: str = DEF
     remote = prefect_flow.from_source(source=str(project), entrypoint="flows/retrain.py:retrain")
     return str(remote.deploy(
         name=name, work_pool_name=work_pool, **_deployment_options(project, schedule),
-        build=False, push=False, print_next_steps=False,
+        build=False, push=False, print_next_steps=False, ignore_warnings=True,
         job_variables={"working_dir": str(project), "env": {"PYTHONPATH": str(project)}}))
 
 
