@@ -399,6 +399,30 @@ def test_registering_the_champion_again_is_a_tie(project, tmp_path, monkeypatch)
     assert ModelRegistry(uri, "stdformer").aliases()["champion"] == "1"
 
 
+def test_a_server_failure_while_gating_leaves_no_half_registered_version(project, tmp_path,
+                                                                          monkeypatch):
+    """The store fails after the new version was made and made champion (a database that
+    stops mid-register): one clear error, the version deleted again, `champion` back."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(project)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = tmp_path / "mlartifacts"
+    register(stage_inputs(project, 1, pa_mpjpe=160.0), RegisterConfig(), PARAMS, uri, artifacts)
+
+    def store_fails(self, *args, **kwargs):
+        raise MlflowException("connection to the database lost")
+
+    monkeypatch.setattr(ModelRegistry, "describe", store_fails)   # after the gate moved aliases
+    with pytest.raises(TrackingUnavailableError, match=r"failed while gating version 2, which "
+                                                       r"was deleted again: nothing was"):
+        register(stage_inputs(project, 2, pa_mpjpe=150.0), RegisterConfig(), PARAMS, uri,
+                 artifacts)
+    registry = ModelRegistry(uri, "stdformer")
+    assert [str(mv.version) for mv in registry.versions()] == ["1"]
+    assert registry.aliases() == {"champion": "1"}
+
+
 def test_a_killed_registration_is_marked_failed_by_the_next(project, tmp_path, monkeypatch):
     import socket
 

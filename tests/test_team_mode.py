@@ -140,7 +140,7 @@ def test_two_machines_share_data_registry_and_scheduled_retrain(team, tmp_path, 
     services.start_postgres()
     stop_group(services.load().pids["mlflow"])
     services.up()
-    assert [mv.version for mv in ModelRegistry(uri, "stdformer").versions()] == ["1", "2"]
+    assert [str(mv.version) for mv in ModelRegistry(uri, "stdformer").versions()] == ["1", "2"]
     again = register(paths, RegisterConfig(), params, tracking_uri=uri, artifact_root=a / "x")
     assert again["version"] == 3 and again["champion_version"] in (2, 3)
 

@@ -87,14 +87,17 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     except MlflowException as e:
         raise server_failure(tracking_uri, e, "creating the model version; no version was "
                              f"registered (run {run_id} logged)") from e
+    previous_champion = None
     try:
+        previous_champion = registry.aliases().get(CHAMPION)
         decision, champion, champion_metrics = _gate(registry, version, candidate, cfg,
                                                      model_md5)
         registry.describe(model_description(cfg.model_name, payload["model_config"], crop_size))
         registry.describe(version_description(candidate, decision, payload["model_config"],
                                               crop_size, model_md5, lineage), version)
     except MlflowException as e:
-        raise server_failure(tracking_uri, e, _undo_version(registry, version)) from e
+        raise server_failure(tracking_uri, e,
+                             _undo_version(registry, version, previous_champion)) from e
     aliases = registry.aliases()
 
     # No run id or time: the record is a DVC output, and a fresh clone must write the bytes the
@@ -139,13 +142,13 @@ def _gate(registry: ModelRegistry, version: str, candidate: Mapping[str, float |
     return decision, champion, champion_metrics
 
 
-def _undo_version(registry: ModelRegistry, version: str) -> str:
-    """Delete a version whose gate did not finish (no half-registered version stays); what
-    happened, for the error message."""
-    from mlflow.exceptions import MlflowException
-
+def _undo_version(registry: ModelRegistry, version: str, previous_champion: str | None) -> str:
+    """Delete a version whose gate did not finish, and give `champion` back to the version that
+    held it (no half-registered version stays); what happened, for the error message."""
     try:
         registry.client.delete_model_version(registry.name, version)
+        if previous_champion is not None:
+            registry.set_alias(CHAMPION, previous_champion)
     except MlflowException:
         return (f"gating version {version}; it could not be deleted either: delete it with "
                 "the MLflow UI or client before trusting its aliases")
