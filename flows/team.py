@@ -7,7 +7,9 @@
 
 What `up` starts, each a process of its own (logs in <dir>/logs/, state in <dir>/state.json):
   * a PostgreSQL 15 cluster (initdb in <dir>/postgres, trust auth, 127.0.0.1 only) with the
-    database `mlflow`: MLflow's tracking store and model registry;
+    database `mlflow`: MLflow's tracking store and model registry. PostgreSQL refuses to run as
+    root: as root it runs as the `postgres` account, and its cluster lives in
+    /tmp/stdformer-team-<hash>/ when that account cannot reach <dir>;
   * `mlflow server` on it, serving artifacts from <dir>/mlartifacts (clients write and read
     models through the server: no path of one checkout is recorded in the registry);
   * `prefect server start` (its own PREFECT_HOME, <dir>/prefect-server, SQLite);
@@ -167,9 +169,9 @@ class Team:
             raise DataError("PostgreSQL", "no initdb/pg_ctl found (on PATH or in "
                             f"{', '.join(PG_BIN_DIRS)}); install postgresql (Debian: "
                             "apt-get install postgresql) or put its bin directory on PATH")
+        state = self.load()
         for sub in ("logs", "mlartifacts", "dvc-remote", "prefect-server", "prefect-worker"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        state = self.load()
         for name in ("pg_port", "mlflow_port", "prefect_port"):
             if not getattr(state, name):
                 setattr(state, name, free_port())

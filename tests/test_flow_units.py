@@ -118,3 +118,24 @@ def test_report_compares_metrics_with_the_champion_and_shows_the_decision(tmp_pa
     assert "**promoted** (version 3 is now 'champion'): mpjpe 80 < 85" in report
     assert read_decision({"promoted": False, "decision": "challenger", "version": 4})[
         "decision"] == "not promoted"
+
+
+def test_team_down_without_services_and_a_broken_state_file(tmp_path):
+    """`flows.team down` where nothing was started is a no-op; an unreadable state file is one
+    `error:` line naming it, exit status 2, before anything is started or stopped."""
+    team_dir = tmp_path / ".team"
+    cmd = [sys.executable, "-m", "flows.team"]
+    done = subprocess.run([*cmd, "down", "--dir", str(team_dir)], env=project_env(),
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    team_dir.mkdir()
+    (team_dir / "state.json").write_text("{not json")
+    for action in ("up", "down"):
+        done = subprocess.run([*cmd, action, "--dir", str(team_dir)], env=project_env(),
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"error: {team_dir / 'state.json'}: unreadable team state (Expecting property name "
+            "enclosed in double quotes: line 1 column 2 (char 1)); run `python -m flows.team "
+            "down` after stopping the services by hand, or remove the file"]
+    assert sorted(p.name for p in team_dir.iterdir()) == ["state.json"]
