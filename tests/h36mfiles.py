@@ -68,7 +68,8 @@ def smpl_world(subject: int, subaction: int, frames: int) -> dict[str, np.ndarra
     base = rng.normal(scale=0.15, size=(1, 69))
     body = base + 0.1 * np.sin(0.3 * t + rng.uniform(0, 6, (1, 69)))
     yaw = rng.uniform(-np.pi, np.pi) + 0.05 * t[:, 0]
-    root = (Rotation.from_euler("z", yaw[:, None]) * Rotation.from_euler("x", np.pi / 2)).as_rotvec()
+    upright = Rotation.from_euler("x", np.pi / 2)            # SMPL's y up -> the world's z up
+    root = (Rotation.from_euler("z", yaw[:, None]) * upright).as_rotvec()
     shape = np.tile(rng.normal(scale=0.5, size=(1, 10)), (frames, 1))
     if subject == 1:
         shape = shape + 0.05 * np.sin(0.5 * t)

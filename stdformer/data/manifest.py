@@ -3,9 +3,10 @@
 `<out>/manifest.parquet` has one row per clip (MANIFEST_SCHEMA): where the clip is (`split`,
 `shard`, `key`), what it holds (`sequence`, `actor`, `frame_start`, `frame_end`, `num_frames`,
 `valid`, `num_valid`, `source`: the dataset's name in params' `datasets:`, `camera`: its
-camera number, 0 where the layout has none (3DPW), `crop_size`, `context_size`) and the size and sha256 of its shard
-(`shard_bytes`, `shard_sha256`, repeated on every clip of the shard). Rows are in write order,
-so the keys of one shard are in tar order.
+camera number, 0 where the layout has none (3DPW), `crop_size`, `context_size`) and the size
+and sha256 of its shard (`shard_bytes`, `shard_sha256`, repeated on every clip of the shard).
+Rows are in write order, so the keys of one shard are in tar order. With several datasets,
+`source_dirs` finds each one's output (data/shards/<name>/).
 
 Readers go through `split_shards`: every `*.tar` in `<out>/<split>/` must be a shard the manifest
 lists, with the listed size and sha256. A stray shard copied into the directory, a shard

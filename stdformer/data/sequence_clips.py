@@ -1,5 +1,6 @@
-"""One sequence of a dataset (any layout: its reader gives threedpw.Track's) -> its tracks' clips, encoded as shard samples with
-manifest rows (`process_sequence`; runs in an executor's worker, see preprocess.py)."""
+"""One sequence of a dataset (any layout: its reader gives threedpw.Track's) -> its tracks'
+clips, encoded as shard samples with manifest rows (`process_sequence`; runs in an executor's
+worker, see preprocess.py)."""
 
 from __future__ import annotations
 

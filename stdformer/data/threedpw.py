@@ -51,7 +51,8 @@ class Track:
     their tracks in this form too.
 
     image_paths: N paths; img_frame_ids (N,) int; poses (N,72) world axis-angle; trans (N,3);
-    betas (10,) or (N,10) per frame; poses2d (N,18,3) COCO-18 (x, y, confidence) in pixels; campose_valid (N,) bool;
+    betas (10,) or (N,10) per frame; poses2d (N,18,3) COCO-18 (x, y, confidence) in pixels;
+    campose_valid (N,) bool;
     cam_poses (N,4,4) world->camera; intrinsics (3,3); gender 'm'/'f' (or 'n');
     num_actors in the sequence; pkl_path the sequence file (the annotation file of other
     layouts). Other layouts may add: camera (the camera number, 0 for 3DPW), joints_h36m_cam
