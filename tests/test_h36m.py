@@ -4,6 +4,9 @@ skip counts, the manifest's source and camera, and one test per kind of bad inpu
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from stdformer.data.preprocess import preprocess
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.io import DataError
 
+REPO = Path(__file__).resolve().parents[1]
 CLIP = 4
 # float32 storage of metres (root_cam ~5 m: 5e-7 m steps) and of the crop affine: well under
 # a thousandth of a millimetre or pixel; the mesh is posed in float32 by the body model.
@@ -226,3 +230,39 @@ def test_pose_track_per_frame_shapes_match_the_body_model(built, shard_dir, synt
         np.testing.assert_allclose(clip["targets"]["betas"].numpy()[valid], shape[valid],
                                    atol=1e-6)
         assert torch.unique(clip["targets"]["betas"][valid], dim=0).shape[0] == valid.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# The stage and `stdformer shards info` over several sources
+
+
+def test_stage_preprocesses_one_named_dataset_and_shards_info_shows_every_source(
+        built, synth_root, synth_body_dir, tmp_path, capsys):
+    """`python -m stages.preprocess --dataset NAME` reads `datasets.NAME` and the shared crop
+    settings; `stdformer shards info data/shards` prints one block per dataset, each the block
+    of that dataset's own directory."""
+    from stdformer.cli import main
+
+    params = {"preprocess": {"crop_size": 32, "clip_len": CLIP, "samples_per_shard": 8,
+                             "workers": 1, "executor": "serial"},
+              "datasets": {"3dpw": {"layout": "3dpw", "root": str(synth_root)},
+                           "h36m": {"layout": "h36m", "root": str(built.root),
+                                    "subjects": SUBJECTS, "every": EVERY}}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))     # JSON is YAML
+    for name in ("3dpw", "h36m"):
+        done = subprocess.run([sys.executable, "-m", "stages.preprocess", "--dataset", name,
+                               "--params", str(tmp_path / "params.yaml"), str(synth_body_dir),
+                               str(tmp_path / "shards" / name)],
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((tmp_path / "shards" / name / "report.json").read_text())[
+            "source"] == name
+    assert main(["shards", "info", str(tmp_path / "shards"), "--verify"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert sorted(both) == ["3dpw", "h36m"]
+    for name in both:
+        assert main(["shards", "info", str(tmp_path / "shards" / name)]) == 0
+        one = json.loads(capsys.readouterr().out)
+        assert one == {split: {k: v for k, v in counts.items() if k != "verified"}
+                       for split, counts in both[name].items()}
+        assert all(counts["verified"] for counts in both[name].values())
