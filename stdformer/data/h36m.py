@@ -156,6 +156,10 @@ def read_images(path: Path, every: int, cameras: list[int]) -> list[dict[str, An
             if wrong:
                 want = "a file name" if key == "file_name" else "an integer >= 0"
                 raise DataError(path, f"expected {want}, got {value!r}", field=f"images[{i}].{key}")
+        name = Path(image["file_name"])
+        if name.is_absolute() or ".." in name.parts:
+            raise DataError(path, f"expected a path inside images/, got {image['file_name']!r}",
+                            field=f"images[{i}].file_name")
         if image["frame_idx"] % every or image["cam_idx"] not in cameras:
             continue
         images.append({**{k: image[k] for k in IMAGE_KEYS}, "index": i,
