@@ -49,6 +49,7 @@ CROP = 224
 
 def cached_shards() -> tuple[Path, Path]:
     """The `default` benchmark set preprocessed at 224 px crops (once), and its body."""
+    from stdformer.data.datasets import ThreeDPWDataset
     from stdformer.data.preprocess import preprocess
     from stdformer.data.preprocess_config import PreprocessConfig
 
@@ -56,8 +57,9 @@ def cached_shards() -> tuple[Path, Path]:
     out = CACHE / f"shards-{CROP}-{root.name}-{body_dir.name}-{code_digest('data')}"
     if not (out / "manifest.parquet").is_file():
         print(f"preprocessing {root} at {CROP} px into {out} (once)...", file=sys.stderr)
-        preprocess(root, body_dir, out, PreprocessConfig(crop_size=CROP, workers=1,
-                                                         samples_per_shard=16), progress=False)
+        preprocess(ThreeDPWDataset(root=str(root)), body_dir, out,
+                   PreprocessConfig(crop_size=CROP, workers=1, samples_per_shard=16),
+                   progress=False)
     return out, body_dir
 
 

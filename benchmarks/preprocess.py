@@ -42,6 +42,7 @@ import torch
 
 from stdformer.data import sequence_clips
 from stdformer.data.crops import decode_jpeg
+from stdformer.data.datasets import ThreeDPWDataset
 from stdformer.data.preprocess import preprocess
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.synthetic_config import SynthesizeConfig
@@ -110,7 +111,8 @@ def bound_seconds(paths: list[Path], kind: str, size: int, quality: int) -> tupl
 def run_case(name: str, root: Path, body_dir: Path, crop_size: int, bound: str, rounds: int,
              workdir: Path) -> dict:
     cfg = PreprocessConfig(crop_size=crop_size, workers=1)
-    paths = [p for split in cfg.splits for track in iter_tracks(root, split)
+    dataset = ThreeDPWDataset(root=str(root))
+    paths = [p for split in dataset.splits for track in iter_tracks(root, split)
              for p in track.image_paths]
     rates, bounds, ratios, steady = [], [], [], []
     for i in range(rounds):
@@ -121,7 +123,7 @@ def run_case(name: str, root: Path, body_dir: Path, crop_size: int, bound: str, 
         sequence_clips._body(str(body_dir.resolve()))
         load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
         wall, cpu = time.perf_counter(), time.process_time()
-        report = preprocess(root, body_dir, workdir / f"{name}-{i}", cfg, progress=False)
+        report = preprocess(dataset, body_dir, workdir / f"{name}-{i}", cfg, progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         assert report["totals"]["frames"] == len(paths)
         bound_wall, bound_cpu = bound_seconds(paths, bound, cfg.context_size, cfg.jpeg_quality)

@@ -66,7 +66,7 @@ def make_random_shards(root: Path, body_dir: Path, crop: int, clip_len: int, cli
                    "betas": np.zeros((clip_len, 10)), "valid": np.ones(clip_len, bool)}
         key, sequence = f"bench{i:05d}__a0__00000", f"bench{i:05d}"
         common = {"sequence": sequence, "actor": 0, "split": split, "source": "random",
-                  "crop_size": crop, "context_size": crop}
+                  "camera": 0, "crop_size": crop, "context_size": crop}
         rows.append({**common, "key": key, "frame_start": 0, "frame_end": clip_len,
                      "num_frames": clip_len, "num_valid": clip_len,
                      "valid": [True] * clip_len})

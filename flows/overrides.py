@@ -24,7 +24,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
     (imported here: the configs pull in torch and the data stack)."""
     from flows.schedule import ScheduleConfig
     from stdformer.body.files import BodyConfig
-    from stdformer.data.preprocess_config import PreprocessConfig
+    from stdformer.data.datasets import all_dataset_configs, preprocess_section
     from stdformer.data.synthetic_config import SynthesizeConfig
     from stdformer.evaluation import EvaluateConfig
     from stdformer.inference import DemoConfig
@@ -37,10 +37,13 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
                                                      required=False)
 
     checks = {name: plain(name, cls) for name, cls in (
-        ("body", BodyConfig), ("synthesize", SynthesizeConfig), ("preprocess", PreprocessConfig),
+        ("body", BodyConfig), ("synthesize", SynthesizeConfig),
         ("train", TrainConfig), ("loss", LossConfig), ("evaluate", EvaluateConfig),
         ("register", RegisterConfig), ("demo", DemoConfig), ("schedule", ScheduleConfig))}
     checks["model"] = checks["variants"] = _check_models
+    checks["preprocess"] = lambda params, source: preprocess_section(params, source,
+                                                                      required=False)
+    checks["datasets"] = all_dataset_configs
     return checks
 
 

@@ -1,6 +1,6 @@
 """Prefect flow `retrain`: bring the DVC pipeline up to date, one Prefect task per DVC stage.
 
-    python -m flows.retrain [--force] [--set preprocess.dataset_root=/data/3dpw] [--project-dir .]
+    python -m flows.retrain [--force] [--set datasets.3dpw.root=/data/3dpw] [--project-dir .]
 
 The flow never re-implements a stage; it asks DVC (the Python API, as `dvc repro` does):
   0. the CLI reads params.yaml within limits (size, YAML alias expansion) and checks every
@@ -10,7 +10,7 @@ The flow never re-implements a stage; it asks DVC (the Python API, as `dvc repro
      process of the run has ended, even when the flow itself is killed; put right what a run
      that did not finish left (flows/leftovers.py: its overrides, a broken DVC rwlock);
   2. apply parameter overrides (flows/overrides.py: dotted keys into params.yaml, e.g.
-     {"preprocess.dataset_root": "/data/3dpw"}); every key must already exist and every section
+     {"datasets.3dpw.root": "/data/3dpw"}); every key must already exist and every section
      it touches must load as its stage loads it, else nothing is written; they are journaled
      first, and a run that fails or dies puts params.yaml back as it was;
   3. `dvc status`: nothing changed (raw data, params, code) -> return "up to date" at once;
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project-dir", default=".")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="params.yaml override, e.g. preprocess.dataset_root=/data/3dpw")
+                        help="params.yaml override, e.g. datasets.3dpw.root=/data/3dpw")
     parser.add_argument("--retries", type=int, default=None)
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,6 @@
 """DVC stage `demo`: the registered champion on one synthetic test sequence, as a user would run
-`stdformer predict` on a video (section `demo`; crops as section `preprocess` cuts them).
+`stdformer predict` on a video (section `demo`; crops as section `preprocess` cuts them; the
+sequence from dataset `datasets.3dpw`).
 
     python -m stages.demo [--params params.yaml] [--out plots/demo]
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from stdformer.config import read_params, section_config
-from stdformer.data.preprocess_config import PreprocessConfig
+from stdformer.data.datasets import dataset_config, preprocess_section
 from stdformer.inference import DemoConfig
 from stdformer.inference.demo import run_demo
 from stdformer.io import run_guarded
@@ -29,8 +30,9 @@ def main() -> None:
 
     params = read_params(args.params)
     cfg = section_config(params, "demo", DemoConfig, args.params, required=False)
-    crop = section_config(params, "preprocess", PreprocessConfig, args.params)
-    result = run_demo(cfg, crop, Path(crop.dataset_root), Path(args.out),
+    crop = preprocess_section(params, args.params)
+    root = dataset_config(params, "3dpw", args.params).root
+    result = run_demo(cfg, crop, Path(root), Path(args.out),
                       tracking_uri=default_tracking_uri(Path.cwd()),
                       show_progress=not args.no_progress)
     if result.message:

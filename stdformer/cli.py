@@ -7,7 +7,7 @@
     stdformer checkpoint convert SRC DST --to project|fastmetro   # between the two layouts
     stdformer checkpoint list [checkpoints]           # training checkpoints, one dir per config
     stdformer checkpoint prune [checkpoints] [--keep 1] [--dry-run]   # remove older configs
-    stdformer shards info data/shards [--verify]      # clips and frames per split
+    stdformer shards info data/shards [--verify]      # clips and frames per dataset and split
     stdformer registry list | promote VERSION | rollback   # the MLflow model registry
     stdformer predict VIDEO --model models:/stdformer@champion --out DIR   # video -> meshes
 """
@@ -177,28 +177,38 @@ def _checkpoint_prune(args: argparse.Namespace) -> None:
               "configuration(s) besides the one the current params resume")
 
 
-def _shards_info(args: argparse.Namespace) -> None:
+def _source_summary(directory, verify: bool) -> dict:
     from stdformer.data.manifest import read_manifest, split_counts, split_shards
 
-    summary = split_counts(read_manifest(args.shards_dir))
-    if args.verify:
+    summary = split_counts(read_manifest(directory))
+    if verify:
         for split in summary:
-            split_shards(args.shards_dir, split)  # DataError naming the first shard that differs
+            split_shards(directory, split)  # DataError naming the first shard that differs
             summary[split]["verified"] = True
+    return summary
+
+
+def _shards_info(args: argparse.Namespace) -> None:
+    """One dataset's output (data/shards/3dpw): counts per split; their parent (data/shards):
+    one block per dataset."""
+    from stdformer.data.manifest import MANIFEST_NAME, source_dirs
+
+    if (Path(args.shards_dir) / MANIFEST_NAME).is_file():
+        summary = _source_summary(args.shards_dir, args.verify)
+    else:
+        summary = {name: _source_summary(directory, args.verify)
+                   for name, directory in source_dirs(args.shards_dir).items()}
     print(json.dumps(summary, indent=2))
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from stdformer.config import read_params, section_config
-    from stdformer.data.preprocess_config import PreprocessConfig
+    from stdformer.data.datasets import preprocess_section
     from stdformer.inference import PredictConfig, load_inference_model, predict_video
 
     # The crop protocol is the model file's; a project's preprocess section may only confirm it
     # (predict warns where it differs). Outside a project there is none, and nothing to confirm.
-    crop = (section_config(read_params(args.params), "preprocess", PreprocessConfig, args.params,
-                           required=False) if Path(args.params).is_file() else None)
+    crop = (preprocess_section(read_params(args.params), args.params, required=False)
+            if Path(args.params).is_file() else None)
     cfg = PredictConfig(min_track_frames=args.min_track_frames, max_people=args.max_people,
                         box_scale=args.box_scale, focal=args.focal, device=args.device,
                         glb=not args.no_glb, overlay=not args.no_overlay,
@@ -334,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards = groups.add_parser("shards", help="preprocessed shards").add_subparsers(
         dest="cmd", required=True)
     sinfo = shards.add_parser("info", help="clips, shards, frames and valid frames per split "
-                              "(each frame counted once)")
+                              "(each frame counted once); of each dataset under data/shards")
     sinfo.add_argument("shards_dir", nargs="?", default="data/shards")
     sinfo.add_argument("--verify", action="store_true",
                        help="also check every shard's size and sha256 against the manifest")

@@ -96,7 +96,8 @@ def make_eval_data(root: Path):
                 rows.append({"key": key, "split": split, "sequence": seq, "actor": actor,
                              "frame_start": start, "frame_end": start + S, "num_frames": S,
                              "num_valid": int(valid[sl].sum()), "valid": valid[sl].tolist(),
-                             "source": "test", "crop_size": CROP, "context_size": CROP})
+                             "source": "test", "camera": 0, "crop_size": CROP,
+                             "context_size": CROP})
         placed = write_shards(shards / split, samples, samples_per_shard=3)
         shard_of = dict(placed)
         for row in rows:

@@ -7,6 +7,7 @@ import pytest
 
 from stdformer.body.files import BodyConfig
 from stdformer.config import from_dict, read_params
+from stdformer.data.datasets import all_dataset_configs
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.synthetic_config import SynthesizeConfig
 from stdformer.evaluation import EvaluateConfig
@@ -35,6 +36,7 @@ def test_params_file_sections_parse(name, monkeypatch):
         model = model_config_from_section({**params["model"], **variant}, source=str(path))
         model.validate()
     assert "stdformer" in params["variants"]
+    assert all_dataset_configs(params, path)["3dpw"].layout == "3dpw"
 
 
 def test_full_profile_has_the_published_size(synth_body):

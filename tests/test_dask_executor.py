@@ -11,6 +11,7 @@ distributed = pytest.importorskip("distributed")
 
 from stdformer.data.executors import DaskExecutor  # noqa: E402
 from stdformer.data.preprocess import preprocess  # noqa: E402
+from stdformer.data.datasets import ThreeDPWDataset  # noqa: E402
 from stdformer.data.preprocess_config import PreprocessConfig  # noqa: E402
 
 
@@ -35,10 +36,10 @@ def test_dask_cluster_writes_the_same_shards_and_manifest_as_the_local_pool(
         tmp_path, synth_root, synth_body_dir, cluster):
     # Small shards so the comparison spans several shards per split.
     common = dict(crop_size=32, samples_per_shard=3, workers=2)
-    local = preprocess(synth_root, synth_body_dir, tmp_path / "local",
+    local = preprocess(ThreeDPWDataset(root=str(synth_root)), synth_body_dir, tmp_path / "local",
                        PreprocessConfig(executor="local", **common), progress=False)
     # The way users configure it: executor dask + the scheduler's address.
-    dask = preprocess(synth_root, synth_body_dir, tmp_path / "dask",
+    dask = preprocess(ThreeDPWDataset(root=str(synth_root)), synth_body_dir, tmp_path / "dask",
                       PreprocessConfig(executor="dask", executor_address=cluster.scheduler_address,
                                        **common), progress=False)
 

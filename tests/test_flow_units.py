@@ -51,17 +51,17 @@ def test_deploy_against_an_unreachable_server_is_one_line_and_exit_2(tmp_path, c
 
 def test_overrides_keep_comments_and_refuse_unknown_keys(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("preprocess:\n  dataset_root: data/raw  # your 3DPW root\n"
-                      "  stride: {}\nbody:\n  h36m_regressor: null\n")
-    assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw",
-                                    "preprocess.stride": {"train": 4}}) == \
-        {"preprocess.dataset_root": "/data/3dpw", "preprocess.stride": {"train": 4}}
+    params.write_text("datasets:\n  3dpw:\n    layout: 3dpw\n    root: data/raw  # your 3DPW "
+                      "root\n    stride: {}\nbody:\n  h36m_regressor: null\n")
+    assert apply_overrides(params, {"datasets.3dpw.root": "/data/3dpw",
+                                    "datasets.3dpw.stride": {"train": 4}}) == \
+        {"datasets.3dpw.root": "/data/3dpw", "datasets.3dpw.stride": {"train": 4}}
     text = params.read_text()
-    assert "dataset_root: /data/3dpw # your 3DPW root" in text and "h36m_regressor: null" in text
-    assert yaml.safe_load(text)["preprocess"]["stride"] == {"train": 4}
-    assert apply_overrides(params, {"preprocess.dataset_root": "/data/3dpw"}) == {}
-    for bad in ("preprocess.stride.train.x", "preproces.dataset_root", "preprocess.missing"):
-        with pytest.raises(DataError, match="preprocess|not a mapping"):
+    assert "root: /data/3dpw # your 3DPW root" in text and "h36m_regressor: null" in text
+    assert yaml.safe_load(text)["datasets"]["3dpw"]["stride"] == {"train": 4}
+    assert apply_overrides(params, {"datasets.3dpw.root": "/data/3dpw"}) == {}
+    for bad in ("datasets.3dpw.stride.train.x", "dataset.3dpw.root", "datasets.3dpw.missing"):
+        with pytest.raises(DataError, match="datasets|not a mapping"):
             apply_overrides(params, {bad: 1})
     assert params.read_text() == text
 

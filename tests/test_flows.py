@@ -172,17 +172,17 @@ def test_failing_stage_fails_the_flow_with_that_stages_error(first_run):
                                         "got 'bogus'"):
         retrain(project_dir=str(project), params={"preprocess.on_error": "bogus"}, retries=2)
     # a dataset root that is not a 3DPW layout: the stage's own error, exit status 2
-    state = retrain(project_dir=str(project), params={"preprocess.dataset_root": "data/body"},
+    state = retrain(project_dir=str(project), params={"datasets.3dpw.root": "data/body"},
                     retries=2, retry_delay_seconds=0, return_state=True)
     assert state.is_failed()
-    assert "stage 'preprocess' failed: " in state.message
+    assert "stage 'preprocess@3dpw' failed: " in state.message
     assert "data/body" in state.message and "(command exited with status 2)" in state.message
     # Exit status 2 (bad input) is not transient: no retry; the failed run's override is undone.
-    assert task_runs(state)["stage-preprocess"].run_count == 1
+    assert task_runs(state)["stage-preprocess@3dpw"].run_count == 1
     assert params.read_text() == before
 
     with pytest.raises(StageFailed, match="missing dependency /nonexistent/3dpw"):
-        retrain(project_dir=str(project), params={"preprocess.dataset_root": "/nonexistent/3dpw"},
+        retrain(project_dir=str(project), params={"datasets.3dpw.root": "/nonexistent/3dpw"},
                 retries=0)
     assert params.read_text() == before
 

@@ -12,6 +12,7 @@ import webdataset as wds
 
 from stdformer.data import shards
 from stdformer.data.preprocess import preprocess
+from stdformer.data.datasets import ThreeDPWDataset
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.io import DataError
 from stdformer.model.assets import load_body_assets
@@ -29,8 +30,8 @@ CROP = 32
 @pytest.fixture(scope="module")
 def shard_dir(synth_root, synth_body_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("loader") / "shards"
-    preprocess(synth_root, synth_body_dir, out, PreprocessConfig(
-        crop_size=CROP, samples_per_shard=3, workers=1, stride={"test": 4}), progress=False)
+    preprocess(ThreeDPWDataset(root=str(synth_root), stride={"test": 4}), synth_body_dir, out,
+               PreprocessConfig(crop_size=CROP, samples_per_shard=3, workers=1), progress=False)
     return out
 
 

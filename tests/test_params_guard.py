@@ -40,10 +40,21 @@ def test_every_section_is_checked_as_its_stage_loads_it(name):
     check_sections(params, params, name)                  # the shipped files pass
     for section in params:
         bad = yaml.safe_load(yaml.safe_dump(params))
-        target = bad[section] if section != "variants" else bad[section]["stdformer"]
+        entry = {"variants": "stdformer", "datasets": "3dpw"}.get(section)  # one of their entries
+        target = bad[section] if entry is None else bad[section][entry]
         target["no_such_key"] = 1
         with pytest.raises(DataError, match=f"{section}.*no_such_key.*unknown key"):
             check_sections(bad, [section], name)
+
+
+def test_params_from_before_datasets_get_one_line_naming_the_new_place():
+    """Issue 25: `preprocess.dataset_root` / `preprocess.source` moved to `datasets:`."""
+    params = read_params(REPO / "params.yaml")
+    for key, value in (("dataset_root", "/data/3dpw"), ("source", "3dpw"), ("stride", {})):
+        old = {**params, "preprocess": {**params["preprocess"], key: value}}
+        with pytest.raises(DataError, match=rf"^old.yaml: preprocess\.{key}: moved: each "
+                           r"dataset is now an entry of `datasets:` \(.*docs/datasets.md\)$"):
+            check_sections(old, ["preprocess"], "old.yaml")
 
 
 DEMO_DVC_YAML = """\

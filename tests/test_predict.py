@@ -20,6 +20,7 @@ from stdformer.body import PosingArrays
 from stdformer.data import crops
 from stdformer.data.manifest import read_manifest
 from stdformer.data.preprocess import preprocess
+from stdformer.data.datasets import ThreeDPWDataset
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.shards import list_shards, make_clip_loader
 from stdformer.data.targets import body_targets, camera_mesh, project
@@ -36,8 +37,7 @@ from stdformer.io import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = 4
-CROP_CFG = PreprocessConfig(splits=["test"], crop_size=32, clip_len=CLIP, executor="serial",
-                            workers=0)
+CROP_CFG = PreprocessConfig(crop_size=32, clip_len=CLIP, executor="serial", workers=0)
 TINY_MODEL = {"profile": "cpu", "backbone_width": 8, "widths": [32], "ffn_dims": [32],
               "heads": 2, "clip_len": CLIP}
 QUIET = {"overlay": False, "glb": False}
@@ -77,7 +77,8 @@ def model(model_file, synth_body_dir):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, synth_root, synth_body_dir):
     out = tmp_path_factory.mktemp("predict_shards") / "shards"
-    preprocess(synth_root, synth_body_dir, out, CROP_CFG, progress=False)
+    preprocess(ThreeDPWDataset(root=str(synth_root), splits=["test"]), synth_body_dir, out,
+               CROP_CFG, progress=False)
     return out
 
 
@@ -533,7 +534,8 @@ def test_demo_stage_writes_plots_with_the_registered_champion(tmp_path, synth_ro
         registry = ModelRegistry(uri, "stdformer")
         registry.make_champion(registry.create_version(
             info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags={}).version)
-    params = {"preprocess": {"dataset_root": str(synth_root), "crop_size": 32, "clip_len": CLIP},
+    params = {"preprocess": {"crop_size": 32, "clip_len": CLIP},
+              "datasets": {"3dpw": {"layout": "3dpw", "root": str(synth_root)}},
               "demo": {"predict": {"glb": False, "min_track_frames": 4}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     done = subprocess.run([*stage_command("demo"), "--no-progress"], cwd=tmp_path,

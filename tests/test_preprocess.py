@@ -16,6 +16,7 @@ from stdformer.body import BodyModel
 from stdformer.config import from_dict
 from stdformer.data import crops, executors, shards
 from stdformer.data import manifest as mf
+from stdformer.data.datasets import ThreeDPWDataset, stride_for
 from stdformer.data.preprocess import preprocess
 from stdformer.data.preprocess_config import PreprocessConfig, clip_starts
 from stdformer.data.sequence_clips import SequenceTask, process_sequence
@@ -28,9 +29,12 @@ CONTEXT = 60  # 48 px crops with the default 1.25 context: 6 px more on each sid
 
 
 def _cfg(**kw):
-    base = dict(crop_size=CROP, clip_len=8, samples_per_shard=2, workers=1, executor="local",
-                stride={"test": 4})
+    base = dict(crop_size=CROP, clip_len=8, samples_per_shard=2, workers=1, executor="local")
     return PreprocessConfig(**{**base, **kw})
+
+
+def _ds(root, **kw):
+    return ThreeDPWDataset(root=str(root), **{"stride": {"test": 4}, **kw})
 
 
 def _samples(out_dir):
@@ -46,7 +50,7 @@ def _tree_bytes(directory):
 @pytest.fixture(scope="module")
 def shard_dir(synth_root, synth_body_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "shards"
-    report = preprocess(synth_root, synth_body_dir, out, _cfg(), progress=False)
+    report = preprocess(_ds(synth_root), synth_body_dir, out, _cfg(), progress=False)
     assert report["frames_per_s"] > 0
     return out
 
@@ -63,21 +67,24 @@ def test_clip_windows_cover_every_frame_with_a_tail_clip():
 
 
 def test_config_from_params_names_bad_fields():
-    cfg = from_dict(PreprocessConfig, {"crop_size": 224, "stride": {"test": 1}},
-                    source="params.yaml", prefix="preprocess")
-    assert cfg.stride_for("test") == 1 and cfg.stride_for("train") == cfg.clip_len
+    cfg = from_dict(PreprocessConfig, {"crop_size": 224}, source="params.yaml",
+                    prefix="preprocess")
+    dataset = from_dict(ThreeDPWDataset, {"stride": {"test": 1}}, source="params.yaml",
+                        prefix="datasets.3dpw")
+    assert stride_for(dataset, "test", cfg.clip_len) == 1
+    assert stride_for(dataset, "train", cfg.clip_len) == cfg.clip_len
     with pytest.raises(DataError, match=r"params.yaml: preprocess.on_error: must be one of"):
         from_dict(PreprocessConfig, {"on_error": "ignore"}, source="params.yaml",
                   prefix="preprocess")
     with pytest.raises(DataError, match=r"stride.val: not one of splits"):
-        from_dict(PreprocessConfig, {"stride": {"val": 2}}, source="params.yaml",
-                  prefix="preprocess")
+        from_dict(ThreeDPWDataset, {"stride": {"val": 2}}, source="params.yaml",
+                  prefix="datasets.3dpw")
 
 
 def test_unknown_on_error_in_code_built_config_names_the_field(synth_root, synth_body_dir,
                                                                tmp_path):
     with pytest.raises(DataError) as err:
-        preprocess(synth_root, synth_body_dir, tmp_path / "out", _cfg(on_error="ignore"),
+        preprocess(_ds(synth_root), synth_body_dir, tmp_path / "out", _cfg(on_error="ignore"),
                    progress=False)
     assert err.value.field == "on_error" and "'fail' or 'skip'" in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -163,7 +170,8 @@ def test_outputs_follow_the_contract_and_manifest_matches_shards(shard_dir, synt
         assert clip["targets"]["valid"].numpy().tolist() == expected.tolist()
         assert clip["meta"]["frame_ids"] == track.img_frame_ids[frames].tolist()
         assert clip["meta"]["split"] == manifest["split"][i]
-        assert clip["meta"]["source"] == manifest["source"][i] == "synthetic"
+        assert clip["meta"]["source"] == manifest["source"][i] == "3dpw"
+        assert clip["meta"]["camera"] == manifest["camera"][i] == 0
 
 
 def test_targets_are_camera_frame_root_relative_and_project_into_the_crop(
@@ -203,7 +211,7 @@ def test_targets_are_camera_frame_root_relative_and_project_into_the_crop(
 def test_two_runs_give_identical_bytes_whatever_the_worker_count(shard_dir, synth_root,
                                                                   synth_body_dir, tmp_path):
     out = tmp_path / "again"
-    preprocess(synth_root, synth_body_dir, out, _cfg(workers=2), progress=False)
+    preprocess(_ds(synth_root), synth_body_dir, out, _cfg(workers=2), progress=False)
     assert _tree_bytes(out) == _tree_bytes(shard_dir)
 
 
@@ -221,7 +229,7 @@ def test_corrupt_jpeg_fails_naming_the_file(dataset_copy, synth_body_dir, tmp_pa
     image = track.image_paths[frame]
     image.write_bytes(image.read_bytes()[:200])  # truncated
     with pytest.raises(DataError, match=image.name) as err:  # raised in a worker process
-        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(workers=2), progress=False)
+        preprocess(_ds(root), synth_body_dir, tmp_path / "out", _cfg(workers=2), progress=False)
     assert "corrupt or truncated" in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -232,7 +240,7 @@ def test_corrupt_and_missing_jpegs_are_skipped_and_counted(dataset_copy, synth_b
     track.image_paths[frame].write_bytes(b"\xff\xd8 definitely not a jpeg")
     track.image_paths[frame + 1].unlink()
     out = tmp_path / "out"
-    preprocess(root, synth_body_dir, out, _cfg(on_error="skip"), progress=False)
+    preprocess(_ds(root), synth_body_dir, out, _cfg(on_error="skip"), progress=False)
     report = json.loads((out / "report.json").read_text())
     assert report["splits"]["train"]["skipped_frames"]["corrupt_image"] == 1
     assert report["splits"]["train"]["skipped_frames"]["missing_image"] == 1
@@ -249,7 +257,7 @@ def test_missing_jpeg_with_fail_names_the_file(dataset_copy, synth_body_dir, tmp
     root, track, frame = dataset_copy
     track.image_paths[frame].unlink()
     with pytest.raises(DataError, match=track.image_paths[frame].name):
-        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+        preprocess(_ds(root), synth_body_dir, tmp_path / "out", _cfg(), progress=False)
 
 
 def test_nan_pose_names_the_pickle_and_field(dataset_copy, synth_body_dir, tmp_path):
@@ -259,7 +267,7 @@ def test_nan_pose_names_the_pickle_and_field(dataset_copy, synth_body_dir, tmp_p
     data["poses"][0][2, 5] = np.nan
     pkl.write_bytes(pickle.dumps(data, protocol=2))
     with pytest.raises(DataError, match=rf"{pkl.name}: poses\[0\]"):
-        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+        preprocess(_ds(root), synth_body_dir, tmp_path / "out", _cfg(), progress=False)
 
 
 def test_existing_output_is_replaced_only_when_a_run_succeeds(shard_dir, dataset_copy,
@@ -270,7 +278,7 @@ def test_existing_output_is_replaced_only_when_a_run_succeeds(shard_dir, dataset
     before = _tree_bytes(out)
     track.image_paths[frame].write_bytes(b"garbage")
     with pytest.raises(DataError):
-        preprocess(root, synth_body_dir, out, _cfg(), progress=False)
+        preprocess(_ds(root), synth_body_dir, out, _cfg(), progress=False)
     assert _tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "root"]  # no temp left over
 
@@ -281,12 +289,13 @@ def test_track_arrays_are_checked_again_before_use(synth_root, synth_body_dir):
     poses = track.poses.copy()
     poses[1, 7] = np.inf
     task = SequenceTask([dataclasses.replace(track, poses=poses)], "seq.pkl",
-                        str(synth_body_dir), _cfg())
+                        str(synth_body_dir), _cfg(), "3dpw", 8)
     with pytest.raises(DataError, match=r"seq.pkl: poses\[0\]: contains NaN or inf"):
         process_sequence(task)
     short = dataclasses.replace(track, trans=track.trans[:-1])
     with pytest.raises(DataError, match=r"trans\[0\]: expected shape"):
-        process_sequence(SequenceTask([short], "seq.pkl", str(synth_body_dir), _cfg()))
+        process_sequence(SequenceTask([short], "seq.pkl", str(synth_body_dir), _cfg(), "3dpw",
+                                      8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,18 +312,18 @@ def test_a_split_without_clips_is_an_error_unless_optional(dataset_copy, synth_b
         pkl.unlink()
     with pytest.raises(DataError, match=r"sequenceFiles/test: splits: split 'test' has no "
                        r"sequences"):
-        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+        preprocess(_ds(root), synth_body_dir, tmp_path / "out", _cfg(), progress=False)
     assert not (tmp_path / "out").exists()
-    report = preprocess(root, synth_body_dir, tmp_path / "out",
-                        _cfg(optional_splits=["test"]), progress=False)
+    report = preprocess(_ds(root, optional_splits=["test"]), synth_body_dir, tmp_path / "out",
+                        _cfg(), progress=False)
     assert report["splits"]["test"]["clips"] == 0 and report["splits"]["train"]["clips"] > 0
     with pytest.raises(DataError, match=r"sequenceFiles/train: splits: split 'train' has no "
                        r"clips: its \d+ track\(s\) are shorter than clip_len 40"):
-        preprocess(root, synth_body_dir, tmp_path / "out2",
-                   _cfg(optional_splits=["test"], clip_len=40), progress=False)
+        preprocess(_ds(root, optional_splits=["test"]), synth_body_dir, tmp_path / "out2",
+                   _cfg(clip_len=40), progress=False)
     with pytest.raises(DataError, match="optional_splits"):
-        from_dict(PreprocessConfig, {"optional_splits": ["val"]}, source="params.yaml",
-                  prefix="preprocess")
+        from_dict(ThreeDPWDataset, {"optional_splits": ["val"]}, source="params.yaml",
+                  prefix="datasets.3dpw")
 
 
 def _garbage_in_the_middle(path):
@@ -339,9 +348,9 @@ def test_jpeg_with_garbage_in_the_middle_is_an_unreadable_frame(dataset_copy, sy
     with pytest.raises(crops.UnreadableImageError, match="Corrupt JPEG data"):
         crops.decode_jpeg(image.read_bytes(), 4)
     with pytest.raises(DataError, match=rf"{image.name}: not a readable JPEG \(corrupt"):
-        preprocess(root, synth_body_dir, tmp_path / "out", _cfg(), progress=False)
+        preprocess(_ds(root), synth_body_dir, tmp_path / "out", _cfg(), progress=False)
     out = tmp_path / "skip"
-    preprocess(root, synth_body_dir, out, _cfg(on_error="skip"), progress=False)
+    preprocess(_ds(root), synth_body_dir, out, _cfg(on_error="skip"), progress=False)
     report = json.loads((out / "report.json").read_text())
     assert report["splits"]["train"]["skipped_frames"]["corrupt_image"] == 1
     key = shards.clip_key(track.sequence, track.actor, 0)

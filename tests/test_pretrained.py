@@ -354,6 +354,7 @@ def test_released_checkpoint_predicts_and_evaluates_without_training(
     from test_predict import annotation_boxes_file
 
     from stdformer.cli import main
+    from stdformer.data.datasets import ThreeDPWDataset
     from stdformer.data.preprocess import PreprocessConfig, preprocess
     from stdformer.data.threedpw import iter_tracks
     from stdformer.io import file_digest
@@ -371,9 +372,9 @@ def test_released_checkpoint_predicts_and_evaluates_without_training(
         assert json.loads(str(z["meta"]))["crop_size"] == 224
 
     shards = tmp_path / "shards"
-    preprocess(synth_root, standard_body_dir, shards,
-               PreprocessConfig(splits=["test"], crop_size=224, clip_len=4, executor="serial",
-                                workers=0), progress=False)
+    preprocess(ThreeDPWDataset(root=str(synth_root), splits=["test"]), standard_body_dir,
+               shards, PreprocessConfig(crop_size=224, clip_len=4, executor="serial", workers=0),
+               progress=False)
     out = tmp_path / "published"
     assert main(["checkpoint", "evaluate", str(ckpt), "--body", str(standard_body_dir),
                  "--shards", str(shards), "--out", str(out), "--overlays", "0", "--quiet"]) == 0

@@ -45,7 +45,7 @@ def _samples(num_clips=10):
 def _rows(placed, split="train"):
     return [{"key": key, "split": split, "shard": f"{split}/{shard}", "sequence": "s",
              "actor": 0, "frame_start": 0, "frame_end": S, "num_frames": S, "num_valid": 2,
-             "valid": [True, False] * (S // 2), "source": "unit", "crop_size": CROP,
+             "valid": [True, False] * (S // 2), "source": "unit", "camera": 0, "crop_size": CROP,
              "context_size": CROP} for key, shard in placed]
 
 

@@ -38,6 +38,7 @@ def make_train_data(root: Path) -> tuple[Path, Path]:
     sequences preprocessed into 64 px clips of 8 frames, 4 clips per shard."""
     from stdformer.body.files import write_body_dir
     from stdformer.body.model import BodyModel
+    from stdformer.data.datasets import ThreeDPWDataset
     from stdformer.data.preprocess import preprocess
     from stdformer.data.preprocess_config import PreprocessConfig
     from stdformer.data.synthetic import synthesize
@@ -49,9 +50,9 @@ def make_train_data(root: Path) -> tuple[Path, Path]:
         train_sequences=3, validation_sequences=1, test_sequences=0, min_frames=20,
         max_frames=24, width=160, height=120, distractors=0, occluders=0,
         two_actor_fraction=0.0), progress=False)
-    preprocess(raw, body_dir, shards, PreprocessConfig(
-        dataset_root=str(raw), splits=["train", "validation"], crop_size=64,
-        samples_per_shard=4, workers=1, executor="serial"), progress=False)
+    preprocess(ThreeDPWDataset(root=str(raw), splits=["train", "validation"]), body_dir, shards,
+               PreprocessConfig(crop_size=64, samples_per_shard=4, workers=1, executor="serial"),
+               progress=False)
     return body_dir, shards
 
 

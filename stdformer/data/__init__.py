@@ -2,6 +2,8 @@
 
 Modules (imported explicitly; this package imports nothing so light users stay light):
     threedpw   read_sequence / iter_tracks / list_sequences -> Track; camera-frame helpers
+    h36m       Human3.6M (NeuralAnnot / I2L-MeshNet layout) -> Tracks
+    datasets   the `datasets:` section: one entry per source (ThreeDPWDataset, H36MDataset)
     render     OpenCV mesh renderer: rasterize, render_meshes, overlay_mesh, project_points
     motion     procedural SMPL motion (walk, wave, squat)
     synthetic  synthesize(out_root, body, cfg): a synthetic 3DPW; its settings in
@@ -9,7 +11,7 @@ Modules (imported explicitly; this package imports nothing so light users stay l
                synthetic_appearance, synthetic_scene
     crops, shards, manifest, targets: crop protocol, shard contract, the manifest (and its
                verified reading), body-model targets
-    preprocess preprocess(dataset_root, body_dir, out_dir, cfg): the preprocessing stage; its
+    preprocess preprocess(dataset, body_dir, out_dir, cfg, name=...): the preprocessing stage; its
                settings and clip windows in preprocess_config (PreprocessConfig), its parts in
                stored_crops and sequence_clips
 """

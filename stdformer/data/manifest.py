@@ -2,9 +2,11 @@
 
 `<out>/manifest.parquet` has one row per clip (MANIFEST_SCHEMA): where the clip is (`split`,
 `shard`, `key`), what it holds (`sequence`, `actor`, `frame_start`, `frame_end`, `num_frames`,
-`valid`, `num_valid`, `source`, `crop_size`, `context_size`) and the size and sha256 of its shard
-(`shard_bytes`, `shard_sha256`, repeated on every clip of the shard). Rows are in write order,
-so the keys of one shard are in tar order.
+`valid`, `num_valid`, `source`: the dataset's name in params' `datasets:`, `camera`: its
+camera number, 0 where the layout has none (3DPW), `crop_size`, `context_size`) and the size
+and sha256 of its shard (`shard_bytes`, `shard_sha256`, repeated on every clip of the shard).
+Rows are in write order, so the keys of one shard are in tar order. With several datasets,
+`source_dirs` finds each one's output (data/shards/<name>/).
 
 Readers go through `split_shards`: every `*.tar` in `<out>/<split>/` must be a shard the manifest
 lists, with the listed size and sha256. A stray shard copied into the directory, a shard
@@ -34,7 +36,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
     ("sequence", pa.string()), ("actor", pa.int32()), ("frame_start", pa.int32()),
     ("frame_end", pa.int32()), ("num_frames", pa.int32()), ("num_valid", pa.int32()),
-    ("valid", pa.list_(pa.bool_())), ("source", pa.string()), ("crop_size", pa.int32()),
+    ("valid", pa.list_(pa.bool_())), ("source", pa.string()), ("camera", pa.int32()),
+    ("crop_size", pa.int32()),
     ("context_size", pa.int32()), ("shard_bytes", pa.int64()), ("shard_sha256", pa.string()),
 ])
 # Filled by write_manifest from the shard files themselves.
@@ -101,6 +104,18 @@ def read_manifest(path: str | os.PathLike) -> dict[str, list]:
         raise DataError(path, f"missing column (written by an older version; {RERUN})",
                         field=missing[0])
     return table.to_pydict()
+
+
+def source_dirs(root: str | os.PathLike) -> dict[str, Path]:
+    """The preprocess outputs under `root`: {name: directory} of each subdirectory holding a
+    manifest (data/shards/<name>/, one per dataset), sorted by name. DataError when there is
+    none (naming the manifest a single output would have)."""
+    root = Path(root)
+    found = {p.parent.name: p.parent for p in sorted(root.glob(f"*/{MANIFEST_NAME}"))}
+    if not found:
+        raise DataError(root / MANIFEST_NAME, f"file not found, nor */{MANIFEST_NAME} (one per "
+                        f"dataset) ({RERUN})")
+    return found
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""The preprocessing settings (params.yaml section `preprocess`) and the clip windows they
-define: what preprocess, evaluation and `stdformer predict` share."""
+"""The preprocessing settings (params.yaml section `preprocess`: the crop settings every
+dataset shares; the datasets themselves are section `datasets`, datasets.py) and the clip
+windows they define: what preprocess, evaluation and `stdformer predict` share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from stdformer.io import DataError
@@ -13,17 +14,10 @@ from stdformer.io import DataError
 class PreprocessConfig:
     """params.yaml section `preprocess`."""
 
-    dataset_root: str = "data/raw/synthetic"
-    source: str = "synthetic"  # written into every clip's meta and the manifest
-    splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
-    optional_splits: list[str] = field(default_factory=list)  # may have no clips (else an error)
     crop_size: int = 64  # the model's input size; 224 for the full profile
     crop_scale: float = 1.2  # crop side = crop_scale x box side
     context: float = 1.25  # stored crops show context x the crop side (for scale/rotation aug.)
     clip_len: int = 8
-    # Per split; a split not listed uses clip_len (non-overlapping). The last clip_len frames
-    # of a track always form a clip too.
-    stride: dict[str, int] = field(default_factory=dict)
     min_keypoints: int = 6  # a frame needs more than this many confident keypoints
     keypoint_conf: float = 0.3
     bbox_extent_scale: float = 1.1
@@ -43,8 +37,6 @@ class PreprocessConfig:
         if self.executor not in ("local", "serial", "dask"):
             out.append(("executor", f"must be 'local', 'serial' or 'dask', got "
                                     f"{self.executor!r}"))
-        if not self.splits:
-            out.append(("splits", "must name at least one split"))
         for name, value, low in (("crop_size", self.crop_size, 8), ("clip_len", self.clip_len, 1),
                                  ("samples_per_shard", self.samples_per_shard, 1),
                                  ("workers", self.workers, 0),
@@ -56,18 +48,10 @@ class PreprocessConfig:
             out.append(("crop_scale", "scales must be > 0"))
         if not 1.0 <= self.context <= 2.0:
             out.append(("context", f"must be in [1, 2], got {self.context}"))
-        for split in self.optional_splits:
-            if split not in self.splits:
-                out.append(("optional_splits", f"{split!r} is not one of splits {self.splits}"))
         if self.bbox_sigma < 0:
             out.append(("bbox_sigma", f"must be >= 0, got {self.bbox_sigma}"))
         if not 1 <= self.jpeg_quality <= 100:
             out.append(("jpeg_quality", f"must be in 1..100, got {self.jpeg_quality}"))
-        for split, value in self.stride.items():
-            if split not in self.splits:
-                out.append((f"stride.{split}", f"not one of splits {self.splits}"))
-            elif value < 1:
-                out.append((f"stride.{split}", f"must be >= 1, got {value}"))
         return out
 
     def validate(self) -> None:
@@ -75,9 +59,6 @@ class PreprocessConfig:
         if problems:
             name, problem = problems[0]
             raise ValueError(f"{name}: {problem}")
-
-    def stride_for(self, split: str) -> int:
-        return self.stride.get(split, self.clip_len)
 
     @property
     def context_size(self) -> int:

@@ -1,5 +1,6 @@
-"""One sequence of a 3DPW-layout dataset -> its tracks' clips, encoded as shard samples with
-manifest rows (`process_sequence`; runs in an executor's worker, see preprocess.py)."""
+"""One sequence of a dataset (any layout: its reader gives threedpw.Track's) -> its tracks'
+clips, encoded as shard samples with manifest rows (`process_sequence`; runs in an executor's
+worker, see preprocess.py)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ from stdformer.data.targets import body_targets, checked_array, project
 from stdformer.io import DataError
 
 SKIP_REASONS = ("campose_invalid", "few_keypoints", "missing_image", "corrupt_image",
-                "short_track")
+                "short_track")  # a layout's reader may add its own (Track.skip_masks)
 
 
 @dataclass(frozen=True)
 class SequenceTask:
-    """The annotated tracks of one sequence (they share its images), in actor order."""
+    """The annotated tracks of one sequence (they share its images), in actor order, of one
+    split (clips every `stride` frames) of dataset `source`."""
 
     tracks: list[Any]  # stdformer.data.threedpw.Track
     pkl_path: str  # for error messages
     body_dir: str
     cfg: PreprocessConfig
+    source: str
+    stride: int
+    skip_reasons: tuple[str, ...] = SKIP_REASONS  # the report's reasons, in its order
 
 
 _BODIES: dict[tuple[str, str], PosingArrays] = {}
@@ -91,9 +96,9 @@ def process_sequence(task: SequenceTask) -> list[dict[str, Any]]:
         n = len(track.image_paths)
         result = {"split": track.split, "sequence": track.sequence, "actor": int(track.actor),
                   "frames": n, "samples": [], "rows": [],
-                  "skipped": {r: 0 for r in SKIP_REASONS}}
+                  "skipped": {r: 0 for r in task.skip_reasons}}
         results.append(result)
-        starts = clip_starts(n, cfg.clip_len, cfg.stride_for(track.split))
+        starts = clip_starts(n, cfg.clip_len, task.stride)
         if not starts:
             result["skipped"]["short_track"] = n
             continue
@@ -104,19 +109,24 @@ def process_sequence(task: SequenceTask) -> list[dict[str, Any]]:
         [t[3].sides for t in todo], cfg)
     for (track, result, starts, boxes, targets), *images in zip(todo, jpegs, image_ok,
                                                                  image_flags, strict=True):
-        _track_clips(track, result, starts, boxes, targets, *images, body.body_model_id, cfg)
+        _track_clips(track, result, starts, boxes, targets, *images, body.body_model_id, cfg,
+                     task.source)
     return results
 
 
 def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _TrackBoxes,
                  targets: dict[str, np.ndarray], jpegs: list[bytes], image_ok: np.ndarray,
                  image_flags: dict[str, np.ndarray], body_id: str,
-                 cfg: PreprocessConfig) -> None:
+                 cfg: PreprocessConfig, source: str) -> None:
     """Fill `result` with the track's clips (samples and manifest rows) and skip counts."""
     S = cfg.clip_len
     valid = boxes.campose_valid & boxes.detected & image_ok
     reasons = {"campose_invalid": ~boxes.campose_valid, "few_keypoints": ~boxes.detected,
                **image_flags}
+    for reason, mask in track.skip_masks.items():  # the layout's own (e.g. no SMPL fit)
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        valid = valid & ~mask
+        reasons[reason] = mask
     for reason, mask in reasons.items():
         result["skipped"][reason] = int(mask.sum())
 
@@ -142,7 +152,7 @@ def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _Track
         clip_targets = {name: arr[sl] for name, arr in per_frame.items()}
         clip_targets["intrinsics"] = boxes.intrinsics.astype(np.float32)
         meta = {"sequence": track.sequence, "actor": int(track.actor), "split": track.split,
-                "source": cfg.source, "clip_start": start,
+                "source": source, "camera": int(track.camera), "clip_start": start,
                 "frame_ids": [int(f) for f in frame_ids[sl]], "crop_size": cfg.crop_size,
                 "context_size": cfg.context_size, "body_model_id": body_id}
         result["samples"].append(shards.encode_clip(key, jpegs[sl], clip_targets, meta))
@@ -150,7 +160,8 @@ def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _Track
                                "actor": int(track.actor), "frame_start": start,
                                "frame_end": start + S, "num_frames": S,
                                "num_valid": int(valid[sl].sum()),
-                               "valid": [bool(v) for v in valid[sl]], "source": cfg.source,
+                               "valid": [bool(v) for v in valid[sl]], "source": source,
+                               "camera": int(track.camera),
                                "crop_size": cfg.crop_size, "context_size": cfg.context_size})
 
 

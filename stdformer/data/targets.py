@@ -46,33 +46,54 @@ def checked_array(track, name: str, shape: tuple, pkl: str, field: str) -> np.nd
     return arr
 
 
+def _track_betas(track, n: int, pkl: str) -> np.ndarray:
+    """(N,10) betas: the track's one shape (3DPW) repeated, or its per-frame shapes."""
+    betas = np.asarray(track.betas, dtype=np.float64)
+    field = f"betas[{track.actor}]"
+    if betas.ndim == 2:
+        if betas.shape != (n, 10) or not np.isfinite(betas).all():
+            raise DataError(pkl, f"need ({n}, 10) finite per-frame betas, got {betas.shape}",
+                            field=field)
+        return betas
+    betas = betas.reshape(-1)
+    if betas.size < 10 or not np.isfinite(betas[:10]).all():
+        raise DataError(pkl, f"need 10 finite betas, got {betas[:10]}", field=field)
+    return np.tile(betas[:10], (n, 1))
+
+
 def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]:
     """Camera-frame, root-relative 3D targets of every frame of a track, posed with the body's
     `arrays` (`PosingArrays.load(body_dir)`; preprocess keeps one per process).
 
     Returns joints3d (N,24,3), joints_h36m (N,17,3), root_cam (N,3), joints_h36m_cam (N,17,3)
     (absolute, for projection), pose (N,72) camera-frame, betas (N,10): the mesh is posed from
-    pose and betas where it is needed (`BodyModel.shard_mesh`, `camera_mesh`).
+    pose and betas where it is needed (`BodyModel.shard_mesh`, `camera_mesh`). A track with
+    annotated H36M joints (`joints_h36m_cam`, Human3.6M's mocap) has those as its H36M targets,
+    relative to the fit's SMPL pelvis like the regressed ones.
     """
     n = len(track.image_paths)
     actor = track.actor
     poses = checked_array(track, "poses", (n, 72), pkl, f"poses[{actor}]")
     trans = checked_array(track, "trans", (n, 3), pkl, f"trans[{actor}]")
-    betas_all = np.asarray(track.betas, dtype=np.float64).reshape(-1)
-    if betas_all.size < 10 or not np.isfinite(betas_all[:10]).all():
-        raise DataError(pkl, f"need 10 finite betas, got {betas_all[:10]}",
-                        field=f"betas[{actor}]")
-    betas = betas_all[:10]
+    betas = _track_betas(track, n, pkl)
     cam_poses = checked_array(track, "cam_poses", (n, 4, 4), pkl, "cam_poses")
-    posed = pose_track(arrays, poses, betas, trans, cam_poses)
-    root = posed["joints"][:, :1, :]  # SMPL pelvis (N,1,3)
+    # One posing pass per distinct shape (3DPW: one; per-frame fits: up to one per frame).
+    shapes, group = np.unique(betas, axis=0, return_inverse=True)
+    joints, joints_h36m = np.empty((n, 24, 3)), np.empty((n, 17, 3), np.float32)
+    for g, shape in enumerate(shapes):
+        rows = np.flatnonzero(group.reshape(-1) == g)
+        posed = pose_track(arrays, poses[rows], shape, trans[rows], cam_poses[rows])
+        joints[rows], joints_h36m[rows] = posed["joints"], posed["joints_h36m"]
+    if getattr(track, "joints_h36m_cam", None) is not None:
+        joints_h36m = checked_array(track, "joints_h36m_cam", (n, 17, 3), pkl, "joint_3d")
+    root = joints[:, :1, :]  # SMPL pelvis (N,1,3)
     return {
-        "joints3d": posed["joints"] - root,
-        "joints_h36m": posed["joints_h36m"] - root,
-        "joints_h36m_cam": posed["joints_h36m"],
+        "joints3d": joints - root,
+        "joints_h36m": joints_h36m - root,
+        "joints_h36m_cam": joints_h36m,
         "root_cam": root[:, 0],
         "pose": camera_pose(poses, cam_poses),
-        "betas": np.tile(betas, (n, 1)),
+        "betas": betas,
     }
 
 

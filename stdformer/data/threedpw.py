@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +47,18 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 @dataclass
 class Track:
-    """One annotated actor of one sequence (N frames).
+    """One annotated actor of one sequence (N frames); other layouts' readers (h36m.py) give
+    their tracks in this form too.
 
     image_paths: N paths; img_frame_ids (N,) int; poses (N,72) world axis-angle; trans (N,3);
-    betas (10,); poses2d (N,18,3) COCO-18 (x, y, confidence) in pixels; campose_valid (N,) bool;
+    betas (10,) or (N,10) per frame; poses2d (N,18,3) COCO-18 (x, y, confidence) in pixels;
+    campose_valid (N,) bool;
     cam_poses (N,4,4) world->camera; intrinsics (3,3); gender 'm'/'f' (or 'n');
-    num_actors in the sequence; pkl_path the sequence file.
+    num_actors in the sequence; pkl_path the sequence file (the annotation file of other
+    layouts). Other layouts may add: camera (the camera number, 0 for 3DPW), joints_h36m_cam
+    (N,17,3) annotated H36M-17 joints in the camera frame in metres (the targets then use
+    them instead of the ones regressed from the mesh), skip_masks {reason: (N,) bool} frames
+    that are not supervised, with the report's skip reason.
     """
 
     sequence: str
@@ -70,6 +76,9 @@ class Track:
     gender: str
     num_actors: int = 1
     pkl_path: Path | None = None  # the sequence file, for error messages
+    camera: int = 0
+    joints_h36m_cam: np.ndarray | None = None
+    skip_masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.img_frame_ids)
