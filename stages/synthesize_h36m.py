@@ -8,6 +8,7 @@ import argparse
 import logging
 
 from stdformer.body import BodyModel
+from stdformer.body.track_posing import PosingArrays
 from stdformer.config import load_section
 from stdformer.data.synthetic_h36m import synthesize_h36m
 from stdformer.data.synthetic_h36m_config import SynthesizeH36MConfig
@@ -23,7 +24,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_section("synthesize_h36m", SynthesizeH36MConfig, args.params)
-    synthesize_h36m(args.out_dir, BodyModel.from_dir(args.body_dir), cfg)  # logs its summary
+    synthesize_h36m(args.out_dir, BodyModel.from_dir(args.body_dir),
+                    PosingArrays.load(args.body_dir), cfg)  # logs its summary
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from stdformer.body.track_posing import PosingArrays
 from stdformer.config import from_dict, load_section
 from stdformer.data.synthetic_appearance import render_background
 from stdformer.data.synthetic_h36m import (
@@ -38,9 +39,14 @@ def small_cfg():
 
 
 @pytest.fixture(scope="module")
-def h36m_root(tmp_path_factory, synth_body, small_cfg):
+def posing(synth_body_dir):
+    return PosingArrays.load(synth_body_dir)
+
+
+@pytest.fixture(scope="module")
+def h36m_root(tmp_path_factory, synth_body, posing, small_cfg):
     root = tmp_path_factory.mktemp("synth_h36m") / "h36m"
-    synthesize_h36m(root, synth_body, small_cfg, progress=False)
+    synthesize_h36m(root, synth_body, posing, small_cfg, progress=False)
     return root
 
 
@@ -215,9 +221,9 @@ def test_world_fits_reproduce_the_joints(h36m_root, small_cfg, synth_body):
     assert np.mean(errors) < 8.0 and max(errors) < 12.0  # noise: 3 mm per axis
 
 
-def test_same_config_writes_the_same_bytes(h36m_root, tmp_path, synth_body, small_cfg):
+def test_same_config_writes_the_same_bytes(h36m_root, tmp_path, synth_body, posing, small_cfg):
     again = tmp_path / "again"
-    synthesize_h36m(again, synth_body, small_cfg, progress=False)
+    synthesize_h36m(again, synth_body, posing, small_cfg, progress=False)
     assert _digests(again) == _digests(h36m_root)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
+from stdformer.body.track_posing import PosingArrays, pose_track
 from stdformer.data import motion as motion_lib
 from stdformer.data.render import Mesh, project_points, rasterize, shade_faces
 from stdformer.data.synthetic_appearance import (
@@ -145,8 +146,9 @@ def studio_backdrop(seed: int) -> Backdrop:
 
 @dataclass
 class Performance:
-    """One subaction of one subject in the y-up metres of the renderer: vertices (T,V,3),
-    joints_h36m (T,17,3) world; and its world-frame (z-up) SMPL fit: pose (T,72), trans (T,3)."""
+    """One subaction of one subject in the y-up metres of the renderer: vertices (S,V,3) at the
+    S sampled frames (`cfg.sampled_frames`), joints_h36m (T,17,3) at every frame, world; and its
+    world-frame (z-up) SMPL fit: pose (T,72), trans (T,3)."""
 
     vertices: np.ndarray
     joints_h36m: np.ndarray
@@ -163,11 +165,13 @@ def subject_look(assets: SynthBodyAssets, cfg: SynthesizeH36MConfig, subject: in
     return betas, colors
 
 
-def perform(assets: SynthBodyAssets, regressor: np.ndarray, cfg: SynthesizeH36MConfig,
+def perform(assets: SynthBodyAssets, posing: PosingArrays, cfg: SynthesizeH36MConfig,
             subject: int, action: str, subaction: int, betas: np.ndarray,
             towards: float) -> Performance:
     """Pose the subject for one subaction: standing actions face roughly `towards` (an azimuth,
-    the frontal camera's) near the volume centre; walks cross the centre."""
+    the frontal camera's) near the volume centre; walks cross the centre. The whole mesh is
+    posed at the sampled frames only (the images); the joints at every frame, with
+    `pose_track` (only the vertices the H36M regressor reads)."""
     rng = np.random.default_rng([cfg.seed, subject, action_index(action), subaction])
     style = ACTION_STYLE.get(action, "wave")
     n = cfg.frames
@@ -182,19 +186,24 @@ def perform(assets: SynthBodyAssets, regressor: np.ndarray, cfg: SynthesizeH36MC
         motion = motion_lib.generate_motion(rng, n, fps=FPS_H36M, style=style,
                                             start_xz=tuple(rng.uniform(-0.3, 0.3, 2)),
                                             heading0=towards + rng.uniform(-0.6, 0.6))
-    vertices, joints = assets.evaluate(motion.poses, betas)    # (T,V,3), (T,24,3) no trans
+    sampled = cfg.sampled_frames
+    vertices, joints = assets.evaluate(motion.poses[sampled], betas)   # (S,V,3), (S,24,3)
     pelvis = joints[0, 0]  # SMPL rotates about the rest pelvis J0(betas): posed joint 0 stays
-    lift = gaussian_filter1d(-vertices[..., 1].min(axis=1), 2.0, mode="nearest")  # feet on y=0
+    # Root height putting the lowest vertex on the floor y = 0, between samples interpolated.
+    lift = np.interp(np.arange(n), sampled, -vertices[..., 1].min(axis=1))
+    lift = gaussian_filter1d(lift, 2.0, mode="nearest")
     trans_y = np.stack([motion.root_xz[:, 0] - pelvis[0], lift,
                         motion.root_xz[:, 1] - pelvis[2]], -1)                     # (T,3)
-    vertices = vertices + trans_y[:, None]
+    world = np.tile(np.eye(4), (n, 1, 1))  # pose_track's camera: the y-up world itself
+    joints_h36m = pose_track(posing, motion.poses, betas, trans_y, world)["joints_h36m"]
     # The fit in the z-up world: the root turned by the axis change, and the translation that
     # keeps the mesh in place although SMPL turns it about J0, not the origin.
     root = Rotation.from_matrix(Y_UP_TO_Z_UP) * Rotation.from_rotvec(motion.poses[:, :3])
     pose = motion.poses.copy()
     pose[:, :3] = root.as_rotvec()
     trans = (pelvis + trans_y) @ Y_UP_TO_Z_UP.T - pelvis
-    return Performance(vertices, np.einsum("jv,tvc->tjc", regressor, vertices), pose, trans)
+    return Performance(vertices + trans_y[sampled, None], joints_h36m.astype(np.float64), pose,
+                       trans)
 
 
 def unfitted_runs(cfg: SynthesizeH36MConfig, subject: int) -> set[tuple[str, int]]:
@@ -276,7 +285,7 @@ def _write_json(path: Path, obj) -> None:
 # Writing the set
 
 
-def write_subject(assets: SynthBodyAssets, regressor: np.ndarray, backdrop: Backdrop,
+def write_subject(assets: SynthBodyAssets, posing: PosingArrays, backdrop: Backdrop,
                   cfg: SynthesizeH36MConfig, subject: int, root: Path, first_id: int,
                   on_frame=None) -> int:
     """Render and annotate every subaction of `subject` into root; image/annotation ids start
@@ -295,7 +304,7 @@ def write_subject(assets: SynthBodyAssets, regressor: np.ndarray, backdrop: Back
     for action in cfg.actions:
         act = action_index(action)
         for sub in range(1, cfg.subactions + 1):
-            perf = perform(assets, regressor, cfg, subject, action, sub, betas, towards)
+            perf = perform(assets, posing, cfg, subject, action, sub, betas, towards)
             noise = np.random.default_rng([cfg.seed, subject, act, sub, 1004])
             joints_mm = joints_world_mm(perf.joints_h36m, noise, cfg.joint_noise_mm)
             joints_json.setdefault(str(act), {})[str(sub)] = {
@@ -307,9 +316,9 @@ def write_subject(assets: SynthBodyAssets, regressor: np.ndarray, backdrop: Back
             for c, cam in cams.items():
                 folder = root / IMAGES_DIR / sequence_name(subject, act, sub, c)
                 folder.mkdir(parents=True)
-                for i in cfg.sampled_frames:
+                for k, i in enumerate(cfg.sampled_frames):
                     rng = np.random.default_rng([cfg.seed, subject, act, sub, c, i])
-                    image, _ = render_view(perf.vertices[i], assets.faces, colors, cam,
+                    image, _ = render_view(perf.vertices[k], assets.faces, colors, cam,
                                            backgrounds[c], rng)
                     ok, jpeg = cv2.imencode(".jpg", image, params)
                     if not ok:
@@ -335,13 +344,13 @@ def write_subject(assets: SynthBodyAssets, regressor: np.ndarray, backdrop: Back
     return len(images)
 
 
-def synthesize_h36m(out_root: str | Path, body, cfg: SynthesizeH36MConfig,
+def synthesize_h36m(out_root: str | Path, body, posing: PosingArrays, cfg: SynthesizeH36MConfig,
                     progress: bool = True) -> dict:
     """Write the synthetic Human3.6M set to out_root (replaced atomically as a whole). `body` is
-    a stdformer.body.BodyModel. Returns a report: subjects, images, runs, seconds."""
+    a stdformer.body.BodyModel, `posing` the same body's PosingArrays. Returns a report:
+    subjects, images, runs, seconds."""
     cfg.validate()
     assets = SynthBodyAssets(body)
-    regressor = body.J_regressor_h36m.cpu().numpy().astype(np.float64)  # (17, V)
     backdrop = studio_backdrop(cfg.seed)
     start = time.perf_counter()
     per_subject = len(cfg.actions) * cfg.subactions * NUM_CAMERAS * len(cfg.sampled_frames)
@@ -354,7 +363,7 @@ def synthesize_h36m(out_root: str | Path, body, cfg: SynthesizeH36MConfig,
         written = 0
         for subject in cfg.subjects:
             bar.set_postfix_str(f"S{subject}")
-            written += write_subject(assets, regressor, backdrop, cfg, subject, tmp, written,
+            written += write_subject(assets, posing, backdrop, cfg, subject, tmp, written,
                                      bar.update)
         bar.close()
     seconds = time.perf_counter() - start
