@@ -250,3 +250,4 @@ def test_default_params_give_clips_for_every_run():
 def test_bad_settings_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
         from_dict(SynthesizeH36MConfig, {**SMALL, **override}).validate()
+
