@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from stdformer.body.track_posing import PosingArrays
 from stdformer.config import from_dict, load_section
@@ -219,6 +220,33 @@ def test_world_fits_reproduce_the_joints(h36m_root, small_cfg, synth_body):
                 errors.append(np.linalg.norm(regressed - np.asarray(joints[act]["1"][frame]),
                                              axis=-1).mean())
     assert np.mean(errors) < 8.0 and max(errors) < 12.0  # noise: 3 mm per axis
+
+
+def test_fits_in_a_camera_frame_the_way_i2l_meshnet_reads_them(h36m_root, small_cfg,
+                                                                 synth_body):
+    """The documented contract: root orientation turned by R, mesh moved by
+    R @ trans + t / 1000 - J0 + R @ J0 (J0: the shaped body's rest pelvis) gives the camera-frame
+    body whose joints are R @ joint_3d + t, to the joints' noise."""
+    subject = small_cfg.subjects[0]
+    cams, joints = _load(h36m_root, subject, "camera"), _load(h36m_root, subject, "joint_3d")
+    fits = _load(h36m_root, subject, "SMPL_NeuralAnnot")
+    errors = []
+    for cam in cams.values():
+        R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
+        for act, subs in fits.items():
+            for frame in ("0", "5"):
+                fit = subs["1"][frame]
+                pose = np.asarray(fit["pose"])
+                pose[:3] = Rotation.from_matrix(R @ Rotation.from_rotvec(pose[:3]).as_matrix()
+                                                ).as_rotvec()
+                with torch.no_grad():
+                    out = synth_body(torch.tensor(pose[None]), torch.tensor([fit["shape"]]))
+                j0 = out.joints[0, 0].double().numpy()
+                shift = R @ np.asarray(fit["trans"]) + t / 1000 - j0 + R @ j0
+                body_mm = (out.joints_h36m[0].double().numpy() + shift) * 1000
+                expected = np.asarray(joints[act]["1"][frame]) @ R.T + t
+                errors.append(np.linalg.norm(body_mm - expected, axis=-1).mean())
+    assert max(errors) < 10.0, errors
 
 
 def test_same_config_writes_the_same_bytes(h36m_root, tmp_path, synth_body, posing, small_cfg):
