@@ -26,6 +26,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
     from stdformer.body.files import BodyConfig
     from stdformer.data.datasets import all_dataset_configs, preprocess_section
     from stdformer.data.synthetic_config import SynthesizeConfig
+    from stdformer.data.synthetic_h36m_config import SynthesizeH36MConfig
     from stdformer.evaluation import EvaluateConfig
     from stdformer.inference import DemoConfig
     from stdformer.losses import LossConfig
@@ -38,6 +39,7 @@ def _stage_configs() -> dict[str, Callable[[dict, str], Any]]:
 
     checks = {name: plain(name, cls) for name, cls in (
         ("body", BodyConfig), ("synthesize", SynthesizeConfig),
+        ("synthesize_h36m", SynthesizeH36MConfig),
         ("train", TrainConfig), ("loss", LossConfig), ("evaluate", EvaluateConfig),
         ("register", RegisterConfig), ("demo", DemoConfig), ("schedule", ScheduleConfig))}
     checks["model"] = checks["variants"] = _check_models

@@ -10,6 +10,7 @@ from stdformer.config import from_dict, read_params
 from stdformer.data.datasets import all_dataset_configs
 from stdformer.data.preprocess_config import PreprocessConfig
 from stdformer.data.synthetic_config import SynthesizeConfig
+from stdformer.data.synthetic_h36m_config import SynthesizeH36MConfig
 from stdformer.evaluation import EvaluateConfig
 from stdformer.losses import LossConfig
 from stdformer.model.stdformer import STDFormer
@@ -18,7 +19,8 @@ from stdformer.model.stdformer import model_config_from_section
 from stdformer.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"body": BodyConfig, "synthesize": SynthesizeConfig, "preprocess": PreprocessConfig,
+SECTIONS = {"body": BodyConfig, "synthesize": SynthesizeConfig,
+            "synthesize_h36m": SynthesizeH36MConfig, "preprocess": PreprocessConfig,
             "loss": LossConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
             "register": RegisterConfig}
 

@@ -66,6 +66,15 @@ def test_overrides_keep_comments_and_refuse_unknown_keys(tmp_path):
     assert params.read_text() == text
 
 
+def test_overrides_check_the_synthetic_h36m_section(tmp_path):
+    """A `synthesize_h36m.*` override is checked as the stage reads it, before it is written."""
+    params = tmp_path / "params.yaml"
+    params.write_text("synthesize_h36m:\n  size: 256\n")
+    with pytest.raises(DataError, match="synthesize_h36m: size must be in 32..2048"):
+        apply_overrides(params, {"synthesize_h36m.size": 10})
+    assert params.read_text() == "synthesize_h36m:\n  size: 256\n"
+
+
 def test_schedule_section_defaults_and_validation(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("body: {}\n")

@@ -9,6 +9,8 @@ Modules (imported explicitly; this package imports nothing so light users stay l
     synthetic  synthesize(out_root, body, cfg): a synthetic 3DPW; its settings in
                synthetic_config (SynthesizeConfig), its parts in synthetic_assets,
                synthetic_appearance, synthetic_scene
+    synthetic_h36m  synthesize_h36m(out_root, body, posing, cfg): a synthetic Human3.6M in
+               the I2L-MeshNet / NeuralAnnot layout; its settings in synthetic_h36m_config
     crops, shards, manifest, targets: crop protocol, shard contract, the manifest (and its
                verified reading), body-model targets
     preprocess preprocess(dataset, body_dir, out_dir, cfg, name=...): the preprocessing stage; its
