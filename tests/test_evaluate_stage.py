@@ -40,43 +40,54 @@ def test_outputs_have_the_documented_schema(eval_data, tmp_path):
                           per_sequence_csv=tmp_path / "metrics/eval_per_sequence.csv",
                           over_time_csv=tmp_path / "metrics/eval_error_over_time.csv",
                           plots=tmp_path / "plots/eval")
-    worst = write_outputs(result, paths, body.faces.numpy(), "noisy", worst=1, overlay_size=64,
-                          overlay_frames=2)
-    assert len(worst) == 1
-    # eval.json: the headline numbers only (`dvc metrics show`), no per-sequence table
+    notes = {"3dpw": {"source": "3dpw", "camera": None},
+             "fits": {"source": "h36m", "camera": 4, "mpvpe": "pseudo ground truth"}}
+    worst = write_outputs({"3dpw": result, "fits": result}, paths, body.faces.numpy(), "noisy",
+                          worst=1, overlay_size=64, overlay_frames=2, notes=notes)
+    assert len(worst["3dpw"]) == 1
+    # eval.json: the headline numbers per dataset only (`dvc metrics show`), no per-sequence
+    # table; the notes say what each dataset is and which MPVPE is pseudo ground truth
     doc = json.loads(paths.metrics.read_text())
-    assert list(doc) == ["overall"]
-    assert list(doc["overall"]) == ["perfect", "noisy", "noisy_smooth"]
-    assert set(doc["overall"]["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel",
-                                            "yaw_median", "frames"}
-    assert doc["overall"]["perfect"]["yaw_median"] == 0.0
-    # one small file per model: `dvc metrics show` lists models as rows of five columns
-    assert sorted(p.name for p in (tmp_path / "metrics/eval").iterdir()) == [
-        "noisy.json", "noisy_smooth.json", "perfect.json"]
-    headline = json.loads((tmp_path / "metrics/eval/noisy.json").read_text())
+    assert list(doc) == ["datasets", "notes"] and doc["notes"] == notes
+    assert list(doc["datasets"]) == ["3dpw", "fits"]
+    overall = doc["datasets"]["3dpw"]
+    assert list(overall) == ["perfect", "noisy", "noisy_smooth"]
+    assert set(overall["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median",
+                                     "frames"}
+    assert overall["perfect"]["yaw_median"] == 0.0
+    # one small file per (dataset, model): `dvc metrics show` lists them as rows of five columns
+    assert sorted(p.relative_to(tmp_path / "metrics/eval").as_posix()
+                  for p in (tmp_path / "metrics/eval").rglob("*.json")) == [
+        f"{d}/{m}.json" for d in ("3dpw", "fits") for m in ("noisy", "noisy_smooth", "perfect")]
+    headline = json.loads((tmp_path / "metrics/eval/3dpw/noisy.json").read_text())
     assert list(headline) == ["mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median"]
-    assert headline["mpjpe"] == pytest.approx(doc["overall"]["noisy"]["mpjpe"], abs=0.01)
-    diagnostics = json.loads(paths.diagnostics.read_text())
+    assert headline["mpjpe"] == pytest.approx(overall["noisy"]["mpjpe"], abs=0.01)
+    pseudo = json.loads((tmp_path / "metrics/eval/fits/noisy.json").read_text())
+    assert list(pseudo) == ["mpjpe", "pa_mpjpe", "mpvpe_pseudo", "accel", "yaw_median"]
+    diagnostics = json.loads(paths.diagnostics.read_text())["3dpw"]
     assert diagnostics["perfect"]["width_ratio"] == pytest.approx(1.0)
     assert diagnostics["perfect"]["part_head"] < 0.01       # mm (float32 rounding)
     assert diagnostics["noisy"]["part_hands"] > 0
     table = pq.read_table(paths.per_frame)
     assert table.schema.equals(PER_FRAME_SCHEMA)
-    assert table.num_rows == 3 * valid_frames(truth)
+    assert table.num_rows == 2 * 3 * valid_frames(truth)
+    assert table.column("dataset").to_pylist().count("fits") == 3 * valid_frames(truth)
     assert table.column("accel").null_count > 0               # track ends carry no term
     assert table.column("yaw").null_count == 0
     per_seq = paths.per_sequence_csv.read_text().splitlines()
-    assert per_seq[0] == "sequence,model,mpjpe,pa_mpjpe,mpvpe,accel,frames"
-    assert len(per_seq) == 1 + 2 * 3
+    assert per_seq[0] == "dataset,sequence,model,mpjpe,pa_mpjpe,mpvpe,accel,frames"
+    assert len(per_seq) == 1 + 2 * 2 * 3
     over_time = paths.over_time_csv.read_text().splitlines()
-    assert over_time[0] == "sequence,actor,model,frame,mpjpe,accel"
-    assert {line.split(",")[0] for line in over_time[1:]} == set(worst)
-    pngs = sorted(p.relative_to(paths.plots).as_posix() for p in paths.plots.rglob("*.png"))
+    assert over_time[0] == "dataset,sequence,actor,model,frame,mpjpe,accel"
+    assert {line.split(",")[1] for line in over_time[1:]} == set(worst["3dpw"])
+    pngs = sorted(p.relative_to(paths.plots / "3dpw").as_posix()
+                  for p in (paths.plots / "3dpw").rglob("*.png"))
     assert pngs == ["error_over_time.png", "overlays/seqA__a0__00004.png",
                     "overlays/seqB__a0__00000.png", "per_sequence.png", "yaw_error.png"]
+    assert (paths.plots / "fits" / "per_sequence.png").is_file()
     import cv2
 
-    grid = cv2.imread(str(paths.plots / "overlays/seqA__a0__00004.png"))
+    grid = cv2.imread(str(paths.plots / "3dpw/overlays/seqA__a0__00004.png"))
     # a colour legend (its lines wrap on a grid this narrow), then rows: input, perfect (it has
     # a camera; noisy has none, so no row), ground truth
     legend = grid.shape[0] - 3 * 64

@@ -34,7 +34,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
     ("sequence", pa.string()), ("actor", pa.int32()), ("frame_start", pa.int32()),
     ("frame_end", pa.int32()), ("num_frames", pa.int32()), ("num_valid", pa.int32()),
-    ("valid", pa.list_(pa.bool_())), ("source", pa.string()), ("crop_size", pa.int32()),
+    ("valid", pa.list_(pa.bool_())), ("source", pa.string()),
+    ("camera", pa.int32()),
+    ("crop_size", pa.int32()),
     ("context_size", pa.int32()), ("shard_bytes", pa.int64()), ("shard_sha256", pa.string()),
 ])
 # Filled by write_manifest from the shard files themselves.
@@ -76,7 +78,8 @@ def write_manifest(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
         if row["shard"] not in digests:
             path = root / row["shard"]
             digests[row["shard"]] = (path.stat().st_size, file_digest(path))
-    rows = [{**row, **dict(zip(DIGEST_FIELDS, digests[row["shard"]]))} for row in rows]
+    rows = [{"camera": 0, **row, **dict(zip(DIGEST_FIELDS, digests[row["shard"]]))}
+            for row in rows]
     write_bytes_atomic(root / MANIFEST_NAME, manifest_bytes(rows))
 
 

@@ -5,7 +5,7 @@ and the `evaluate` stage both call `evaluate_predictors`, so they report the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,20 +63,47 @@ def clip_length(manifest: Mapping[str, list], split: str, where: Path) -> int:
     return lengths.pop()
 
 
+def camera_clips(manifest: Mapping[str, list], camera: int | None, where: Path
+                 ) -> dict[str, list]:
+    """The manifest's rows of clips filmed by `camera` (its `camera` column; None: all)."""
+    if camera is None:
+        return dict(manifest)
+    keep = [int(c) == camera for c in manifest["camera"]]
+    if not any(keep):
+        raise DataError(where, f"no clip of camera {camera} (cameras here: "
+                        f"{sorted({int(c) for c in manifest['camera']})})", field="camera")
+    return {name: [v for v, k in zip(column, keep) if k] for name, column in manifest.items()}
+
+
+def only_clips(batches: Iterable[dict[str, Any]], keys: set[str]) -> Iterator[dict[str, Any]]:
+    """Collated clip batches cut down to the clips in `keys` (empty ones dropped)."""
+    for batch in batches:
+        keep = [i for i, key in enumerate(batch["key"]) if key in keys]
+        if len(keep) == len(batch["key"]):
+            yield batch
+        elif keep:
+            pick = torch.tensor(keep)
+            yield {**batch, "key": [batch["key"][i] for i in keep],
+                   "meta": [batch["meta"][i] for i in keep], "frames": batch["frames"][pick],
+                   "targets": {k: v[pick] for k, v in batch["targets"].items()}}
+
+
 def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path, split: str,
-                        body: torch.nn.Module, *, merge: str = "mean",
+                        body: torch.nn.Module, *, camera: int | None = None,
+                        merge: str = "mean",
                         smoothed: Sequence[str] = (), sigma: float = 1.5,
                         batch_size: int = 8, num_workers: int = 0,
                         observers: Sequence[Callable] = (), body_model_id: str | None = None,
                         part_labels: np.ndarray | None = None,
                         progress: bool = False) -> EvaluationResult:
-    """Score every predictor on every valid frame of `split` (clips predicted, windows merged per
+    """Score every predictor on every valid frame of `split` (of `camera` only when given:
+    camera_clips) (clips predicted, windows merged per
     track, see predict.py); `observers(batch, outputs)` see every predicted batch (evaluation's
     overlay collector); `smoothed` models also get a "_smooth" row. `body` (a BodyModel)
     poses the ground-truth meshes and regresses the joints. part_labels (V,): the SMPL joint of
     every vertex, for per-part errors (diagnostics.py); None = none."""
     shards = Path(shards)
-    manifest = read_manifest(shards)
+    manifest = camera_clips(read_manifest(shards), camera, shards / "manifest.parquet")
     layout = track_layout(manifest, split)
     if not layout:
         raise DataError(shards, f"the manifest lists no clips of split {split!r}", field="split")
@@ -87,7 +114,8 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
     if body_model_id is not None:
         observers.append(_body_check(body_model_id, shards / split))
     regressor = body.J_regressor_h36m.double()
-    batches: Any = with_mesh(loader, body)
+    batches: Any = with_mesh(loader if camera is None else
+                             only_clips(loader, set(manifest["key"])), body)
     if progress:
         total = -(-sum(1 for s in manifest["split"] if s == split) // batch_size)
         batches = progress_bar(batches, total=total, unit="batch", desc="evaluate")
