@@ -82,7 +82,7 @@ def test_evaluate_writes_one_row_per_model_and_dataset(two_sources, tmp_path):
     assert "| h36m_p2 | mean_pose |" in table and "pseudo ground truth" in table
     per_sequence = paths.per_sequence_csv.read_text().splitlines()[1:]
     assert {line.split(",")[1] for line in per_sequence if line.startswith("h36m_p2,")} == \
-        {"seqB"}
+        {"h36m_p2/seqB"}
     assert sorted(p.name for p in paths.plots.iterdir()) == ["3dpw", "h36m_p1", "h36m_p2"]
     # the gate compares the primary dataset's rows
     eval_rows = {d: {"stdformer": t["mean_pose"]} for d, t in doc["datasets"].items()}

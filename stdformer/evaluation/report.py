@@ -113,11 +113,13 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def per_sequence_csv(per_sequence: Mapping[str, Mapping[str, Mapping[str, Mapping]]]) -> str:
     """Long format, one row per (dataset, sequence, model): dataset, sequence, model, mpjpe,
     pa_mpjpe, mpvpe, accel, frames (datasets in their order, then sorted by sequence, then the
-    model order). `per_sequence`: {dataset: {model: {sequence: summary}}}."""
+    model order). `per_sequence`: {dataset: {model: {sequence: summary}}}. A sequence is named
+    `<dataset>/<sequence>`, so that the chart keeps e.g. one sequence's P1 and P2 rows apart."""
     rows = []
     for dataset, table in per_sequence.items():
         sequences = sorted({seq for seqs in table.values() for seq in seqs})
-        rows += [[dataset, seq, model, *(float(s[m]) for m in METRICS), int(s["frames"])]
+        rows += [[dataset, f"{dataset}/{seq}", model, *(float(s[m]) for m in METRICS),
+                  int(s["frames"])]
                  for seq in sequences for model, seqs in table.items()
                  if (s := seqs.get(seq)) is not None]
     return _csv_text(PER_SEQUENCE_COLUMNS, rows)
@@ -139,11 +141,12 @@ def error_over_time_csv(rows: Mapping[str, Mapping[str, np.ndarray]],
                         sequences: Mapping[str, Sequence[str]]) -> str:
     """Long format for the chosen sequences of each dataset ({dataset: per-frame rows},
     {dataset: sequences}): dataset, sequence, actor, model, frame, mpjpe, accel (accel empty
-    where the frame has no term); rows in the per-frame order."""
+    where the frame has no term; sequences named `<dataset>/<sequence>` as in per_sequence_csv);
+    rows in the per-frame order."""
     out = []
     for dataset, table in rows.items():
         pick = np.flatnonzero(over_time_selection(table, sequences.get(dataset, ())))
-        out += [[dataset, str(table["sequence"][i]), int(table["actor"][i]),
+        out += [[dataset, f"{dataset}/{table['sequence'][i]}", int(table["actor"][i]),
                  str(table["model"][i]), int(table["frame"][i]), float(table["mpjpe"][i]),
                  float(table["accel"][i])] for i in pick]
     return _csv_text(OVER_TIME_COLUMNS, out)
