@@ -3,6 +3,7 @@ for Human3.6M protocol 2, MPVPE against fitted meshes labelled pseudo ground tru
 promotion gate reading its primary dataset. Sources laid out as the pipeline's data/shards
 (`<parent>/3dpw`, `<parent>/h36m`) from evalkit's hand-made data (known ground truth)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -32,6 +33,15 @@ def two_sources(eval_data, tmp_path_factory):
     return parent, eval_data
 
 
+def paths_under(root, shards, body_dir) -> EvaluatePaths:
+    """The evaluate stage's outputs under `root` (named as dvc.yaml names them)."""
+    out = {f.name: root / "metrics" / name for f, name in zip(
+        dataclasses.fields(EvaluatePaths)[2:-1],
+        ("eval.json", "eval", "eval_diagnostics.json", "per_frame.parquet",
+         "eval_per_sequence.csv", "eval_error_over_time.csv"))}
+    return EvaluatePaths(shards=shards, body=body_dir, plots=root / "plots", **out)
+
+
 def _frames_of(truth, sequences) -> int:
     return sum(int(v["valid"].sum()) for (split, seq, _), v in truth.items()
                if split == "test" and seq in sequences)
@@ -55,14 +65,8 @@ def test_evaluate_writes_one_row_per_model_and_dataset(two_sources, tmp_path):
                 "h36m_p2": {"source": "h36m", "camera": 4}}
     cfg = EvaluateConfig(models={}, overlays=0, batch_size=2,
                          datasets={n: DatasetSpec(**d) for n, d in datasets.items()})
+    paths = paths_under(tmp_path, parent, body_dir)
     metrics = tmp_path / "metrics"
-    paths = EvaluatePaths(shards=parent, body=body_dir, metrics=metrics / "eval.json",
-                          model_metrics=metrics / "eval",
-                          diagnostics=metrics / "eval_diagnostics.json",
-                          per_frame=metrics / "per_frame.parquet",
-                          per_sequence_csv=metrics / "eval_per_sequence.csv",
-                          over_time_csv=metrics / "eval_error_over_time.csv",
-                          plots=tmp_path / "plots")
     run = evaluate(cfg, paths, progress=False)
     doc = json.loads(paths.metrics.read_text())
     assert list(doc["datasets"]) == list(datasets)
@@ -101,14 +105,7 @@ def test_evaluate_writes_one_row_per_model_and_dataset(two_sources, tmp_path):
 def test_default_datasets_are_the_sources(two_sources, tmp_path):
     parent, (body_dir, _, _, truth) = two_sources
     cfg = EvaluateConfig(models={}, overlays=0, batch_size=2)
-    metrics = tmp_path / "metrics"
-    paths = EvaluatePaths(shards=parent, body=body_dir, metrics=metrics / "eval.json",
-                          model_metrics=metrics / "eval",
-                          diagnostics=metrics / "eval_diagnostics.json",
-                          per_frame=metrics / "per_frame.parquet",
-                          per_sequence_csv=metrics / "eval_per_sequence.csv",
-                          over_time_csv=metrics / "eval_error_over_time.csv",
-                          plots=tmp_path / "plots")
+    paths = paths_under(tmp_path, parent, body_dir)
     run = evaluate(cfg, paths, progress=False)
     assert list(run.results) == ["3dpw", "h36m"]
     assert torch.isfinite(torch.tensor(run.results["h36m"].overall["mean_pose"]["mpjpe"]))
