@@ -20,6 +20,7 @@ from stdformer.config import from_dict
 from stdformer.evaluation import EvaluateConfig, EvaluatePaths, write_outputs
 from stdformer.evaluation.overlays import LEGEND_HEIGHT as LEGEND_BAND
 from stdformer.evaluation.report import PER_FRAME_SCHEMA
+from stdformer.data.sources import source_dir
 from stdformer.io import DataError
 
 
@@ -153,11 +154,13 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(eval_da
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| stdformer |" in done.stdout and "| mean_pose |" in done.stdout
-    overall = json.loads((tmp_path / "m/eval.json").read_text())["overall"]
+    # no evaluate.datasets: the one source there is, named after it (evalkit's "test")
+    overall = json.loads((tmp_path / "m/eval.json").read_text())["datasets"]["test"]
     assert list(overall) == ["stdformer", "stdformer_smooth", "mean_pose"]
     assert {o["frames"] for o in overall.values()} == {valid_frames(truth)}
-    assert set(json.loads((tmp_path / "m/diagnostics.json").read_text())) == set(overall)
-    assert len(list((tmp_path / "plots/overlays").glob("*.png"))) == 1
+    assert set(json.loads((tmp_path / "m/diagnostics.json").read_text())["test"]) == \
+        set(overall)
+    assert len(list((tmp_path / "plots/test/overlays").glob("*.png"))) == 1
 
     # a model trained for another clip length is refused, naming the file and the field
     write_random_model(tmp_path / "models/stdformer.pt", body_dir, 8)
@@ -188,6 +191,9 @@ def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
     project = tiny_project_factory({"evaluate": {
         "models": ["models/stdformer.pt"], "smoothing": {"enabled": True},
         "overlays": 2, "overlay_size": 64, "worst_sequences": 1, "device": "cpu"}})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["datasets"] = {}                # every source, named after it
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env()
     done = subprocess.run(["dvc", "repro", "preprocess"], cwd=project, env=env,
                           capture_output=True, text=True)
@@ -198,10 +204,12 @@ def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     doc = json.loads((project / "metrics/eval.json").read_text())
-    report = json.loads((project / "data/shards/report.json").read_text())
-    frames = {o["frames"] for o in doc["overall"].values()}
-    assert frames == {report["splits"]["test"]["valid_frames"]}
-    assert list(doc["overall"]) == ["stdformer", "stdformer_smooth", "mean_pose"]
+    for dataset, overall in doc["datasets"].items():      # every source, named after it
+        where = source_dir(project / "data/shards", doc["notes"][dataset]["source"])
+        report = json.loads((where / "report.json").read_text())
+        assert {o["frames"] for o in overall.values()} == \
+            {report["splits"]["test"]["valid_frames"]}
+        assert list(overall) == ["stdformer", "stdformer_smooth", "mean_pose"]
+        assert len(list((project / "plots/eval" / dataset / "overlays").glob("*.png"))) == 2
     for name in ("per_frame.parquet", "eval_per_sequence.csv", "eval_error_over_time.csv"):
         assert (project / "metrics" / name).stat().st_size > 0
-    assert len(list((project / "plots/eval/overlays").glob("*.png"))) == 2
