@@ -5,7 +5,7 @@ and the `evaluate` stage both call `evaluate_predictors`, so they report the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,19 +75,6 @@ def camera_clips(manifest: Mapping[str, list], camera: int | None, where: Path
     return {name: [v for v, k in zip(column, keep) if k] for name, column in manifest.items()}
 
 
-def only_clips(batches: Iterable[dict[str, Any]], keys: set[str]) -> Iterator[dict[str, Any]]:
-    """Collated clip batches cut down to the clips in `keys` (empty ones dropped)."""
-    for batch in batches:
-        keep = [i for i, key in enumerate(batch["key"]) if key in keys]
-        if len(keep) == len(batch["key"]):
-            yield batch
-        elif keep:
-            pick = torch.tensor(keep)
-            yield {**batch, "key": [batch["key"][i] for i in keep],
-                   "meta": [batch["meta"][i] for i in keep], "frames": batch["frames"][pick],
-                   "targets": {k: v[pick] for k, v in batch["targets"].items()}}
-
-
 def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path, split: str,
                         body: torch.nn.Module, *, camera: int | None = None,
                         merge: str = "mean",
@@ -108,14 +95,17 @@ def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path,
     if not layout:
         raise DataError(shards, f"the manifest lists no clips of split {split!r}", field="split")
     urls = list_shards(shards, split)
+    keys = None
+    if camera is not None:      # only that camera's clips, read from the shards holding them
+        keys, holding = set(manifest["key"]), set(manifest["shard"])
+        urls = [u for u in urls if f"{Path(u).parent.name}/{Path(u).name}" in holding]
     loader = make_clip_loader(urls, batch_size=batch_size, frames_dtype="uint8",
-                              num_workers=min(num_workers, len(urls)))
+                              num_workers=min(num_workers, len(urls)), keys=keys)
     observers = list(observers)
     if body_model_id is not None:
         observers.append(_body_check(body_model_id, shards / split))
     regressor = body.J_regressor_h36m.double()
-    batches: Any = with_mesh(loader if camera is None else
-                             only_clips(loader, set(manifest["key"])), body)
+    batches: Any = with_mesh(loader, body)
     if progress:
         total = -(-sum(1 for s in manifest["split"] if s == split) // batch_size)
         batches = progress_bar(batches, total=total, unit="batch", desc="evaluate")
