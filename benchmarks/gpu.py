@@ -212,7 +212,7 @@ def run_pipeline(args, report: Report, work: Path) -> None:
     figures["train_metrics"] = json.loads(
         (project / "metrics" / "train" / "stdformer.json").read_text())
     figures["eval_overall"] = json.loads(
-        (project / "metrics" / "eval.json").read_text()).get("overall")
+        (project / "metrics" / "eval.json").read_text()).get("datasets")
     report.save()
 
 

@@ -58,11 +58,12 @@ def read_decision(registry: dict | None) -> dict[str, Any]:
 
 def candidate_metrics(evaluation: dict | None, decision: dict[str, Any]) -> dict[str, float]:
     """What to compare with the champion: the metrics the promotion gate compared (registry
-    `candidate`), else metrics/eval.json's `overall` section (or all of it)."""
+    `candidate`), else metrics/eval.json's per-dataset tables (an older file's `overall`
+    section, or all of it)."""
     if decision["candidate"]:
         return decision["candidate"]
     if evaluation:
-        return flatten_metrics(evaluation.get("overall", evaluation))
+        return flatten_metrics(evaluation.get("datasets") or evaluation.get("overall", evaluation))
     return {}
 
 

@@ -1,14 +1,16 @@
 """DVC stage `evaluate`: score the trained model(s), the mean-pose baseline and smoothed variants
-on the test split (section `evaluate`; reference section 4 protocol).
+on the test split of every dataset (section `evaluate`: `datasets` names them, e.g. 3DPW and
+Human3.6M protocols 1 and 2; reference section 4 protocol).
 
     python -m stages.evaluate [--params params.yaml] --shards DIR --body DIR --metrics FILE
                               --model-metrics DIR --diagnostics FILE --per-frame FILE
                               --per-sequence-csv FILE --over-time-csv FILE --plots DIR
 
-Writes the overall results per model (--metrics), one headline-numbers json per model for
-`dvc metrics show` (--model-metrics), diagnostics (yaw error, body proportions, error by body
-part), per-frame parquet, per-sequence and over-time csv, and charts, the yaw-error histogram
-and mesh overlays (--plots); prints the overall table (markdown). dvc.yaml names the paths.
+Writes the overall results per dataset and model (--metrics), one headline-numbers json per
+dataset and model for `dvc metrics show` (--model-metrics/<dataset>/<model>.json), diagnostics
+(yaw error, body proportions, error by body part), per-frame parquet, per-sequence and
+over-time csv (a `dataset` column), and per dataset the charts, the yaw-error histogram and mesh
+overlays (--plots/<dataset>/); prints the overall table (markdown). dvc.yaml names the paths.
 """
 
 import argparse
@@ -16,7 +18,6 @@ from pathlib import Path
 
 from stdformer.config import load_section
 from stdformer.evaluation import EvaluateConfig, EvaluatePaths, evaluate
-from stdformer.evaluation.report import markdown_table
 from stdformer.io import run_guarded
 
 
@@ -40,8 +41,7 @@ def main() -> None:
                           per_frame=Path(args.per_frame),
                           per_sequence_csv=Path(args.per_sequence_csv),
                           over_time_csv=Path(args.over_time_csv), plots=Path(args.plots))
-    result = evaluate(cfg, paths, progress=not args.no_progress)
-    print(markdown_table(result.overall), end="")
+    print(evaluate(cfg, paths, progress=not args.no_progress).markdown(), end="")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,8 @@ def _checkpoint_evaluate(args: argparse.Namespace) -> None:
     --out, plus lineage.json naming the file by its sha256."""
     from pathlib import Path
 
+    from stdformer.data.sources import source_dir
     from stdformer.evaluation import EvaluateConfig, EvaluatePaths, evaluate
-    from stdformer.evaluation.report import markdown_table
     from stdformer.io import file_digest, read_json, write_text_atomic
 
     name = args.name or Path(args.path).stem
@@ -131,13 +131,15 @@ def _checkpoint_evaluate(args: argparse.Namespace) -> None:
                           per_frame=out / "per_frame.parquet",
                           per_sequence_csv=out / "eval_per_sequence.csv",
                           over_time_csv=out / "eval_error_over_time.csv", plots=out / "plots")
-    result = evaluate(cfg, paths, progress=not args.quiet)
+    run = evaluate(cfg, paths, progress=not args.quiet)
+    manifests = {d: file_digest(source_dir(args.shards, n["source"]) / "manifest.parquet")
+                 for d, n in run.notes.items()}
     lineage = {"checkpoint": Path(args.path).name, "sha256": file_digest(args.path),
                "body_model_id": read_json(Path(args.body) / "meta.json")["body_model_id"],
-               "shards_manifest_sha256": file_digest(Path(args.shards) / "manifest.parquet"),
-               "split": args.split, "metrics": result.overall[name]}
+               "shards_manifest_sha256": manifests, "split": args.split,
+               "metrics": {d: r.overall[name] for d, r in run.results.items()}}
     write_text_atomic(out / "lineage.json", json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    print(markdown_table(result.overall), end="")
+    print(run.markdown(), end="")
 
 
 def _current_checkpoint_configs(configs, params_path: str) -> set[Path] | None:

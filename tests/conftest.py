@@ -53,6 +53,14 @@ def train_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mix_data(tmp_path_factory, train_data):
+    """(body_dir, shards parent) with sources 3dpw and h36m (trainkit.make_mix_data)."""
+    from trainkit import make_mix_data
+
+    return make_mix_data(tmp_path_factory.mktemp("mixdata"), train_data)
+
+
+@pytest.fixture(scope="session")
 def synth_cfg():
     """A small synthetic-3DPW config: every feature present, a few seconds to build."""
     from stdformer.data.synthetic_config import SynthesizeConfig

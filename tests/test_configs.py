@@ -25,7 +25,10 @@ SECTIONS = {"body": BodyConfig, "synthesize": SynthesizeConfig,
             "register": RegisterConfig}
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "configs/3dpw.yaml"])
+RECIPES = ["params.yaml", "configs/3dpw.yaml", "configs/h36m.yaml"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_params_file_sections_parse(name, monkeypatch):
     path = REPO / name
     params = read_params(path)
@@ -46,3 +49,28 @@ def test_full_profile_has_the_published_size(synth_body):
     cfg = model_config_from_section({**params["model"], "backbone_weights": None})
     counts = STDFormer.from_hierarchy(cfg, synth_body.hierarchy).parameter_counts()
     assert abs(counts["total"] / 1e6 - 153.7) < 0.1, counts
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_mix_evaluation_and_gate_name_datasets_that_exist(name):
+    """train.mix and evaluate.datasets name `datasets` entries; the gate's primary dataset is
+    scored. (params.yaml's `datasets` section comes with the multi-source preprocess.)"""
+    params = read_params(REPO / name)
+    train = from_dict(TrainConfig, params["train"])
+    evaluate = from_dict(EvaluateConfig, params["evaluate"])
+    register = from_dict(RegisterConfig, params["register"])
+    assert register.primary_dataset in evaluate.datasets
+    sources = {spec.source for spec in evaluate.datasets.values()}
+    assert {s for s, w in train.mix.items() if w > 0} <= set(params.get("datasets") or train.mix)
+    if "datasets" in params:
+        assert sources <= set(params["datasets"]) and set(train.mix) <= set(params["datasets"])
+
+
+def test_h36m_recipe_is_the_published_setup():
+    params = read_params(REPO / "configs/h36m.yaml")
+    assert params["train"]["mix"] == {"h36m": 1.0}
+    assert params["model"]["init_checkpoint"].endswith("FastMETRO-L-H64_h36m_state_dict.bin")
+    assert params["model"]["profile"] == "full"
+    assert params["evaluate"]["datasets"] == {"h36m_p1": {"source": "h36m"},
+                                              "h36m_p2": {"source": "h36m", "camera": 4}}
+    assert params["datasets"]["h36m"]["subjects"]["test"] == [9, 11]

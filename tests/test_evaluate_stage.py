@@ -20,6 +20,7 @@ from stdformer.config import from_dict
 from stdformer.evaluation import EvaluateConfig, EvaluatePaths, write_outputs
 from stdformer.evaluation.overlays import LEGEND_HEIGHT as LEGEND_BAND
 from stdformer.evaluation.report import PER_FRAME_SCHEMA
+from stdformer.data.sources import source_dir
 from stdformer.io import DataError
 
 
@@ -40,43 +41,55 @@ def test_outputs_have_the_documented_schema(eval_data, tmp_path):
                           per_sequence_csv=tmp_path / "metrics/eval_per_sequence.csv",
                           over_time_csv=tmp_path / "metrics/eval_error_over_time.csv",
                           plots=tmp_path / "plots/eval")
-    worst = write_outputs(result, paths, body.faces.numpy(), "noisy", worst=1, overlay_size=64,
-                          overlay_frames=2)
-    assert len(worst) == 1
-    # eval.json: the headline numbers only (`dvc metrics show`), no per-sequence table
+    notes = {"3dpw": {"source": "3dpw", "camera": None},
+             "fits": {"source": "h36m", "camera": 4, "mpvpe": "pseudo ground truth"}}
+    worst = write_outputs({"3dpw": result, "fits": result}, paths, body.faces.numpy(), "noisy",
+                          worst=1, overlay_size=64, overlay_frames=2, notes=notes)
+    assert len(worst["3dpw"]) == 1
+    # eval.json: the headline numbers per dataset only (`dvc metrics show`), no per-sequence
+    # table; the notes say what each dataset is and which MPVPE is pseudo ground truth
     doc = json.loads(paths.metrics.read_text())
-    assert list(doc) == ["overall"]
-    assert list(doc["overall"]) == ["perfect", "noisy", "noisy_smooth"]
-    assert set(doc["overall"]["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel",
-                                            "yaw_median", "frames"}
-    assert doc["overall"]["perfect"]["yaw_median"] == 0.0
-    # one small file per model: `dvc metrics show` lists models as rows of five columns
-    assert sorted(p.name for p in (tmp_path / "metrics/eval").iterdir()) == [
-        "noisy.json", "noisy_smooth.json", "perfect.json"]
-    headline = json.loads((tmp_path / "metrics/eval/noisy.json").read_text())
+    assert list(doc) == ["datasets", "notes"] and doc["notes"] == notes
+    assert list(doc["datasets"]) == ["3dpw", "fits"]
+    overall = doc["datasets"]["3dpw"]
+    assert list(overall) == ["perfect", "noisy", "noisy_smooth"]
+    assert set(overall["noisy"]) == {"mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median",
+                                     "frames"}
+    assert overall["perfect"]["yaw_median"] == 0.0
+    # one small file per (dataset, model): `dvc metrics show` lists them as rows of five columns
+    assert sorted(p.relative_to(tmp_path / "metrics/eval").as_posix()
+                  for p in (tmp_path / "metrics/eval").rglob("*.json")) == [
+        f"{d}/{m}.json" for d in ("3dpw", "fits") for m in ("noisy", "noisy_smooth", "perfect")]
+    headline = json.loads((tmp_path / "metrics/eval/3dpw/noisy.json").read_text())
     assert list(headline) == ["mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median"]
-    assert headline["mpjpe"] == pytest.approx(doc["overall"]["noisy"]["mpjpe"], abs=0.01)
-    diagnostics = json.loads(paths.diagnostics.read_text())
+    assert headline["mpjpe"] == pytest.approx(overall["noisy"]["mpjpe"], abs=0.01)
+    pseudo = json.loads((tmp_path / "metrics/eval/fits/noisy.json").read_text())
+    assert list(pseudo) == ["mpjpe", "pa_mpjpe", "mpvpe_pseudo", "accel", "yaw_median"]
+    diagnostics = json.loads(paths.diagnostics.read_text())["3dpw"]
     assert diagnostics["perfect"]["width_ratio"] == pytest.approx(1.0)
     assert diagnostics["perfect"]["part_head"] < 0.01       # mm (float32 rounding)
     assert diagnostics["noisy"]["part_hands"] > 0
     table = pq.read_table(paths.per_frame)
     assert table.schema.equals(PER_FRAME_SCHEMA)
-    assert table.num_rows == 3 * valid_frames(truth)
+    assert table.num_rows == 2 * 3 * valid_frames(truth)
+    assert table.column("dataset").to_pylist().count("fits") == 3 * valid_frames(truth)
     assert table.column("accel").null_count > 0               # track ends carry no term
     assert table.column("yaw").null_count == 0
     per_seq = paths.per_sequence_csv.read_text().splitlines()
-    assert per_seq[0] == "sequence,model,mpjpe,pa_mpjpe,mpvpe,accel,frames"
-    assert len(per_seq) == 1 + 2 * 3
+    assert per_seq[0] == "dataset,sequence,model,mpjpe,pa_mpjpe,mpvpe,accel,frames"
+    assert len(per_seq) == 1 + 2 * 2 * 3
     over_time = paths.over_time_csv.read_text().splitlines()
-    assert over_time[0] == "sequence,actor,model,frame,mpjpe,accel"
-    assert {line.split(",")[0] for line in over_time[1:]} == set(worst)
-    pngs = sorted(p.relative_to(paths.plots).as_posix() for p in paths.plots.rglob("*.png"))
+    assert over_time[0] == "dataset,sequence,actor,model,frame,mpjpe,accel"
+    assert {line.split(",")[1] for line in over_time[1:] if line.startswith("3dpw,")} == \
+        {f"3dpw/{seq}" for seq in worst["3dpw"]}
+    pngs = sorted(p.relative_to(paths.plots / "3dpw").as_posix()
+                  for p in (paths.plots / "3dpw").rglob("*.png"))
     assert pngs == ["error_over_time.png", "overlays/seqA__a0__00004.png",
                     "overlays/seqB__a0__00000.png", "per_sequence.png", "yaw_error.png"]
+    assert (paths.plots / "fits" / "per_sequence.png").is_file()
     import cv2
 
-    grid = cv2.imread(str(paths.plots / "overlays/seqA__a0__00004.png"))
+    grid = cv2.imread(str(paths.plots / "3dpw/overlays/seqA__a0__00004.png"))
     # a colour legend (its lines wrap on a grid this narrow), then rows: input, perfect (it has
     # a camera; noisy has none, so no row), ground truth
     legend = grid.shape[0] - 3 * 64
@@ -141,11 +154,13 @@ def test_stage_compares_models_baseline_and_smoothing_on_the_same_frames(eval_da
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| stdformer |" in done.stdout and "| mean_pose |" in done.stdout
-    overall = json.loads((tmp_path / "m/eval.json").read_text())["overall"]
+    # no evaluate.datasets: the one source there is, named after it (evalkit's "test")
+    overall = json.loads((tmp_path / "m/eval.json").read_text())["datasets"]["test"]
     assert list(overall) == ["stdformer", "stdformer_smooth", "mean_pose"]
     assert {o["frames"] for o in overall.values()} == {valid_frames(truth)}
-    assert set(json.loads((tmp_path / "m/diagnostics.json").read_text())) == set(overall)
-    assert len(list((tmp_path / "plots/overlays").glob("*.png"))) == 1
+    assert set(json.loads((tmp_path / "m/diagnostics.json").read_text())["test"]) == \
+        set(overall)
+    assert len(list((tmp_path / "plots/test/overlays").glob("*.png"))) == 1
 
     # a model trained for another clip length is refused, naming the file and the field
     write_random_model(tmp_path / "models/stdformer.pt", body_dir, 8)
@@ -176,6 +191,9 @@ def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
     project = tiny_project_factory({"evaluate": {
         "models": ["models/stdformer.pt"], "smoothing": {"enabled": True},
         "overlays": 2, "overlay_size": 64, "worst_sequences": 1, "device": "cpu"}})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["datasets"] = {}                # every source, named after it
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env()
     done = subprocess.run(["dvc", "repro", "preprocess"], cwd=project, env=env,
                           capture_output=True, text=True)
@@ -186,10 +204,12 @@ def test_stage_on_a_preprocessed_tiny_project(tiny_project_factory):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     doc = json.loads((project / "metrics/eval.json").read_text())
-    report = json.loads((project / "data/shards/report.json").read_text())
-    frames = {o["frames"] for o in doc["overall"].values()}
-    assert frames == {report["splits"]["test"]["valid_frames"]}
-    assert list(doc["overall"]) == ["stdformer", "stdformer_smooth", "mean_pose"]
+    for dataset, overall in doc["datasets"].items():      # every source, named after it
+        where = source_dir(project / "data/shards", doc["notes"][dataset]["source"])
+        report = json.loads((where / "report.json").read_text())
+        assert {o["frames"] for o in overall.values()} == \
+            {report["splits"]["test"]["valid_frames"]}
+        assert list(overall) == ["stdformer", "stdformer_smooth", "mean_pose"]
+        assert len(list((project / "plots/eval" / dataset / "overlays").glob("*.png"))) == 2
     for name in ("per_frame.parquet", "eval_per_sequence.csv", "eval_error_over_time.csv"):
         assert (project / "metrics" / name).stat().st_size > 0
-    assert len(list((project / "plots/eval/overlays").glob("*.png"))) == 2

@@ -218,13 +218,13 @@ WORKER = textwrap.dedent("""
 # Records the clip keys a rank trains on (loader without workers: consumed == yielded).
 RECORD_KEYS = textwrap.dedent("""
     SEEN = set()
-    from stdformer.train import data as _data
-    _iter = _data.TrainStream.__iter__
+    from stdformer.train import mix as _mix
+    _iter = _mix.MixStream.__iter__
     def _recording(self):
         for batch in _iter(self):
             SEEN.update(batch["key"])
             yield batch
-    _data.TrainStream.__iter__ = _recording
+    _mix.MixStream.__iter__ = _recording
 """)
 
 

@@ -72,3 +72,40 @@ def only_config_dir(root: Path) -> Path:
     """The one run-config directory under a checkpoints root."""
     (config,) = ckpt_io.list_configs(root)
     return config.directory
+
+
+def set_cameras(source: Path, camera_of_sequence) -> None:
+    """Rewrite a preprocess output's manifest with a `camera` per clip (camera_of_sequence:
+    sequence name -> camera), as a Human3.6M source's manifest carries them."""
+    from stdformer.data.manifest import read_manifest, write_manifest
+
+    columns = read_manifest(source)
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    write_manifest(source, [{**row, "camera": camera_of_sequence(row["sequence"])}
+                            for row in rows])
+
+
+def make_mix_data(root: Path, train_data) -> tuple[Path, Path]:
+    """(body_dir, shards parent) with two sources as the pipeline lays them out:
+    `<root>/shards/3dpw` and `<root>/shards/h36m`, both today's preprocess output of
+    `make_train_data`'s synthetic set, tagged with their own source names; h36m cut at stride 4
+    (more, overlapping training clips, so its epochs differ in length from 3dpw's), its clips
+    given cameras 1-4 by sequence and its report.json the h36m layout."""
+    import json
+
+    from stdformer.data.manifest import read_manifest
+    from stdformer.data.preprocess import preprocess
+    from stdformer.data.preprocess_config import PreprocessConfig
+
+    body_dir, shards = train_data
+    raw = shards.parent / "raw"
+    parent = root / "shards"
+    for name, stride in (("3dpw", {}), ("h36m", {"train": 4})):
+        preprocess(raw, body_dir, parent / name, PreprocessConfig(
+            dataset_root=str(raw), source=name, splits=["train", "validation"], crop_size=64,
+            stride=stride, samples_per_shard=4, workers=1, executor="serial"), progress=False)
+    sequences = sorted(set(read_manifest(parent / "h36m")["sequence"]))
+    set_cameras(parent / "h36m", lambda seq: 1 + sequences.index(seq) % 4)
+    report = parent / "h36m" / "report.json"
+    report.write_text(json.dumps({**json.loads(report.read_text()), "layout": "h36m"}))
+    return body_dir, parent

@@ -45,7 +45,7 @@ import re
 import tarfile
 import threading
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,13 +321,14 @@ class ClipDataset(torch.utils.data.IterableDataset):
     With shuffle, shard order is permuted per epoch and samples pass a shuffle buffer seeded by
     (seed, epoch, rank, worker): the same seed gives the same order. Call `set_epoch` before
     each epoch (takes effect when the loader starts its workers, i.e. without
-    persistent_workers).
+    persistent_workers). With `keys`, only those clips are decoded (the others are skipped
+    before their JPEGs are decoded).
     """
 
     def __init__(self, urls: Sequence[str], *, shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
                  frames_dtype: str = "float32", transform: Callable | None = None,
-                 epoch: int = 0):
+                 epoch: int = 0, keys: Collection[str] | None = None):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -337,6 +338,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.frames_dtype = frames_dtype
         self.transform = transform
+        self.keys = None if keys is None else frozenset(keys)
         rank_shards(self.urls, rank, world_size, shuffle, seed, epoch)  # fail early
 
     def set_epoch(self, epoch: int) -> None:
@@ -358,6 +360,9 @@ class ClipDataset(torch.utils.data.IterableDataset):
                 [self.seed, self.epoch, self.rank, worker]).integers(2**31))
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                       seed=sample_seed))
+        if self.keys is not None:
+            keys = self.keys
+            stages.insert(3, wds.select(lambda sample: sample["__key__"] in keys))
         stages.append(wds.map(self._decode))
         return wds.DataPipeline(*stages)
 
@@ -382,17 +387,19 @@ def make_clip_loader(source: str | os.PathLike | Sequence[str], split: str | Non
                      num_workers: int = 0, rank: int = 0, world_size: int = 1,
                      shuffle_buffer: int = 64, drop_last: bool = False,
                      frames_dtype: str = "float32", transform: Callable | None = None,
-                     epoch: int = 0) -> torch.utils.data.DataLoader:
+                     epoch: int = 0, keys: Collection[str] | None = None
+                     ) -> torch.utils.data.DataLoader:
     """DataLoader of collated clip batches (see `collate_clips`) from shards.
 
     `source`: preprocess output dir (+ `split`), a shard dir, a brace pattern or URL list.
     Each rank reads a disjoint subset of shards; each worker a disjoint subset of those.
-    Ranks can receive different numbers of clips when shards are uneven.
+    Ranks can receive different numbers of clips when shards are uneven. `keys`: only these
+    clips (ClipDataset).
     """
     urls = list_shards(source, split)
     dataset = ClipDataset(urls, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                           shuffle_buffer=shuffle_buffer, frames_dtype=frames_dtype,
-                          transform=transform, epoch=epoch)
+                          transform=transform, epoch=epoch, keys=keys)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips,
         drop_last=drop_last, multiprocessing_context=worker_context(num_workers))

@@ -12,21 +12,34 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass
+class DatasetSpec:
+    """One scored dataset: the clips of `split` of a source under the shards directory
+    (stdformer/data/sources.py), optionally only those of one camera (the manifest's `camera`,
+    e.g. Human3.6M protocol 2: the frontal camera, cam_idx 4)."""
+
+    source: str
+    camera: int | None = None
+
+
+@dataclass
 class EvaluateConfig:
     """What `stages.evaluate` compares, on which frames, and which figures it draws.
 
     models: name -> model file, or a list of model files (named by their file stem). Every model
     is scored on the same frames, next to the mean-pose baseline when `baseline` is on.
+    datasets: name -> what is scored under that name, one row per (model, dataset); empty: one
+    dataset per source, named after it.
     """
 
     models: dict[str, str] | list[str] = field(
         default_factory=lambda: {"stdformer": "models/stdformer.pt"})
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     split: str = "test"                # shards split that is evaluated
     merge: str = "mean"                # overlapping windows: mean | first | center
     baseline: bool = True              # training-set mean pose, predicted for every frame
-    baseline_split: str = "train"      # split the mean pose is averaged over
+    baseline_split: str = "train"      # split of the dataset's source the mean pose is over
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    overlays: int = 3                  # clips drawn as mesh overlays (0 = none)
+    overlays: int = 3                  # clips drawn as mesh overlays per dataset (0 = none)
     overlay_frames: int = 4            # frames of each overlay clip shown (evenly spaced)
     overlay_size: int = 160            # pixels of one overlay panel (crops are upscaled)
     worst_sequences: int = 3           # sequences in the error-over-time plot and csv
@@ -53,6 +66,12 @@ class EvaluateConfig:
             if not _NAME.fullmatch(name) or name == BASELINE_NAME:
                 raise ValueError(f"models: {name!r} is not a usable model name (letters, digits, "
                                  f"'_', '-', '.'; not {BASELINE_NAME!r})")
+        for name, spec in self.datasets.items():
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"datasets: {name!r} is not a usable dataset name (letters, "
+                                 "digits, '_', '-', '.')")
+            if spec.camera is not None and spec.camera < 0:
+                raise ValueError(f"datasets.{name}.camera must be >= 0, got {spec.camera}")
         unknown = [m for m in (self.smoothing.models or []) if m not in files]
         if unknown:
             raise ValueError(f"smoothing.models: {unknown[0]!r} is not one of the models "

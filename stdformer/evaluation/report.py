@@ -18,14 +18,17 @@ from stdformer.scoring.diagnostics import DIAGNOSTICS
 from stdformer.scoring.track_scores import METRICS
 
 PER_FRAME_SCHEMA = pa.schema([
-    ("model", pa.string()), ("sequence", pa.string()), ("actor", pa.int32()),
+    ("dataset", pa.string()), ("model", pa.string()), ("sequence", pa.string()), ("actor", pa.int32()),
     ("frame", pa.int32()), ("image_frame", pa.int32()),
     ("mpjpe", pa.float64()), ("pa_mpjpe", pa.float64()), ("mpvpe", pa.float64()),
     ("accel", pa.float64()),          # null where the frame carries no acceleration term
     *((name, pa.float64()) for name in DIAGNOSTICS),   # yaw (deg), ratios, part errors (mm)
 ])
-PER_SEQUENCE_COLUMNS = ("sequence", "model", *METRICS, "frames")
-OVER_TIME_COLUMNS = ("sequence", "actor", "model", "frame", "mpjpe", "accel")
+PER_SEQUENCE_COLUMNS = ("dataset", "sequence", "model", *METRICS, "frames")
+OVER_TIME_COLUMNS = ("dataset", "sequence", "actor", "model", "frame", "mpjpe", "accel")
+PSEUDO_MPVPE = "mpvpe_pseudo"   # MPVPE against fitted meshes (pseudo ground truth), e.g. H36M
+PSEUDO_NOTE = ("MPVPE against SMPL fits to the mocap (pseudo ground truth), not a measured "
+               "mesh")
 UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "mpvpe": "mm", "accel": "mm/frame^2"}
 TITLES = {"mpjpe": "MPJPE", "pa_mpjpe": "PA-MPJPE", "mpvpe": "MPVPE", "accel": "Accel"}
 
@@ -45,28 +48,36 @@ def _round(value, digits: int = 4):
 # Metrics json, parquet, csv
 
 
-def eval_json(overall: Mapping[str, Mapping]) -> str:
-    """The overall results, {"overall": {model: {mpjpe, pa_mpjpe, mpvpe, accel, yaw_median,
-    frames}}}, as JSON text (what the registry reads); NaN -> null. Per-sequence results are in
-    the per-sequence csv, per-frame ones in the parquet file."""
-    doc = {"overall": {m: {k: _round(v, 2) for k, v in s.items()} for m, s in overall.items()}}
+def eval_json(tables: Mapping[str, Mapping[str, Mapping]],
+              notes: Mapping[str, Mapping] | None = None) -> str:
+    """The overall results per dataset, {"datasets": {dataset: {model: {mpjpe, pa_mpjpe, mpvpe,
+    accel, yaw_median, frames}}}, "notes": {dataset: {source, camera, mpvpe}}}, as JSON text
+    (what the registry reads); NaN -> null. Per-sequence results are in the per-sequence csv,
+    per-frame ones in the parquet file."""
+    doc = {"datasets": {d: {m: {k: _round(v, 2) for k, v in s.items()} for m, s in t.items()}
+                        for d, t in tables.items()},
+           "notes": dict(notes or {})}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
 HEADLINE = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "yaw_median")
 
 
-def model_metrics_json(summary: Mapping[str, float]) -> str:
-    """One model's headline numbers, {mpjpe, pa_mpjpe, mpvpe, accel, yaw_median}: one file per
-    model, so `dvc metrics show` lists the models as rows with these five columns."""
-    doc = {k: _round(summary[k], 2) for k in HEADLINE if k in summary}
+def model_metrics_json(summary: Mapping[str, float], pseudo_mesh: bool = False) -> str:
+    """One model's headline numbers on one dataset, {mpjpe, pa_mpjpe, mpvpe, accel,
+    yaw_median}: one file per (dataset, model), so `dvc metrics show` lists them as rows with
+    these columns. With `pseudo_mesh` (the dataset's meshes are fits), MPVPE is named
+    PSEUDO_MPVPE: its own column, never compared with a measured one."""
+    doc = {(PSEUDO_MPVPE if pseudo_mesh and k == "mpvpe" else k): _round(summary[k], 2)
+           for k in HEADLINE if k in summary}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
-def diagnostics_json(diagnostics: Mapping[str, Mapping]) -> str:
-    """{model: {yaw_median, yaw_mean, yaw_over_90, height/width/depth_ratio, part_*}}: why the
-    meshes are wrong (diagnostics.py); NaN -> null."""
-    doc = {m: {k: _round(v) for k, v in s.items()} for m, s in diagnostics.items()}
+def diagnostics_json(diagnostics: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """{dataset: {model: {yaw_median, yaw_mean, yaw_over_90, height/width/depth_ratio,
+    part_*}}}: why the meshes are wrong (diagnostics.py); NaN -> null."""
+    doc = {d: {m: {k: _round(v) for k, v in s.items()} for m, s in t.items()}
+           for d, t in diagnostics.items()}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
@@ -99,13 +110,18 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return buf.getvalue()
 
 
-def per_sequence_csv(per_sequence: Mapping[str, Mapping[str, Mapping]]) -> str:
-    """Long format, one row per (sequence, model): sequence, model, mpjpe, pa_mpjpe, mpvpe,
-    accel, frames (sorted by sequence, then the model order)."""
-    sequences = sorted({seq for seqs in per_sequence.values() for seq in seqs})
-    rows = [[seq, model, *(float(s[m]) for m in METRICS), int(s["frames"])]
-            for seq in sequences for model, seqs in per_sequence.items()
-            if (s := seqs.get(seq)) is not None]
+def per_sequence_csv(per_sequence: Mapping[str, Mapping[str, Mapping[str, Mapping]]]) -> str:
+    """Long format, one row per (dataset, sequence, model): dataset, sequence, model, mpjpe,
+    pa_mpjpe, mpvpe, accel, frames (datasets in their order, then sorted by sequence, then the
+    model order). `per_sequence`: {dataset: {model: {sequence: summary}}}. A sequence is named
+    `<dataset>/<sequence>`, so that the chart keeps e.g. one sequence's P1 and P2 rows apart."""
+    rows = []
+    for dataset, table in per_sequence.items():
+        sequences = sorted({seq for seqs in table.values() for seq in seqs})
+        rows += [[dataset, f"{dataset}/{seq}", model, *(float(s[m]) for m in METRICS),
+                  int(s["frames"])]
+                 for seq in sequences for model, seqs in table.items()
+                 if (s := seqs.get(seq)) is not None]
     return _csv_text(PER_SEQUENCE_COLUMNS, rows)
 
 
@@ -121,24 +137,37 @@ def over_time_selection(rows: Mapping[str, np.ndarray], sequences: Sequence[str]
     return np.isin(rows["sequence"].astype(str), list(sequences))
 
 
-def error_over_time_csv(rows: Mapping[str, np.ndarray], sequences: Sequence[str]) -> str:
-    """Long format for the chosen sequences: sequence, actor, model, frame, mpjpe, accel
-    (accel empty where the frame has no term); rows in the per-frame order."""
-    pick = np.flatnonzero(over_time_selection(rows, sequences))
-    out = [[str(rows["sequence"][i]), int(rows["actor"][i]), str(rows["model"][i]),
-            int(rows["frame"][i]), float(rows["mpjpe"][i]), float(rows["accel"][i])]
-           for i in pick]
+def error_over_time_csv(rows: Mapping[str, Mapping[str, np.ndarray]],
+                        sequences: Mapping[str, Sequence[str]]) -> str:
+    """Long format for the chosen sequences of each dataset ({dataset: per-frame rows},
+    {dataset: sequences}): dataset, sequence, actor, model, frame, mpjpe, accel (accel empty
+    where the frame has no term; sequences named `<dataset>/<sequence>` as in per_sequence_csv);
+    rows in the per-frame order."""
+    out = []
+    for dataset, table in rows.items():
+        pick = np.flatnonzero(over_time_selection(table, sequences.get(dataset, ())))
+        out += [[dataset, f"{dataset}/{table['sequence'][i]}", int(table["actor"][i]),
+                 str(table["model"][i]), int(table["frame"][i]), float(table["mpjpe"][i]),
+                 float(table["accel"][i])] for i in pick]
     return _csv_text(OVER_TIME_COLUMNS, out)
 
 
-def markdown_table(overall: Mapping[str, Mapping]) -> str:
-    """| model | MPJPE | PA-MPJPE | MPVPE | Accel | frames | (the published tables' units)."""
-    head = ["model", *(f"{TITLES[m]} ({UNITS[m]})" for m in METRICS), "frames"]
+def markdown_table(tables: Mapping[str, Mapping[str, Mapping]],
+                   pseudo_mesh: Sequence[str] = ()) -> str:
+    """| dataset | model | MPJPE | PA-MPJPE | MPVPE | Accel | frames | (the published tables'
+    units), one row per (dataset, model); MPVPE of the `pseudo_mesh` datasets is starred and
+    explained under the table."""
+    head = ["dataset", "model", *(f"{TITLES[m]} ({UNITS[m]})" for m in METRICS), "frames"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model, s in overall.items():
-        cells = [model, *("-" if not math.isfinite(s[m]) else f"{s[m]:.1f}" for m in METRICS),
-                 str(int(s["frames"]))]
-        lines.append("| " + " | ".join(cells) + " |")
+    for dataset, overall in tables.items():
+        for model, s in overall.items():
+            cells = [f"{s[m]:.1f}" if math.isfinite(s[m]) else "-" for m in METRICS]
+            if dataset in pseudo_mesh:
+                cells[METRICS.index("mpvpe")] += "*"
+            lines.append("| " + " | ".join([dataset, model, *cells, str(int(s["frames"]))])
+                         + " |")
+    if any(d in tables for d in pseudo_mesh):
+        lines.append(f"\n\\* {PSEUDO_NOTE}.")
     return "\n".join(lines) + "\n"
 
 

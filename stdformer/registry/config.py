@@ -16,7 +16,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class RegisterConfig:
     """params.yaml section `register`.
 
-    Gate: a new version becomes `champion` only if its `primary_metric` is lower than the
+    Gate (on the `primary_dataset` rows of eval.json): a new version becomes `champion` only if
+    its `primary_metric` is lower than the
     champion's by more than `min_improvement` (so a tie never promotes) and no metric in
     `tolerances` is worse than the champion's by more than its tolerance (same units as the
     metric). Otherwise it becomes `challenger`. The first version becomes champion.
@@ -24,6 +25,7 @@ class RegisterConfig:
 
     model_name: str = "stdformer"         # registered model name
     experiment: str = "stdformer"         # MLflow experiment of the registration runs
+    primary_dataset: str = "3dpw"         # evaluate.datasets entry the gate compares on
     primary_metric: str = "pa_mpjpe"
     min_improvement: float = 0.0          # mm; the primary metric must drop by more than this
     tolerances: dict[str, float] = field(  # allowed regression of the other metrics (mm)
@@ -34,6 +36,9 @@ class RegisterConfig:
         for key, name in (("model_name", self.model_name), ("experiment", self.experiment)):
             if not _NAME.match(name):
                 raise ValueError(f"{key} {name!r} must be letters, digits, '_', '.', '-'")
+        if not _NAME.match(self.primary_dataset):
+            raise ValueError(f"primary_dataset {self.primary_dataset!r} must be letters, digits, "
+                             "'_', '.', '-'")
         if self.primary_metric not in GATE_METRICS:
             raise ValueError(f"primary_metric {self.primary_metric!r} must be one of "
                              f"{', '.join(GATE_METRICS)}")

@@ -16,32 +16,50 @@ import yaml
 
 from stdformer.io import DataError, file_digest, read_json
 
-EVAL_ROW = "stdformer"          # the model's row in eval.json's "overall" (others: baselines)
+EVAL_ROW = "stdformer"          # the model's row in eval.json's tables (others: baselines)
 
 
-def read_eval_metrics(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, dict]:
-    """eval.json -> its "overall" table {row: {metric: float | None}}; the "stdformer" row and
-    the `required` metrics in it must be there (null, i.e. NaN, counts as present)."""
+def eval_table(doc: object, path: Path, dataset: str) -> tuple[dict, str]:
+    """(the table of `dataset` in an eval.json document, its field name): {"datasets":
+    {dataset: {row: metrics}}} as `evaluate` writes it; an older single-dataset file's
+    {"overall": {row: metrics}} stands for whatever dataset it scored."""
+    if isinstance(doc, dict) and "datasets" not in doc and isinstance(doc.get("overall"), dict):
+        return doc["overall"], "overall"
+    datasets = doc.get("datasets") if isinstance(doc, dict) else None
+    if not isinstance(datasets, dict):
+        raise DataError(path, "expected the evaluate stage's per-dataset tables", field="datasets")
+    if dataset not in datasets:
+        raise DataError(path, f"no dataset {dataset!r} (scored: {', '.join(datasets) or 'none'});"
+                        " set register.primary_dataset to one of them",
+                        field=f"datasets.{dataset}")
+    return datasets[dataset], f"datasets.{dataset}"
+
+
+def read_eval_metrics(path: str | Path, required: tuple[str, ...] = (),
+                      dataset: str = "3dpw") -> dict[str, dict]:
+    """eval.json -> the table of `dataset` (the gate's primary dataset) {row: {metric: float |
+    None}}; the "stdformer" row and the `required` metrics in it must be there (null, i.e.
+    NaN, counts as present)."""
     path = Path(path)
     doc = read_json(path, produced_by="the evaluate stage")
-    overall = doc.get("overall") if isinstance(doc, dict) else None
-    if not isinstance(overall, dict) or not isinstance(overall.get(EVAL_ROW), dict):
-        raise DataError(path, "missing the model's metrics", field=f"overall.{EVAL_ROW}")
+    overall, where = eval_table(doc, path, dataset)
+    if not isinstance(overall.get(EVAL_ROW), dict):
+        raise DataError(path, "missing the model's metrics", field=f"{where}.{EVAL_ROW}")
     table: dict[str, dict] = {}
     for row, metrics in sorted(overall.items()):
         if not isinstance(metrics, dict):
-            raise DataError(path, "expected a mapping of metrics", field=f"overall.{row}")
+            raise DataError(path, "expected a mapping of metrics", field=f"{where}.{row}")
         table[row] = {}
         for name, value in sorted(metrics.items()):
             if value is not None and (isinstance(value, bool) or not isinstance(value,
                                                                              (int, float))):
                 raise DataError(path, f"expected a number, got {value!r}",
-                                field=f"overall.{row}.{name}")
+                                field=f"{where}.{row}.{name}")
             table[row][name] = None if value is None else float(value)
     for name in required:
         if name not in table[EVAL_ROW]:
             raise DataError(path, "missing metric (the promotion gate compares it)",
-                            field=f"overall.{EVAL_ROW}.{name}")
+                            field=f"{where}.{EVAL_ROW}.{name}")
     return table
 
 

@@ -62,7 +62,8 @@ def register(paths: RegisterPaths, cfg: RegisterConfig, params: Mapping[str, Any
     training crop size, goes into the pyfunc's config)."""
 
     check_tracking(tracking_uri)                     # fail fast, before any work
-    table = read_eval_metrics(paths.eval, required=cfg.gated_metrics)
+    table = read_eval_metrics(paths.eval, required=cfg.gated_metrics,
+                              dataset=cfg.primary_dataset)
     candidate = table[EVAL_ROW]
     lineage = _lineage(paths, cfg)
     payload, _ = check_servable(paths.model, paths.body)  # a bad model/body fails here

@@ -63,26 +63,44 @@ def clip_length(manifest: Mapping[str, list], split: str, where: Path) -> int:
     return lengths.pop()
 
 
+def camera_clips(manifest: Mapping[str, list], camera: int | None, where: Path
+                 ) -> dict[str, list]:
+    """The manifest's rows of clips filmed by `camera` (its `camera` column; None: all)."""
+    if camera is None:
+        return dict(manifest)
+    keep = [int(c) == camera for c in manifest["camera"]]
+    if not any(keep):
+        raise DataError(where, f"no clip of camera {camera} (cameras here: "
+                        f"{sorted({int(c) for c in manifest['camera']})})", field="camera")
+    return {name: [v for v, k in zip(column, keep) if k] for name, column in manifest.items()}
+
+
 def evaluate_predictors(predictors: Mapping[str, Predictor], shards: str | Path, split: str,
-                        body: torch.nn.Module, *, merge: str = "mean",
+                        body: torch.nn.Module, *, camera: int | None = None,
+                        merge: str = "mean",
                         smoothed: Sequence[str] = (), sigma: float = 1.5,
                         batch_size: int = 8, num_workers: int = 0,
                         observers: Sequence[Callable] = (), body_model_id: str | None = None,
                         part_labels: np.ndarray | None = None,
                         progress: bool = False) -> EvaluationResult:
-    """Score every predictor on every valid frame of `split` (clips predicted, windows merged per
+    """Score every predictor on every valid frame of `split` (of `camera` only when given:
+    camera_clips) (clips predicted, windows merged per
     track, see predict.py); `observers(batch, outputs)` see every predicted batch (evaluation's
     overlay collector); `smoothed` models also get a "_smooth" row. `body` (a BodyModel)
     poses the ground-truth meshes and regresses the joints. part_labels (V,): the SMPL joint of
     every vertex, for per-part errors (diagnostics.py); None = none."""
     shards = Path(shards)
-    manifest = read_manifest(shards)
+    manifest = camera_clips(read_manifest(shards), camera, shards / "manifest.parquet")
     layout = track_layout(manifest, split)
     if not layout:
         raise DataError(shards, f"the manifest lists no clips of split {split!r}", field="split")
     urls = list_shards(shards, split)
+    keys = None
+    if camera is not None:      # only that camera's clips, read from the shards holding them
+        keys, holding = set(manifest["key"]), set(manifest["shard"])
+        urls = [u for u in urls if f"{Path(u).parent.name}/{Path(u).name}" in holding]
     loader = make_clip_loader(urls, batch_size=batch_size, frames_dtype="uint8",
-                              num_workers=min(num_workers, len(urls)))
+                              num_workers=min(num_workers, len(urls)), keys=keys)
     observers = list(observers)
     if body_model_id is not None:
         observers.append(_body_check(body_model_id, shards / split))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,6 +79,8 @@ class TrainConfig:
     val_every: int = 100                # steps; 0 = only at the end (whole split, as evaluate)
     log_every: int = 10
     experiment: str = "stdformer"       # MLflow experiment name
+    mix: dict[str, float] = field(default_factory=dict)  # source -> weight (normalised); a
+                                        # weight 0 is not read; {}: the one source there is
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
@@ -93,6 +96,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        for name, weight in self.mix.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"mix.{name} must be a finite weight >= 0, got {weight}")
+        if self.mix and not any(w > 0 for w in self.mix.values()):
+            raise ValueError("mix: at least one source needs a weight > 0")
         if not self.experiment:
             raise ValueError("experiment must be a non-empty name")
         self.augment.validate()

@@ -183,9 +183,9 @@ def _as_built(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def make_loader(dataset: TrainStream, num_workers: int, seed: int, pin_memory: bool = False
+def make_loader(dataset: torch.utils.data.IterableDataset, num_workers: int, seed: int, pin_memory: bool = False
                 ) -> Iterator[dict[str, Any]]:
-    """The batches of `dataset`, built by `num_workers` DataLoader workers (0: in this
+    """The batches of `dataset` (a TrainStream or mix.MixStream), built by `num_workers` DataLoader workers (0: in this
     process). The explicit generator keeps the loader from drawing its worker seeds from (and
     so advancing) the global torch RNG. Each worker reuses ARENAS_PER_WORKER batch arenas, as
     many as a consumer that holds one batch at a time keeps busy: its batch, the one being

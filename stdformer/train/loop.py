@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from stdformer import numerics
 from stdformer.data.shard_index import ShardIndex, crop_protocol, index_shards, iter_targets
+from stdformer.data.sources import source_dir, source_names
 from stdformer.devices import resolve_device
 from stdformer.io import DataError, file_digest
 from stdformer.losses import LossConfig, MeshInfo
@@ -40,7 +41,8 @@ from stdformer.progress import progress as progress_bar
 from stdformer.scoring import BASELINE_NAME, MERGE_MODES
 from stdformer.scoring.frames import mean_pose
 from stdformer.scoring.predict import constant_predictor, model_predictor
-from stdformer.scoring.run import evaluate_predictors
+from stdformer.scoring.run import EvaluationResult, evaluate_predictors
+from stdformer.scoring.track_scores import summarize_rows
 from stdformer.tracking import MlflowTracker, check_tracking, write_curve, write_metrics
 from stdformer.train import checkpoint as ckpt_io
 from stdformer.train.config import (
@@ -49,7 +51,7 @@ from stdformer.train.config import (
     resolve_precision,
     run_identity,
 )
-from stdformer.train.data import TrainStream, make_loader
+from stdformer.train.data import make_loader
 from stdformer.train.distributed import (
     Dist,
     all_reduce_sum,
@@ -60,12 +62,13 @@ from stdformer.train.distributed import (
     sync_buffers,
     wrap_ddp,
 )
+from stdformer.train.mix import MixStream, mix_weights
 from stdformer.train.steps import batch_loss, loss_config_at, lr_factor, optimizer_step
 
 
 @dataclass(frozen=True)
 class TrainPaths:
-    shards: Path                  # preprocess output: <shards>/<split>/shard-*.tar
+    shards: Path                  # sources: <shards>/<source>/<split>/shard-*.tar (sources.py)
     body: Path                    # body model directory
     model: Path                   # final model file
     checkpoints: Path             # the variant's checkpoint root (one directory per config)
@@ -91,9 +94,9 @@ class TrainResult:
 class RunState:
     """What a checkpoint restores besides model, optimizer, scheduler and RNG."""
 
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0       # batches of `epoch` consumed
+    step: int = 0                 # batches consumed: the data position (train/mix.py)
+    epoch: int = 0                # epoch and batches consumed of the last batch's source
+    batch_in_epoch: int = 0       #   (for the log; resuming derives everything from `step`)
     curve: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None     # MLflow run to continue
 
@@ -109,8 +112,9 @@ class Session:
     assets: BodyAssets            # CPU copy (metrics, baseline)
     device_assets: BodyAssets
     mesh_info: MeshInfo
-    train_index: ShardIndex
-    val_index: ShardIndex
+    train_sources: dict[str, ShardIndex]   # the sources read (mix weight > 0), mix order
+    weights: dict[str, float]     # normalised mix weights of those sources
+    val_dirs: dict[str, Path]     # source -> preprocess output, validated per source
     identity: dict[str, Any]      # run_identity: what the resume key hashes
     run_hash: str
     run_dir: Path                 # this configuration's checkpoint directory
@@ -188,12 +192,15 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
     """Data index, model, optimizer; state from a matching checkpoint or fresh; MLflow run."""
     autocast_dtype = resolve_precision(cfg, d.device)
     assets = load_body_assets(paths.body)
-    train_index = index_shards(paths.shards, "train")
-    val_index = index_shards(paths.shards, "validation")
-    inputs = InputProtocol(**crop_protocol(paths.shards), clip_len=model_cfg.clip_len)
+    weights = mix_weights(cfg.mix, list(cfg.mix) or source_names(paths.shards))
+    val_dirs = {name: source_dir(paths.shards, name) for name in weights}   # weight 0: unread
+    train_sources = {name: index_shards(where, "train") for name, where in val_dirs.items()}
+    for where in val_dirs.values():
+        index_shards(where, "validation")     # checked before training, not at the first val
+    inputs = InputProtocol(**shared_crop_protocol(val_dirs), clip_len=model_cfg.clip_len)
     identity = run_identity(cfg, model_cfg, loss_cfg, world_size=d.world_size,
                             body_model_id=assets.body_model_id,
-                            train_data=train_index.fingerprint(),
+                            train_data={n: i.fingerprint() for n, i in train_sources.items()},
                             init_checkpoint=_digest_or_none(model_cfg.init_checkpoint))
     run_hash = config_hash(identity)
     run_dir = ckpt_io.config_dir(paths.checkpoints, run_hash)
@@ -224,7 +231,8 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
         model = torch.compile(model)
     device_assets = assets.to(d.device)
     s = Session(cfg, model_cfg, loss_cfg, paths, d, autocast_dtype, assets, device_assets,
-                device_assets.mesh_info, train_index, val_index, identity, run_hash, run_dir,
+                device_assets.mesh_info, train_sources, weights, val_dirs, identity, run_hash,
+                run_dir,
                 effect, raw_model, model, optimizer, scheduler, state, inputs)
     if d.main and tracking.uri is not None:
         s.tracker = MlflowTracker(
@@ -235,8 +243,10 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
                 "config_hash": run_hash, "body_model_id": assets.body_model_id,
                 "parameters": count_parameters(raw_model), "numerics": effect})
         state.run_id = s.tracker.run_id
-    _say(d, f"{count_parameters(raw_model):,} parameters; {train_index.num_clips} train / "
-            f"{val_index.num_clips} validation clips; {d.world_size} rank(s) on {d.device}, "
+    mix = ", ".join(f"{n} {w:.0%} ({train_sources[n].num_clips} train clips)"
+                    for n, w in weights.items())
+    _say(d, f"{count_parameters(raw_model):,} parameters; mix {mix}; "
+            f"{d.world_size} rank(s) on {d.device}, "
             f"{'bf16 autocast' if autocast_dtype else 'fp32'}; {effect['threads']} thread(s), "
             f"ATen {effect['aten_cpu_capability']}, oneDNN <= {effect['onednn_max_cpu_isa']}, "
             f"MKL_CBWR {effect['mkl_cbwr']}")
@@ -245,6 +255,19 @@ def _open_session(cfg: TrainConfig, model_cfg: ModelConfig, loss_cfg: LossConfig
                 f"{effect['aten_cpu_capability']}): the weights may differ on other CPUs; call "
                 "stdformer.numerics.pin_environment() first, as stages/__init__.py does")
     return s
+
+
+def shared_crop_protocol(sources: Mapping[str, Path]) -> dict[str, Any]:
+    """The crop protocol every source was preprocessed with (one model has one input); a
+    DataError naming two sources that differ."""
+    protocols = {name: crop_protocol(where) for name, where in sources.items()}
+    (first, want), *others = protocols.items()
+    for name, got in others:
+        if got != want:
+            raise DataError(sources[name] / "report.json", f"cropped otherwise than source "
+                            f"{first!r} ({got} vs {want}): preprocess every source with the same "
+                            "crop_size, crop_scale and context", field="settings")
+    return want
 
 
 def _resume_or_start(cfg: TrainConfig, root: Path, run_hash: str, d: Dist
@@ -284,11 +307,11 @@ def _fit(s: Session, progress: bool) -> None:
     cfg, d, state = s.cfg, s.d, s.state
     if state.step >= cfg.steps:
         return
-    stream = TrainStream(s.train_index, seed=cfg.seed, batch_size=cfg.batch_size, rank=d.rank,
-                         world_size=d.world_size, shuffle_window=cfg.shuffle_buffer,
-                         augment=cfg.augment, perms=s.assets.perms, start_epoch=state.epoch,
-                         start_batch=state.batch_in_epoch)
-    stream.plan(state.epoch)  # a dataset too small for the batch size fails here, not in a worker
+    stream = MixStream(s.train_sources, list(s.weights.values()), seed=cfg.seed,
+                       batch_size=cfg.batch_size, rank=d.rank, world_size=d.world_size,
+                       shuffle_window=cfg.shuffle_buffer, augment=cfg.augment,
+                       perms=s.assets.perms, start_step=state.step, end_step=cfg.steps)
+    stream.positions()  # a source too small for the batch size fails here, not in a worker
     batches = iter(make_loader(stream, cfg.num_workers, cfg.seed,
                                pin_memory=d.device.type == "cuda"))
     bar = progress_bar(total=cfg.steps, initial=state.step, desc="train", unit="step",
@@ -308,6 +331,7 @@ def _fit(s: Session, progress: bool) -> None:
                                      s.autocast_dtype)
             grad_norm = optimizer_step(loss, parameters, s.optimizer, s.scheduler,
                                        cfg.grad_clip)
+            assert int(batch["step"]) == state.step, "the stream lost its place"
             state.step += 1
             state.epoch, state.batch_in_epoch = int(batch["epoch"]), int(batch["batch"]) + 1
 
@@ -348,7 +372,7 @@ def _log_step(s: Session, terms: Mapping[str, float], grad_norm: float,
         if s.tracker is not None:
             s.tracker.log_metrics(state.step, val)
         _say(s.d, f"step {state.step}: " + ", ".join(f"{k} {v:.1f}" for k, v in val.items()
-                                                     if k != "val_frames"))
+                                                     if not k.endswith("frames")))
     if row:
         state.curve.append({"step": state.step, **row})
 
@@ -356,30 +380,53 @@ def _log_step(s: Session, terms: Mapping[str, float], grad_norm: float,
 VAL_METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "accel", "frames")
 
 
-def _validate(s: Session, baseline: torch.Tensor | None = None) -> dict[str, float]:
-    """Validation metrics exactly as `evaluate` computes them on its split: every clip
-    predicted in fp32, overlapping windows merged into one prediction per frame
-    (`evaluate.merge`'s default, mean), each valid frame counted once. With `baseline` (mean
-    mesh (V, 3)), the mean-pose rows too. Every rank scores the whole split (the same numbers,
-    no waiting at a collective); the global RNG states are left as they were, so validating
-    more or less often does not change the weights."""
+def pooled_summary(results: Mapping[str, EvaluationResult], row: str) -> dict[str, float]:
+    """`row`'s summary over the frames of every source together (each frame counts once, as
+    if the sources were one split)."""
+    rows = [r.rows for r in results.values()]
+    pooled = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    return summarize_rows(pooled, pooled["model"] == row)
+
+
+def validation_metrics(results: Mapping[str, EvaluationResult], row: str, prefix: str
+                       ) -> dict[str, float]:
+    """`<prefix>_<metric>` over all sources' frames together, and `<prefix>/<source>/<metric>`
+    per source (metrics/train/<variant>.json, the curve csv, MLflow)."""
+    metrics = {f"{prefix}_{m}": pooled_summary(results, row)[m] for m in VAL_METRICS}
+    for name, result in results.items():
+        metrics |= {f"{prefix}/{name}/{m}": result.overall[row][m] for m in VAL_METRICS}
+    return metrics
+
+
+def _validate(s: Session, baselines: Mapping[str, torch.Tensor] | None = None
+              ) -> dict[str, float]:
+    """Validation metrics exactly as `evaluate` computes them on its split, per source and over
+    all sources' frames: every clip predicted in fp32, overlapping windows merged into one
+    prediction per frame (`evaluate.merge`'s default, mean), each valid frame counted once.
+    With `baselines` (source -> its mean training mesh (V, 3)), the mean-pose rows too. Every
+    rank scores the whole split (the same numbers, no waiting at a collective); the global RNG
+    states are left as they were, so validating more or less often does not change the
+    weights."""
     sync_buffers(s.raw_model, s.d)
     rng = ckpt_io.capture_rng()
-    predictors = {"model": model_predictor(s.raw_model, s.d.device)}
-    if baseline is not None:
-        predictors[BASELINE_NAME] = constant_predictor(baseline)
+    results: dict[str, EvaluationResult] = {}
     try:
-        result = evaluate_predictors(predictors, s.paths.shards, "validation", s.assets.body,
-                                     merge=MERGE_MODES[0],
-                                     batch_size=s.cfg.batch_size,
-                                     num_workers=s.cfg.num_workers)
+        for name, where in s.val_dirs.items():
+            predictors = {"model": model_predictor(s.raw_model, s.d.device)}
+            if baselines is not None:
+                predictors[BASELINE_NAME] = constant_predictor(baselines[name])
+            results[name] = evaluate_predictors(predictors, where, "validation", s.assets.body,
+                                                merge=MERGE_MODES[0],
+                                                batch_size=s.cfg.batch_size,
+                                                num_workers=s.cfg.num_workers)
     finally:
         s.raw_model.train()
         ckpt_io.restore_rng(rng)
-    metrics = {f"val_{m}": result.overall["model"][m] for m in VAL_METRICS}
-    if baseline is not None:
-        metrics |= {f"baseline_val_{m}": result.overall[BASELINE_NAME][m]
-                    for m in VAL_METRICS if m != "frames"}
+    metrics = validation_metrics(results, "model", "val")
+    if baselines is not None:
+        metrics |= {k: v for k, v in validation_metrics(results, BASELINE_NAME,
+                                                        "baseline_val").items()
+                    if not k.endswith("frames")}
     return metrics
 
 
@@ -405,8 +452,11 @@ def _finish(s: Session) -> TrainResult:
     model, metrics and curve files."""
     d, state = s.d, s.state
     names = ("pose", "betas", "joints_h36m", "valid")
-    mean_vertices, train_frames = mean_pose(iter_targets(s.train_index, names), s.assets.body)
-    final = _validate(s, baseline=mean_vertices)
+    baselines, train_frames = {}, 0
+    for name, index in s.train_sources.items():       # each source's own mean pose
+        baselines[name], frames = mean_pose(iter_targets(index, names), s.assets.body)
+        train_frames += frames
+    final = _validate(s, baselines=baselines)
     barrier(d)
     metrics: dict[str, Any] = {"steps": state.step, **final,
                                "baseline_train_frames": train_frames}
@@ -417,7 +467,7 @@ def _finish(s: Session) -> TrainResult:
         return TrainResult(metrics, s.raw_model, False)
 
     curve = state.curve
-    row = {k: v for k, v in final.items() if k.startswith("val_")}
+    row = {k: v for k, v in final.items() if k.startswith("val")}
     if curve and curve[-1]["step"] == state.step:
         curve[-1].update(row)
     else:
