@@ -94,6 +94,7 @@ def make_mix_data(root: Path, train_data) -> tuple[Path, Path]:
     import json
 
     from stdformer.data.manifest import read_manifest
+    from stdformer.data.datasets import ThreeDPWDataset
     from stdformer.data.preprocess import preprocess
     from stdformer.data.preprocess_config import PreprocessConfig
 
@@ -101,9 +102,10 @@ def make_mix_data(root: Path, train_data) -> tuple[Path, Path]:
     raw = shards.parent / "raw"
     parent = root / "shards"
     for name, stride in (("3dpw", {}), ("h36m", {"train": 4})):
-        preprocess(raw, body_dir, parent / name, PreprocessConfig(
-            dataset_root=str(raw), source=name, splits=["train", "validation"], crop_size=64,
-            stride=stride, samples_per_shard=4, workers=1, executor="serial"), progress=False)
+        dataset = ThreeDPWDataset(root=str(raw), splits=["train", "validation"], stride=stride)
+        preprocess(dataset, body_dir, parent / name, PreprocessConfig(
+            crop_size=64, samples_per_shard=4, workers=1, executor="serial"), progress=False,
+            name=name)
     sequences = sorted(set(read_manifest(parent / "h36m")["sequence"]))
     set_cameras(parent / "h36m", lambda seq: 1 + sequences.index(seq) % 4)
     report = parent / "h36m" / "report.json"
