@@ -1,7 +1,7 @@
 """Training loader throughput against pure JPEG decoding of the same members, in one run.
 
     python benchmarks/loader.py                        # 224 px crops, 8-frame clips, 1 and 2 workers
-    python benchmarks/loader.py --shards data/shards --body data/body --workers 1 2 4
+    python benchmarks/loader.py --shards data/shards/3dpw --body data/body --workers 1 2 4
     python benchmarks/loader.py --workers 0           # the loader in this process
 
 Shards: the `default` set of benchmarks/preprocess.py (params.yaml's synthesize section)

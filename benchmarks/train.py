@@ -1,6 +1,6 @@
 """Training throughput: the data loader alone, the training step alone, and both together.
 
-    python benchmarks/train.py [--shards data/shards --body data/body] [--steps 10]
+    python benchmarks/train.py [--shards data/shards/3dpw --body data/body] [--steps 10]
     python benchmarks/train.py --native      # the machine's own threads and instruction set
 
 By default the numeric environment is pinned as the training stage pins it (train.threads = 2
@@ -202,7 +202,7 @@ def run_profile(name: str, model_cfg: ModelConfig, args, device, autocast_dtype,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--shards", default="data/shards/3dpw")
     parser.add_argument("--body", default="data/body")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--loader-batches", type=int, default=20)

@@ -4,7 +4,7 @@ runs the data stages, about 2 minutes on 2 cores):
 
 * every stage's recorded code and params are the current ones (`dvc status`): a change that
   moves outputs without a new dvc.lock fails here;
-* `body`, `synthesize` and `preprocess` rerun from scratch give the committed output hashes, on
+* `body`, `synthesize`, `synthesize_h36m` and each `preprocess@<dataset>` rerun from scratch give the committed output hashes, on
   whatever machine runs the suite.
 
 The training stages take minutes each; `make lock-check` reruns the whole pipeline in a fresh
@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO, copy_project, dvc
 
-DATA_STAGES = ("body", "synthesize", "preprocess")
+DATA_STAGES = ("body", "synthesize", "synthesize_h36m", "preprocess@3dpw", "preprocess@h36m")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,9 @@ def test_committed_lock_records_the_current_code_and_params(committed):
     assert not stale, ("dvc.lock does not match the code and params (run `dvc repro` and "
                        f"commit dvc.lock): {stale}")
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    names = {f"{n}@{k}" for n, s in stages.items() if "foreach" in s
-             for k in yaml.safe_load((REPO / "params.yaml").read_text())["variants"]}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    names = {f"{n}@{k}" for n, s in stages.items() if "foreach" in s     # foreach: ${section}
+             for k in params[s["foreach"].strip("${}")]}
     names |= {n for n, s in stages.items() if "foreach" not in s}
     assert names == set(lock), "dvc.lock and dvc.yaml name different stages"
 
@@ -63,7 +64,7 @@ def test_committed_lock_records_the_current_code_and_params(committed):
 @pytest.mark.slow
 def test_data_stages_reproduce_the_committed_hashes(committed):
     want = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
-    dvc(committed, "repro", "preprocess")
+    dvc(committed, "repro", *DATA_STAGES[-2:])
     got = yaml.safe_load((committed / "dvc.lock").read_text())["stages"]
     for stage in DATA_STAGES:
         assert got[stage]["outs"] == want[stage]["outs"], (
