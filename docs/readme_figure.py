@@ -15,7 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "img" / "results.png"
-VAL_METRICS = (("val_mpjpe", "MPJPE"), ("val_pa_mpjpe", "PA-MPJPE"), ("val_mpvpe", "MPVPE"))
+# (curve column, label): validation per source of the mix
+VAL_METRICS = (("val/3dpw/mpjpe", "3DPW MPJPE"), ("val/3dpw/pa_mpjpe", "3DPW PA-MPJPE"),
+               ("val/h36m/mpjpe", "Human3.6M MPJPE"), ("val/h36m/pa_mpjpe", "Human3.6M PA-MPJPE"))
+TEST_DATASET = "3dpw"      # the registry's dataset: the right panel's sequences
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -33,13 +36,14 @@ def validation_points(curve: list[dict[str, str]]) -> dict[str, tuple[list[int],
 
 
 def per_sequence_mpjpe(rows: list[dict[str, str]], model: str) -> dict[str, float]:
-    return {r["sequence"]: float(r["mpjpe"]) for r in rows if r["model"] == model}
+    return {r["sequence"].removeprefix(f"{TEST_DATASET}/"): float(r["mpjpe"]) for r in rows
+            if r["model"] == model and r["dataset"] == TEST_DATASET}
 
 
 def draw(curve, train_summary, per_sequence) -> plt.Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100,
                                       gridspec_kw={"width_ratios": [1, 1.3]})
-    colours = ("tab:blue", "tab:orange", "tab:green")
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     for (key, label), colour in zip(VAL_METRICS, colours):
         steps, values = validation_points(curve)[key]
         left.plot(steps, values, "o-", color=colour, label=f"stdformer {label}")
@@ -57,7 +61,7 @@ def draw(curve, train_summary, per_sequence) -> plt.Figure:
     right.barh([i - 0.2 for i in y], [model[s] for s in order], height=0.4, color="tab:blue",
                label="stdformer")
     right.set_yticks(list(y), [s.removeprefix("synth_") for s in order], fontsize=6)
-    right.set(title="Test MPJPE per sequence (24 sequences)", xlabel="mm",
+    right.set(title=f"3DPW-layout test MPJPE per sequence ({len(order)} sequences)", xlabel="mm",
               xlim=(0, 1.3 * max(baseline.values())))  # room for the legend beside short bars
     right.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
