@@ -407,8 +407,8 @@ def test_documented_loader_snippet_runs_as_pasted(shard_dir, tmp_path):
     page = (Path(__file__).parents[1] / "docs" / "pipeline.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
     snippet = next(b for b in blocks if DOCS_SNIPPET in b)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "shards").symlink_to(shard_dir)
+    (tmp_path / "data" / "shards").mkdir(parents=True)
+    (tmp_path / "data" / "shards" / "3dpw").symlink_to(shard_dir)    # the pipeline's layout
     (tmp_path / "snippet.py").write_text(snippet)
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     run = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env,
