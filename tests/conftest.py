@@ -98,6 +98,7 @@ TINY_PARAMS = {
     # One run per split (train S1, validation S8, test S9) of one clip (8 sampled frames).
     "synthesize_h36m": {"subjects": [1, 8, 9], "actions": ["Directions"], "subactions": 1,
                         "frames": 40, "size": 64, "unfitted_runs": 0},
+    "datasets": {"h36m": {"subjects": {"train": [1], "validation": [8], "test": [9]}}},
     "preprocess": {"crop_size": 32, "samples_per_shard": 4, "workers": 1},
     "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "val_every": 0,
               "num_workers": 0, "log_every": 1},
