@@ -37,4 +37,5 @@ def test_smoke_mode_runs_every_part_and_writes_the_figures(tmp_path):
     pipeline = figures["pipeline"]
     assert pipeline["repro_train_returncode"] == 0 == pipeline["repro_evaluate_returncode"]
     assert pipeline["train_device"] == "cpu" and pipeline["train_metrics"]["steps"] == 2
-    assert pipeline["eval_overall"]["stdformer"]["frames"] > 0
+    for dataset in ("3dpw", "h36m_p1", "h36m_p2"):
+        assert pipeline["eval_by_dataset"][dataset]["stdformer"]["frames"] > 0, dataset
