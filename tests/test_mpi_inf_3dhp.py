@@ -289,3 +289,30 @@ def test_training_on_a_mix_with_a_joints_only_source(train_data, built, tmp_path
     assert all(terms["loss_vertices"] > 0 for terms in with_mesh)
     metrics = json.loads(paths.metrics.read_text())
     assert np.isfinite(metrics["val/mpi3dhp/mpjpe"]) and metrics["val/mpi3dhp/frames"] > 0
+    # no MPVPE against the zero-pose body: the joints-only source has none, the pooled one is
+    # 3DPW's alone
+    assert np.isnan(metrics["val/mpi3dhp/mpvpe"]) and np.isfinite(metrics["val/3dpw/mpvpe"])
+    assert metrics["val_mpvpe"] == pytest.approx(metrics["val/3dpw/mpvpe"])
+    assert metrics["val_frames"] == metrics["val/3dpw/frames"] + metrics["val/mpi3dhp/frames"]
+
+
+def test_scores_leave_frames_without_a_mesh_out_of_mpvpe_only():
+    from stdformer.scoring.track_scores import summarize_rows, track_errors
+
+    rng = np.random.default_rng(0)
+    T, V = 6, 30
+    reg = rng.random((17, V))
+    reg /= reg.sum(axis=1, keepdims=True)
+    gt = rng.normal(size=(T, V, 3))
+    pred = gt + 0.01 * rng.normal(size=(T, V, 3))
+    h36m = np.einsum("jv,tvc->tjc", reg, gt)
+    valid, has_mesh = np.ones(T, bool), np.array([True, True, False, False, True, True])
+    full = track_errors(pred, gt, h36m, valid, reg)
+    masked = track_errors(pred, gt, h36m, valid, reg, has_mesh=has_mesh)
+    assert np.isnan(masked["mpvpe"][~has_mesh]).all()
+    np.testing.assert_allclose(masked["mpvpe"][has_mesh], full["mpvpe"][has_mesh])
+    for metric in ("mpjpe", "pa_mpjpe", "accel"):
+        np.testing.assert_array_equal(masked[metric], full[metric])
+    summary = summarize_rows(masked)
+    assert summary["mpvpe"] == pytest.approx(full["mpvpe"][has_mesh].mean())
+    assert summary["mpjpe"] == pytest.approx(full["mpjpe"].mean()) and summary["frames"] == T
