@@ -119,7 +119,7 @@ def _image(path: Path, pixels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = np.full((SIZE, SIZE, 3), 70, np.uint8)
     for x, y in pixels:
-        cv2.circle(image, (int(round(x)), int(round(y))), 2, (30, 220, 250), -1)
+        cv2.circle(image, (round(x), round(y)), 2, (30, 220, 250), -1)
     cv2.imwrite(str(path), image)
 
 

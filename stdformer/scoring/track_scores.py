@@ -72,9 +72,9 @@ def track_errors(pred_vertices: np.ndarray, gt_vertices: np.ndarray, gt_h36m: np
     out["accel"] = np.where(mask.numpy(), values.numpy(), np.nan)
     if has_mesh is not None:
         no_mesh = ~np.asarray(has_mesh, bool)
-        for name in out:
+        for name, values in out.items():
             if name == "mpvpe" or name.endswith("_ratio") or name.startswith("part_"):
-                out[name][no_mesh] = np.nan
+                values[no_mesh] = np.nan
     return out
 
 
