@@ -14,6 +14,13 @@ per frame, (B, S), or per consecutive frame pair, (B, S-1), then averaged over t
 contents (even NaN) change neither the loss nor its gradient. With no valid frame the loss is
 an exact zero that is still part of the autograd graph.
 
+Joints-only frames (a source without body model fits, e.g. MPI-INF-3DHP): target `mesh_valid`
+(B, S) False. The terms that compare against the ground-truth mesh (vertices and their velocity,
+edge lengths vs GT, normals) average over frames that are valid and have a mesh only, and the
+ground-truth mesh of the others is zeroed before any arithmetic, like an invalid frame's; the
+3D/2D joint terms (tokens and the joints regressed from the predicted mesh) and the
+ground-truth-free edge term still use every valid frame.
+
 Centring (FastMETRO's training code, so its camera head keeps its meaning): 3D joint terms on
 the mid-hip of J14; meshes (every level) on the pelvis of their own fine mesh, joint 0 of the
 H36M-17 regression (the J14 mid-hip for a 14-row regressor). The camera projects token joints
@@ -242,7 +249,8 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         vertices_fine (B, S, V_l, 3); cam (B, S, 3) weak-perspective (s, tx, ty).
     target: joints3d (B, S, 14, 3); joints2d (B, S, 14, 2) in crop coords [-1, 1];
         joints2d_vis (B, S, 14) in [0, 1]; vertices_coarse / vertices_mid / vertices_fine
-        (B, S, V_l, 3); valid (B, S) bool.
+        (B, S, V_l, 3); valid (B, S) bool; mesh_valid (B, S) bool, optional (default: all
+        True): False on frames without a ground-truth mesh (joints only).
     Only the keys the enabled terms use are read.
     Returns (total scalar tensor, {name: float}) with every enabled raw (unweighted) term,
     the weighted groups loss_joints3d / loss_vertices / loss_edge_normal / loss_joints2d, and
@@ -252,12 +260,20 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         raise KeyError("target['valid'] (B, S) bool is required")
     valid = torch.as_tensor(target["valid"], dtype=torch.bool)
     pair_valid = valid[:, 1:] & valid[:, :-1]                               # (B, S-1)
+    mesh_valid = valid
+    if "mesh_valid" in target:
+        mesh_valid = valid & torch.as_tensor(target["mesh_valid"], dtype=torch.bool,
+                                             device=valid.device).reshape(valid.shape)
+    mesh_pair_valid = mesh_valid[:, 1:] & mesh_valid[:, :-1]               # (B, S-1)
 
     def from_pred(key):
         return _get(pred, key, "pred", valid)
 
     def from_target(key):
         return _get(target, key, "target", valid)
+
+    def mesh_target(key):  # the ground-truth mesh: zero where there is none
+        return _get(target, key, "target", mesh_valid)
 
     # A zero tied to the prediction, so the total is differentiable even with every term off
     present = [k for k in ("joints3d", "vertices_fine", "vertices_mid", "vertices_coarse", "cam")
@@ -275,7 +291,7 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
     if need_mesh:
         regressor = mesh_info.joint_regressor
         pred_fine = from_pred("vertices_fine")
-        gt_fine = from_target("vertices_fine")
+        gt_fine = mesh_target("vertices_fine")
         pred_mesh_j14, pred_pelvis = regress_joints(pred_fine, regressor)  # (B,S,14,3), (B,S,3)
         _, gt_pelvis = regress_joints(gt_fine, regressor)
 
@@ -308,11 +324,12 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
     if cfg.vertices:
         for level, w in zip(LEVELS, cfg.level_weights):
             p = from_pred(f"vertices_{level}") - pred_pelvis[..., None, :]
-            g = from_target(f"vertices_{level}") - gt_pelvis[..., None, :]
-            group_vert = group_vert + w * add(f"vertices_{level}", l1_per_frame(p, g), valid)
+            g = mesh_target(f"vertices_{level}") - gt_pelvis[..., None, :]
+            group_vert = group_vert + w * add(f"vertices_{level}", l1_per_frame(p, g),
+                                              mesh_valid)
             if cfg.vertices_velocity:
                 group_vert = group_vert + w * add(f"vertices_{level}_vel",
-                                                  velocity_per_pair(p, g), pair_valid)
+                                                  velocity_per_pair(p, g), mesh_pair_valid)
 
     # Edge lengths and normals on the mid mesh (translation-invariant: no centring needed)
     group_edge = anchor.new_zeros(())
@@ -320,17 +337,17 @@ def compute_losses(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         p_mid = from_pred("vertices_mid")
         edges = mesh_info.mid_edges.to(p_mid.device)
         if cfg.edge_gt:
-            g_mid = from_target("vertices_mid")
+            g_mid = mesh_target("vertices_mid")
             group_edge = group_edge + cfg.edge_gt_weight * add(
-                "edge_gt", edge_length_gt_per_frame(p_mid, g_mid, edges), valid)
+                "edge_gt", edge_length_gt_per_frame(p_mid, g_mid, edges), mesh_valid)
         if cfg.edge_self:
             group_edge = group_edge + cfg.edge_self_weight * add(
                 "edge_self", edge_length_self_per_frame(p_mid, edges), valid)
         if cfg.normal:
-            g_mid = from_target("vertices_mid")
+            g_mid = mesh_target("vertices_mid")
             faces = mesh_info.mid_faces.to(p_mid.device)
             group_edge = group_edge + cfg.normal_weight * add(
-                "normal", normal_consistency_per_frame(p_mid, g_mid, faces), valid)
+                "normal", normal_consistency_per_frame(p_mid, g_mid, faces), mesh_valid)
 
     # 2D joints through the weak-perspective camera
     group_j2d = anchor.new_zeros(())

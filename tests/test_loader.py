@@ -58,7 +58,7 @@ def test_batch_holds_what_decoding_each_clip_gives(shard_dir, synth_body_dir, au
     assert batch["frames"].shape == (len(samples), 8, 3, CROP, CROP)
     assert batch["frames"].dtype == torch.uint8
     assert torch.equal(batch["frames"], expected["frames"])
-    assert set(batch["targets"]) == set(shards.TARGET_SPECS)
+    assert set(batch["targets"]) == set(shards.BATCH_TARGETS)   # the mesh flag too
     for name, value in batch["targets"].items():
         assert value.dtype == expected["targets"][name].dtype, name
         assert torch.equal(value, expected["targets"][name]), name

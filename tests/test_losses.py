@@ -323,6 +323,53 @@ def test_invalid_frame_garbage_changes_nothing(mesh_info):
         assert torch.all(v.grad[0, 1] == 0), k
 
 
+MESH_TERMS = ("vertices_coarse", "vertices_mid", "vertices_fine", "vertices_coarse_vel",
+              "vertices_mid_vel", "vertices_fine_vel", "edge_gt", "normal")
+
+
+def test_frames_without_a_mesh_feed_no_mesh_term_but_every_joint_term(mesh_info):
+    """mesh_valid False (a joints-only source): the ground-truth mesh of those frames, even NaN,
+    reaches no term; the mesh terms average over the frames with a mesh, the joint terms
+    (tokens and joints regressed from the predicted mesh) and edge_self over every valid
+    frame."""
+    target, cam = make_target(mesh_info)
+    pred = pred_from(target, cam)
+    with torch.no_grad():
+        for k in ("vertices_coarse", "vertices_mid", "vertices_fine", "joints3d"):
+            pred[k] += 0.01 * torch.randn(pred[k].shape, generator=torch.Generator()
+                                          .manual_seed(7), dtype=pred[k].dtype)
+    _, full = losses.compute_losses(pred, target, losses.LossConfig(), mesh_info)
+
+    joints_only = {**target, "mesh_valid": torch.tensor([[True, True, True],
+                                                         [False, False, False]])}
+    for level in ("coarse", "mid", "fine"):
+        joints_only[f"vertices_{level}"] = target[f"vertices_{level}"].clone()
+        joints_only[f"vertices_{level}"][1] = float("nan")    # clip 1 has no mesh
+    total, terms = losses.compute_losses(pred, joints_only, losses.LossConfig(), mesh_info)
+    total.backward()
+    assert math.isfinite(float(total.detach()))
+    for v in pred.values():
+        assert torch.isfinite(v.grad).all()
+    # the mesh terms are clip 0's alone
+    first = {k: v[:1] for k, v in target.items()}
+    _, clip0 = losses.compute_losses({k: v[:1] for k, v in pred.items()}, first,
+                                     losses.LossConfig(), mesh_info)
+    for name in MESH_TERMS:
+        assert terms[name] == pytest.approx(clip0[name]), name
+    # the joint terms and edge_self still see both clips
+    for name in set(full) - set(MESH_TERMS) - {"loss_vertices", "loss_edge_normal", "total"}:
+        assert terms[name] == pytest.approx(full[name]), name
+    assert terms["joints3d_mesh"] > 0 and terms["joints2d_mesh"] > 0
+
+    # no frame with a mesh: every mesh term an exact zero
+    joints_only["mesh_valid"] = torch.zeros(B, S, dtype=torch.bool)
+    for level in ("coarse", "mid", "fine"):
+        joints_only[f"vertices_{level}"][:] = float("nan")
+    _, terms = losses.compute_losses(pred, joints_only, losses.LossConfig(), mesh_info)
+    assert all(terms[name] == 0.0 for name in MESH_TERMS)
+    assert terms["loss_joints3d"] > 0 and math.isfinite(terms["total"])
+
+
 def test_average_is_over_valid_frames_only(mesh_info):
     target, cam = make_target(mesh_info)
     pred = pred_from(target, cam)

@@ -6,9 +6,9 @@
              validation: [8], test: [9, 11]}, every: 5, cameras: [1, 2, 3, 4]}
 
 The entry's key is the source's name everywhere (`data/shards/<name>/`, the manifest's `source`
-column, each clip's meta, report.json). `layout` picks the reader (threedpw.py, h36m.py); the
-other fields are the layout's. The crop settings every source shares stay in `preprocess:`.
-docs/datasets.md describes both layouts.
+column, each clip's meta, report.json). `layout` picks the reader (threedpw.py, h36m.py,
+mpi_inf_3dhp.py); the other fields are the layout's. The crop settings every source shares
+stay in `preprocess:`. docs/datasets.md describes the layouts.
 """
 
 from __future__ import annotations
@@ -112,8 +112,65 @@ class H36MDataset:
     validate = ThreeDPWDataset.validate
 
 
-Dataset = ThreeDPWDataset | H36MDataset
-LAYOUTS: dict[str, type] = {"3dpw": ThreeDPWDataset, "h36m": H36MDataset}
+def _numbers_problems(name: str, numbers: list[int], low: int) -> list[tuple[str, str]]:
+    if any(n < low for n in numbers):
+        return [(name, f"numbers are >= {low}, got {numbers}")]
+    return []
+
+
+@dataclass
+class MPIINF3DHPDataset:
+    """An MPI-INF-3DHP root (`S{1-8}/Seq{1,2}/annot.mat`, `mpi_inf_3dhp_test_set/TS{1-6}/
+    annot_data.mat`): joints only, no SMPL fits (mpi_inf_3dhp.py). Splits come from the
+    training recordings (`subjects`, each with its `sequences`) or from the test set
+    (`test_sequences`: TS numbers)."""
+
+    layout: Literal["mpi_inf_3dhp"] = "mpi_inf_3dhp"
+    root: str = "data/raw/mpi_inf_3dhp"
+    subjects: dict[str, list[int]] = field(default_factory=lambda: {
+        "train": [1, 2, 3, 4, 5, 6, 7], "validation": [8]})
+    sequences: list[int] = field(default_factory=lambda: [1, 2])  # Seq1, Seq2 of each subject
+    test_sequences: dict[str, list[int]] = field(default_factory=lambda: {
+        "test": [1, 2, 3, 4, 5, 6]})
+    # The field's training cameras (SPIN, VIBE, TCMR, GLoT): video_0-2 and 4-8.
+    cameras: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 5, 6, 7, 8])
+    every: int = 10       # training recordings: rows % every == 0 (SPIN keeps every 10th)
+    test_every: int = 1   # the test set: every frame (its protocol scores them all)
+    optional_splits: list[str] = field(default_factory=list)
+    stride: dict[str, int] = field(default_factory=dict)  # per split, in sampled frames
+
+    @property
+    def splits(self) -> list[str]:
+        return [*self.subjects, *self.test_sequences]
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = [] if self.splits else [("subjects", "must name at least one split")]
+        for section in ("subjects", "test_sequences"):
+            for split, numbers in getattr(self, section).items():
+                if split not in H36M_SPLIT_NAMES:
+                    out.append((f"{section}.{split}",
+                                f"split must be one of {list(H36M_SPLIT_NAMES)}"))
+                out += _numbers_problems(f"{section}.{split}", numbers, 1)
+        for split in self.test_sequences:
+            if split in self.subjects:
+                problem = "is in subjects too (a split comes from the recordings or the test set)"
+                out.append((f"test_sequences.{split}", problem))
+        out += _numbers_problems("sequences", self.sequences, 1)
+        if not self.cameras:
+            out.append(("cameras", "must list at least one camera"))
+        out += _numbers_problems("cameras", self.cameras, 0)
+        for name in ("every", "test_every"):
+            if getattr(self, name) < 1:
+                out.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        return out + _optional_problems(self.optional_splits, self.splits) + _stride_problems(
+            self.stride, self.splits)
+
+    validate = ThreeDPWDataset.validate
+
+
+Dataset = ThreeDPWDataset | H36MDataset | MPIINF3DHPDataset
+LAYOUTS: dict[str, type] = {"3dpw": ThreeDPWDataset, "h36m": H36MDataset,
+                            "mpi_inf_3dhp": MPIINF3DHPDataset}
 
 
 def stride_for(dataset: Dataset, split: str, clip_len: int) -> int:

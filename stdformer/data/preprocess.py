@@ -1,6 +1,7 @@
 """One dataset (an entry of params' `datasets:`, any layout) -> clip shards (see shards.py for
 the contract). The layout's reader gives the tracks (threedpw.py: one per actor of a sequence;
-h36m.py: one per run of sampled frames of one camera); the rest is shared.
+h36m.py: one per run of sampled frames of one camera; mpi_inf_3dhp.py: one per camera of a
+recording, joints only); the rest is shared.
 
 Per sequence (in parallel over an executor; results come back in order), for each actor track:
   1. person boxes from the COCO-18 detections (crops.track_boxes), one square crop per frame,
@@ -11,12 +12,14 @@ Per sequence (in parallel over an executor; results come back in order), for eac
      betas, trans) in the camera frame of cam_poses, root-relative on the SMPL pelvis;
      camera-frame pose (global orientation rotated into the camera), from which the mesh is
      posed where it is used (not stored); H36M-17 joints (Human3.6M: the annotated ones)
-     projected with the intrinsics and then the crop affine;
+     projected with the intrinsics and then the crop affine; a joints-only track
+     (MPI-INF-3DHP) has its annotated joints alone, and a mesh flag saying so;
   3. clips of `clip_len` frames at the split's stride, plus the last `clip_len` frames.
 The main process writes the shards in (split, sequence, actor, start) order, so two runs give
 identical bytes. A frame is valid when its camera pose is valid, more than `min_keypoints`
 keypoints are confident, its image is readable (the JPEG decoder reports no corruption) and
-the layout has no reason of its own to skip it (Human3.6M: no SMPL fit). A split without clips
+the layout has no reason of its own to skip it (Human3.6M: no SMPL fit; MPI-INF-3DHP test:
+valid_frame 0). A split without clips
 is an error unless the dataset's `optional_splits` lists it.
 
 Modules: `preprocess_config` (the settings, clip windows), `stored_crops` (step 1's crops),
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stdformer.data import h36m, manifest, shards
+from stdformer.data import h36m, manifest, mpi_inf_3dhp, shards
 from stdformer.data.datasets import Dataset, ThreeDPWDataset, stride_for
 from stdformer.data.executors import make_executor
 from stdformer.data.preprocess_config import PreprocessConfig, check_config
@@ -60,6 +63,8 @@ def _split_tracks(root: Path, dataset: Dataset, split: str, check_images: bool) 
     """The layout's tracks of one split (threedpw.Track's)."""
     if dataset.layout == "h36m":
         return h36m.split_tracks(root, dataset, split, check_images)
+    if dataset.layout == "mpi_inf_3dhp":
+        return mpi_inf_3dhp.split_tracks(root, dataset, split, check_images)
     return _threedpw_split_tracks(root, dataset, split, check_images)
 
 
@@ -80,8 +85,11 @@ def _collect_tasks(root: Path, dataset: Dataset, name: str, body_dir: Path,
     return tasks
 
 
+LAYOUT_SKIP_REASONS = {"h36m": h36m.SKIP_REASONS, "mpi_inf_3dhp": mpi_inf_3dhp.SKIP_REASONS}
+
+
 def _skip_reasons(dataset: Dataset) -> tuple[str, ...]:
-    return SKIP_REASONS + (h36m.SKIP_REASONS if dataset.layout == "h36m" else ())
+    return SKIP_REASONS + LAYOUT_SKIP_REASONS.get(dataset.layout, ())
 
 
 def _check_clips(splits: dict[str, dict[str, Any]], root: Path, dataset: Dataset,
@@ -90,8 +98,9 @@ def _check_clips(splits: dict[str, dict[str, Any]], root: Path, dataset: Dataset
     much later, after the other splits were trained on)."""
     for split, report in splits.items():
         if report["clips"] == 0 and split not in dataset.optional_splits:
-            where = root / (SEQUENCE_DIR if dataset.layout == "3dpw" else h36m.ANNOTATION_DIR)
-            raise DataError(where / split if dataset.layout == "3dpw" else where,
+            where = {"3dpw": root / SEQUENCE_DIR / split, "h36m": root / h36m.ANNOTATION_DIR
+                     }.get(dataset.layout, root)
+            raise DataError(where,
                             f"split {split!r} has no clips: its {report['tracks']} "
                             f"track(s) are shorter than clip_len {cfg.clip_len} frames; list it "
                             "in the dataset's optional_splits if it may be empty",
@@ -119,7 +128,8 @@ def _empty_split_report(reasons: tuple[str, ...]) -> dict[str, Any]:
 def preprocess(dataset: Dataset, body_dir, out_dir, cfg: PreprocessConfig,
                progress: bool = True, name: str = "3dpw") -> dict[str, Any]:
     """Write `out_dir/<split>/shard-%06d.tar`, `manifest.parquet` and `report.json` of
-    `dataset` (datasets.ThreeDPWDataset or H36MDataset), the source called `name`.
+    `dataset` (datasets.ThreeDPWDataset, H36MDataset or MPIINF3DHPDataset), the source called
+    `name`.
 
     `out_dir` appears complete or not at all. Returns the report plus timing
     (`seconds`, `frames_per_s`, which report.json leaves out to stay deterministic).

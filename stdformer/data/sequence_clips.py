@@ -145,6 +145,8 @@ def _track_clips(track, result: dict[str, Any], starts: list[int], boxes: _Track
         "valid": valid, "affine": affines.astype(np.float32),
         "root_cam": targets["root_cam"].astype(np.float32),
     }
+    if "has_mesh" in targets:  # only joints-only tracks store it (absent: every frame has one)
+        per_frame["has_mesh"] = targets["has_mesh"]
     frame_ids = np.asarray(track.img_frame_ids).reshape(-1)
     for start in starts:
         sl = slice(start, start + S)

@@ -20,7 +20,9 @@ One sample = one clip of S frames of one actor track, stored as tar members shar
         valid       (S,)     bool     frame usable (camera pose valid, person found, image ok)
       optional extras written by preprocess: affine (S,2,3) image->centre crop, root_cam (S,3)
       pelvis position in the camera (add it back for absolute camera-frame coordinates),
-      intrinsics (3,3).
+      intrinsics (3,3), has_mesh (S,) bool False where the frame has no mesh target (written
+      by joints-only sources such as MPI-INF-3DHP, whose pose and betas are zeros; readers
+      see it on every clip, all True where it is absent).
     The ground-truth mesh is not stored: `BodyModel.shard_mesh(pose, betas)` poses it (the
     (S, V, 3) mesh relative to the SMPL pelvis, in the camera frame) where it is used, on the
     training device and in evaluation, as FastMETRO poses its ground truth. Stored, it was 40 KB
@@ -69,6 +71,10 @@ TARGET_SPECS: dict[str, tuple[tuple, np.dtype]] = {
     "betas": (("S", 10), np.dtype(np.float32)),
     "valid": (("S",), np.dtype(bool)),
 }
+# Per-frame flag, stored only by joints-only sources; `clip_targets` fills it in (all True)
+# for the others, so every batch has it (the loss masks its mesh terms with it).
+MESH_FLAG = "has_mesh"
+BATCH_TARGETS = (*TARGET_SPECS, MESH_FLAG)
 META_FIELDS = ("key", "sequence", "actor", "split", "source", "clip_start", "num_frames",
                "frame_ids", "crop_size", "context_size", "body_model_id")
 
@@ -232,7 +238,8 @@ def stored_frames(sample: Mapping[str, Any], where: str, meta: Mapping[str, Any]
 
 def clip_targets(sample: Mapping[str, Any], where: str, num_frames: int
                  ) -> dict[str, np.ndarray]:
-    """The clip's targets.npz as numpy arrays in the contract's dtypes."""
+    """The clip's targets.npz as numpy arrays in the contract's dtypes, with the mesh flag
+    (MESH_FLAG (S,) bool; all True when the clip does not store it)."""
     raw = sample.get("targets.npz")
     if raw is None:
         raise DataError(where, "missing member", field="targets.npz")
@@ -240,7 +247,13 @@ def clip_targets(sample: Mapping[str, Any], where: str, num_frames: int
         arrays = npz_arrays(bytes(raw))
     except (ValueError, zipfile.BadZipFile) as e:
         raise DataError(where, f"not a readable .npz: {e}", field="targets.npz") from e
-    return check_targets(arrays, num_frames, where=where)
+    arrays = check_targets(arrays, num_frames, where=where)
+    flag = np.asarray(arrays.get(MESH_FLAG, np.ones(num_frames, bool)))
+    if flag.shape != (num_frames,):
+        raise DataError(where, f"expected shape ({num_frames},), got {flag.shape}",
+                        field=MESH_FLAG)
+    arrays[MESH_FLAG] = flag.astype(bool)
+    return arrays
 
 
 def as_float32(array: np.ndarray) -> torch.Tensor:
@@ -417,7 +430,8 @@ def worker_context(num_workers: int) -> str | None:
 
 
 __all__ = [
-    "SHARD_PATTERN", "TARGET_SPECS", "clip_key", "frame_member", "check_targets",
+    "SHARD_PATTERN", "TARGET_SPECS", "MESH_FLAG", "BATCH_TARGETS", "clip_key", "frame_member",
+    "check_targets",
     "encode_clip", "ShardSeriesWriter", "write_shards", "list_shards", "sample_key",
     "read_shard", "shard_read_error",
     "decode_jpeg_rgb", "context_margin", "clip_meta", "stored_frames", "clip_targets", "as_float32",

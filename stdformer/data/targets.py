@@ -69,9 +69,12 @@ def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]
     (absolute, for projection), pose (N,72) camera-frame, betas (N,10): the mesh is posed from
     pose and betas where it is needed (`BodyModel.shard_mesh`, `camera_mesh`). A track with
     annotated H36M joints (`joints_h36m_cam`, Human3.6M's mocap) has those as its H36M targets,
-    relative to the fit's SMPL pelvis like the regressed ones.
+    relative to the fit's SMPL pelvis like the regressed ones. A joints-only track
+    (`has_mesh` False) gets `joints_only_targets`.
     """
     n = len(track.image_paths)
+    if not getattr(track, "has_mesh", True):
+        return joints_only_targets(track, pkl)
     actor = track.actor
     poses = checked_array(track, "poses", (n, 72), pkl, f"poses[{actor}]")
     trans = checked_array(track, "trans", (n, 3), pkl, f"trans[{actor}]")
@@ -94,6 +97,26 @@ def body_targets(track, arrays: PosingArrays, pkl: str) -> dict[str, np.ndarray]
         "root_cam": root[:, 0],
         "pose": camera_pose(poses, cam_poses),
         "betas": betas,
+    }
+
+
+def joints_only_targets(track, pkl: str) -> dict[str, np.ndarray]:
+    """The targets of a track without a body model fit (MPI-INF-3DHP), in `body_targets`'
+    form: the annotated H36M-17 joints relative to their own pelvis (joint 0, which stands in
+    for the SMPL pelvis: the loss and metrics centre on the J14 mid-hip anyway); SMPL joints,
+    pose and betas zeros, and `has_mesh` (N,) False, which preprocess stores so that the loss's
+    mesh terms skip these frames (the zeros pose a mean body, not this person)."""
+    n = len(track.image_paths)
+    joints = checked_array(track, "joints_h36m_cam", (n, 17, 3), pkl, "joints_h36m_cam")
+    root = joints[:, 0]
+    return {
+        "joints3d": np.zeros((n, 24, 3)),
+        "joints_h36m": joints - root[:, None],
+        "joints_h36m_cam": joints,
+        "root_cam": root,
+        "pose": np.zeros((n, 72)),
+        "betas": np.zeros((n, 10)),
+        "has_mesh": np.zeros(n, bool),
     }
 
 

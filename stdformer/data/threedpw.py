@@ -47,8 +47,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 @dataclass
 class Track:
-    """One annotated actor of one sequence (N frames); other layouts' readers (h36m.py) give
-    their tracks in this form too.
+    """One annotated actor of one sequence (N frames); other layouts' readers (h36m.py,
+    mpi_inf_3dhp.py) give their tracks in this form too.
 
     image_paths: N paths; img_frame_ids (N,) int; poses (N,72) world axis-angle; trans (N,3);
     betas (10,) or (N,10) per frame; poses2d (N,18,3) COCO-18 (x, y, confidence) in pixels;
@@ -58,7 +58,9 @@ class Track:
     layouts). Other layouts may add: camera (the camera number, 0 for 3DPW), joints_h36m_cam
     (N,17,3) annotated H36M-17 joints in the camera frame in metres (the targets then use
     them instead of the ones regressed from the mesh), skip_masks {reason: (N,) bool} frames
-    that are not supervised, with the report's skip reason.
+    that are not supervised, with the report's skip reason, and has_mesh False for a
+    joints-only track (mpi_inf_3dhp.py: no body model fit; poses, trans and betas are zeros,
+    the targets come from joints_h36m_cam alone and the loss's mesh terms skip its frames).
     """
 
     sequence: str
@@ -79,6 +81,7 @@ class Track:
     camera: int = 0
     joints_h36m_cam: np.ndarray | None = None
     skip_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    has_mesh: bool = True
 
     def __len__(self) -> int:
         return len(self.img_frame_ids)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stdformer.data.shards import MESH_FLAG
 from stdformer.io import DataError
 from stdformer.model.inputs import IMAGENET_MEAN, IMAGENET_STD, InputProtocol, normalize_frames
 from stdformer.scoring import MERGE_MODES
@@ -161,6 +162,8 @@ class TrackPrediction:
     frame_ids (T,): the images' frame ids (-1 where no clip covers the frame).
     gt_vertices (T, V, 3), gt_h36m (T, 17, 3): root-relative ground truth, metres.
     vertices[name] (T, V, 3), cam[name] (T, 3) (absent when the predictor has no camera).
+    has_mesh (T,): the frame has a ground-truth mesh (False on a joints-only source, whose
+    gt_vertices are the zero-pose body, no person's mesh); None: every frame has one.
     """
 
     sequence: str
@@ -171,6 +174,7 @@ class TrackPrediction:
     gt_h36m: np.ndarray
     vertices: dict[str, np.ndarray] = field(default_factory=dict)
     cam: dict[str, np.ndarray] = field(default_factory=dict)
+    has_mesh: np.ndarray | None = None
 
 
 class _TrackBuffer:
@@ -184,6 +188,7 @@ class _TrackBuffer:
         self.frame_ids = np.full(layout.length, -1, np.int64)
         self.gt_vertices: np.ndarray | None = None
         self.gt_h36m = np.zeros((layout.length, 17, 3), np.float32)
+        self.has_mesh = np.ones(layout.length, bool)
         self.mergers: dict[tuple[str, str], WindowMerger] = {}
 
     def add(self, start: int, targets: Mapping[str, np.ndarray], frame_ids,
@@ -204,6 +209,7 @@ class _TrackBuffer:
         self.gt_vertices[sl] = targets["vertices"]
         self.gt_h36m[sl] = targets["joints_h36m"]
         self.valid[sl] = targets["valid"]
+        self.has_mesh[sl] = targets.get(MESH_FLAG, True)
         self.covered[sl] = True
         self.frame_ids[sl] = np.asarray(frame_ids, np.int64)
         for name, out in outputs.items():
@@ -220,7 +226,8 @@ class _TrackBuffer:
 
     def finish(self) -> TrackPrediction:
         pred = TrackPrediction(self.track[0], self.track[1], self.valid & self.covered,
-                               self.frame_ids, self.gt_vertices, self.gt_h36m)
+                               self.frame_ids, self.gt_vertices, self.gt_h36m,
+                               has_mesh=self.has_mesh)
         for (name, kind), merger in sorted(self.mergers.items()):
             target = pred.vertices if kind == "vertices" else pred.cam
             target[name] = merger.result().astype(np.float32, copy=False)
@@ -273,7 +280,8 @@ def predict_tracks(batches: Iterable[Mapping[str, Any]], predictors: Mapping[str
         outputs = {name: _to_numpy(p(batch), b, s, name) for name, p in predictors.items()}
         for observe in observers:
             observe(batch, outputs)
-        targets = {k: batch["targets"][k].numpy() for k in ("vertices", "joints_h36m", "valid")}
+        targets = {k: batch["targets"][k].numpy() for k in ("vertices", "joints_h36m", "valid",
+                                                            MESH_FLAG) if k in batch["targets"]}
         for i, meta in enumerate(batch["meta"]):
             track = (str(meta["sequence"]), int(meta["actor"]))
             clip_where = f"{where}[{batch['key'][i]}]"

@@ -36,11 +36,15 @@ ROW_KEYS = ("model", "sequence", "actor", "frame", "image_frame")
 
 def track_errors(pred_vertices: np.ndarray, gt_vertices: np.ndarray, gt_h36m: np.ndarray,
                  valid: np.ndarray, regressor: torch.Tensor, chunk: int = 256,
-                 part_groups: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 part_groups: Mapping[str, np.ndarray] | None = None,
+                 has_mesh: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Errors of one track. pred_vertices, gt_vertices (T, V, 3), gt_h36m (T, 17, 3) metres,
     valid (T,) bool, regressor (17, V) -> {metric or diagnostic: (T,) float64}, NaN on frames
     that do not count (invalid; for accel also the track ends and terms touching an invalid
     frame). part_groups (`diagnostics.part_vertex_groups`): None = no per-part errors.
+    has_mesh (T,) bool: frames with a ground-truth mesh (None: all); on the others (a
+    joints-only source) the errors against the mesh (mpvpe, spread ratios, per-part errors)
+    are NaN, the joint errors count.
     Meshes are converted to float64 `chunk` frames at a time (a 3DPW track has ~2000 frames)."""
     valid = np.asarray(valid, bool)
     t = len(valid)
@@ -66,6 +70,11 @@ def track_errors(pred_vertices: np.ndarray, gt_vertices: np.ndarray, gt_h36m: np
     values, mask = accel_error_per_sequence(pred_j14, gt_j14, torch.as_tensor(valid),
                                             np.zeros(t, np.int64))
     out["accel"] = np.where(mask.numpy(), values.numpy(), np.nan)
+    if has_mesh is not None:
+        no_mesh = ~np.asarray(has_mesh, bool)
+        for name, values in out.items():
+            if name == "mpvpe" or name.endswith("_ratio") or name.startswith("part_"):
+                values[no_mesh] = np.nan
     return out
 
 
@@ -84,11 +93,12 @@ def score_track(track: TrackPrediction, regressor: torch.Tensor, smooth: Sequenc
     out = {}
     for name, vertices in track.vertices.items():
         out[name] = track_errors(vertices, track.gt_vertices, track.gt_h36m, track.valid,
-                                 regressor, part_groups=part_groups)
+                                 regressor, part_groups=part_groups, has_mesh=track.has_mesh)
         if name in smooth:
             smoothed = gaussian_smooth(vertices, track.valid, sigma)
             out[name + suffix] = track_errors(smoothed, track.gt_vertices, track.gt_h36m,
-                                              track.valid, regressor, part_groups=part_groups)
+                                              track.valid, regressor, part_groups=part_groups,
+                                              has_mesh=track.has_mesh)
     return out
 
 
@@ -133,12 +143,13 @@ class FrameTable:
 def summarize_rows(rows: Mapping[str, np.ndarray], select: np.ndarray | None = None
                    ) -> dict[str, float | int]:
     """Frame averages {mpjpe, pa_mpjpe, mpvpe, accel, frames} of the rows (or a boolean
-    selection of them); accel over the rows that carry a term; NaN where nothing counts."""
+    selection of them); accel over the rows that carry a term, mpvpe over the rows with a
+    ground-truth mesh (not a joints-only source's); NaN where nothing counts."""
     idx = np.ones(len(rows["mpjpe"]), bool) if select is None else np.asarray(select, bool)
     per_frame = {}
     for m in METRICS:
         values = torch.as_tensor(np.asarray(rows[m], np.float64)[idx])
-        per_frame[m] = (values, ~torch.isnan(values)) if m == "accel" else values
+        per_frame[m] = (values, ~torch.isnan(values)) if m in ("accel", "mpvpe") else values
     means = summarize(per_frame)
     out: dict[str, float | int] = {m: means[m] for m in METRICS}
     if "yaw" in rows:

@@ -29,7 +29,7 @@ import torch
 from stdformer.body.mirror import FlipPerms
 from stdformer.data import shards
 from stdformer.data.shard_index import Clip, ShardIndex, read_clips, stream_order
-from stdformer.data.shards import TARGET_SPECS, worker_context
+from stdformer.data.shards import BATCH_TARGETS, worker_context
 from stdformer.io import DataError
 from stdformer.train.augment import (
     AugmentParams,
@@ -83,8 +83,9 @@ def assemble_batch(samples: Sequence[Mapping[str, Any]],
                    augmenter: ClipAugmenter | None = None,
                    arenas: Arenas | None = None) -> dict[str, Any]:
     """Raw webdataset samples -> one batch, laid out as `collate_clips` lays it out: key,
-    frames uint8 (B, S, 3, H, W), targets {name: (B, ...)} (the contract's; floats as
-    float32), meta; and, when its memory is a reused slot of `arenas`, which one (SLOT_KEY).
+    frames uint8 (B, S, 3, H, W), targets {name: (B, ...)} (the contract's and the mesh
+    flag, shards.BATCH_TARGETS; floats as float32), meta; and, when its memory is a reused
+    slot of `arenas`, which one (SLOT_KEY).
 
     Built in place: each clip's stored frames are decoded into one scratch buffer and cut
     (augmented with `augmenter`'s draw for the clip; without one, the centre crop) straight
@@ -100,7 +101,8 @@ def assemble_batch(samples: Sequence[Mapping[str, Any]],
             raise DataError(where, f"{len(names)} frames of {meta['crop_size']} px in a batch "
                             f"of {num_frames} frames of {size} px ({where0})", field="crop_size")
     stored = [{name: array for name, array in shards.clip_targets(sample, where, num_frames)
-               .items() if name in TARGET_SPECS} for sample, (where, _, _) in zip(samples, clips)]
+               .items() if name in BATCH_TARGETS}
+              for sample, (where, _, _) in zip(samples, clips)]
     layout = {"frames": ((len(samples), num_frames, size, size, 3), torch.uint8)}
     for name, array in stored[0].items():
         dtype = torch.float32 if array.dtype.kind == "f" else torch.from_numpy(array).dtype

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stdformer.data.shards import MESH_FLAG
 from stdformer.losses import LossConfig, MeshInfo, compute_losses
 from stdformer.metrics import J14_FROM_H36M, j14_from_h36m
 from stdformer.model.assets import BodyAssets, vertex_pyramid
@@ -45,7 +46,8 @@ def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,
     """Shard targets (on the device) -> what `compute_losses` reads: J14 3D joints, J14 2D
     joints in [-1, 1] crop coordinates (pixel centres; the crop spans [-0.5, W - 0.5]) with
     their visibility, the ground-truth mesh (posed here from pose and betas) at all three
-    levels, and the frame validity."""
+    levels, the frame validity, and which frames have a mesh at all (`mesh_valid`, from the
+    mesh flag of joints-only sources: their zero pose and betas are no person's mesh)."""
     height, width = crop_size
     joints2d = targets["joints2d"][..., list(J14_FROM_H36M), :]             # (B, S, 14, 3)
     centre = joints2d.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
@@ -55,6 +57,8 @@ def loss_targets(targets: Mapping[str, torch.Tensor], assets: BodyAssets,
         "joints2d": (joints2d[..., :2] - centre) / half,
         "joints2d_vis": joints2d[..., 2].clamp(0.0, 1.0),
         "valid": targets["valid"].bool(),
+        "mesh_valid": targets[MESH_FLAG].bool() if MESH_FLAG in targets
+        else targets["valid"].bool(),
         **vertex_pyramid(assets.body.shard_mesh(targets["pose"], targets["betas"]), assets),
     }
 
